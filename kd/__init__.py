@@ -1,0 +1,1 @@
+"""kd: Hydra-configured sweeps for knowledge distillation x data augmentation."""

@@ -1,0 +1,149 @@
+"""Structured-config schemas: a typo'd key or a wrong type fails when Hydra composes the config.
+
+The top-level `Config` fixes the grid's axes; groups whose options take different
+settings (data, aug) get one schema per option, which each option's YAML names first in
+its defaults list (Hydra's "structured config as schema" pattern).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Stage(Enum):
+    student = "student"  # distill the student (trains the teacher first if it is not cached)
+    teacher = "teacher"  # only train or verify the cached teacher
+
+
+class Pipeline(Enum):
+    device = "device"  # whole split on the training device, per-image augmentation there
+    dataloader = "dataloader"  # the conventional PIL + DataLoader reference
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING  # a factory `fn(num_classes) -> nn.Module`
+
+
+@dataclass
+class CifarDataConfig:
+    _target_: str = MISSING
+    root: str = MISSING
+    download: bool = True
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+
+
+@dataclass
+class DigitsDataConfig:
+    _target_: str = "kd.data.digits"
+    image_size: int = 16
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+
+
+@dataclass
+class NoAugConfig:
+    _target_: str = "kd.augment.NoAugment"
+
+
+@dataclass
+class FlipCropConfig:
+    _target_: str = "kd.augment.FlipCrop"
+    padding: int = 4
+
+
+@dataclass
+class FlipCropRandAugmentConfig:
+    _target_: str = "kd.augment.FlipCropRandAugment"
+    padding: int = 4
+    num_ops: int = 2
+    magnitude: int = 14
+
+
+@dataclass
+class TeacherConfig:
+    arch: ModelConfig = MISSING
+    aug: Any = MISSING  # the teacher's own augmentation, fixed across the grid
+    checkpoint: Optional[str] = None  # use this file instead of the cache
+    cache_dir: str = MISSING
+
+
+@dataclass
+class LossConfig:
+    _target_: str = "kd.losses.kd_loss"
+    _partial_: bool = True
+    temperature: float = 4.0
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+
+
+@dataclass
+class MultiStepConfig:
+    _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
+    _partial_: bool = True
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])  # epochs
+    gamma: float = 0.1
+
+
+@dataclass
+class OptimConfig:
+    optimizer: SGDConfig = field(default_factory=SGDConfig)
+    scheduler: MultiStepConfig = field(default_factory=MultiStepConfig)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 240
+    batch_size: int = 64
+    eval_batch_size: int = 1000
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    pipeline: Pipeline = Pipeline.device
+    num_workers: int = 2  # DataLoader workers, pipeline=dataloader only
+    bf16: bool = True  # bf16 autocast; CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = True  # torch.compile the student; CUDA only
+    cudnn_benchmark: bool = True  # CUDA only; ignored when deterministic
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    teacher_logit_cache: bool = True  # aug=none: teacher logits computed once, reused every epoch
+    checkpoint_every: int = 1  # epochs between resumable checkpoints
+
+
+@dataclass
+class Config:
+    data: Any = MISSING
+    model: ModelConfig = MISSING
+    teacher: TeacherConfig = MISSING
+    aug: Any = MISSING
+    loss: LossConfig = MISSING
+    optim: OptimConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    logger: Any = MISSING
+    alpha: float = 0.5  # weight of the KD term: (1 - alpha) * CE + alpha * T^2 * KL
+    seed: int = 0
+    stage: Stage = Stage.student
+    out_dir: str = MISSING
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    cs.store(group="schema/data", name="cifar", node=CifarDataConfig)
+    cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
+    cs.store(group="schema/aug", name="none", node=NoAugConfig)
+    cs.store(group="schema/aug", name="fc", node=FlipCropConfig)
+    cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)

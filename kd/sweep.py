@@ -1,0 +1,26 @@
+"""Hydra callback that prints the Table-1-style grid when a multirun ends."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from kd.results import collect_sweep
+from kd.table import format_table
+
+
+class PrintGridTable(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = collect_sweep(sweep_dir)
+        students = [r for r in results if r.get("stage") == "student"]
+        if not students:
+            return
+        teachers = sorted({f"{r['teacher']} {r['teacher_top1']:.2f}%" for r in students
+                           if r.get("teacher_top1") is not None})
+        print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}")
+        if teachers:
+            print(f"teacher: {', '.join(teachers)}")
+        print(format_table(students))

@@ -1,0 +1,70 @@
+"""The paper's Table 1 from a sweep's results: rows = aug level, columns = alpha, plus Gains (fcra - none)."""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+AUG_ORDER = ["none", "fc", "fcra"]
+
+
+def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dict[tuple[str, float], dict]:
+    """{(aug, alpha): {"values": [...per seed...], "failed": n}} over the sweep's student jobs."""
+    cells: dict[tuple[str, float], dict] = {}
+    for r in results:
+        if r.get("stage") != "student":
+            continue
+        cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "failed": 0})
+        if r.get("status") == "completed":
+            cell["values"].append(float(r[metric]))
+        else:
+            cell["failed"] += 1
+    return cells
+
+
+def _axes(cells: dict) -> tuple[list[str], list[float]]:
+    augs = {aug for aug, _ in cells}
+    rows = [a for a in AUG_ORDER if a in augs] + sorted(augs - set(AUG_ORDER))
+    return rows, sorted({alpha for _, alpha in cells})
+
+
+def _fmt(values: list[float]) -> str:
+    if len(values) > 1:
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+    return f"{values[0]:.2f}"
+
+
+def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tuple[list[str], list[list[str]]]:
+    """Header and rows as strings; a missing cell reads 'missing', a failed one 'failed' (never 0)."""
+    cells = grid_cells(results, metric)
+    rows, alphas = _axes(cells)
+    header = ["aug \\ alpha"] + [f"{a:g}" for a in alphas]
+    means = {k: statistics.mean(c["values"]) for k, c in cells.items() if c["values"]}
+    best = max(means, key=means.get) if means else None
+    body = []
+    for aug in rows:
+        line = [aug]
+        for alpha in alphas:
+            cell = cells.get((aug, alpha))
+            if cell is None:
+                line.append("missing")
+            elif not cell["values"]:
+                line.append("failed")
+            else:
+                line.append(_fmt(cell["values"]) + (" *" if (aug, alpha) == best else ""))
+        body.append(line)
+    if "none" in rows and "fcra" in rows:
+        gains = ["Gains (fcra - none)"]
+        for alpha in alphas:
+            lo, hi = means.get(("none", alpha)), means.get(("fcra", alpha))
+            gains.append(f"{hi - lo:+.2f}" if lo is not None and hi is not None else "n/a")
+        body.append(gains)
+    return header, body
+
+
+def format_table(results: list[dict[str, Any]], metric: str = "final_top1") -> str:
+    """A plain-text, Markdown-compatible table; '*' marks the best cell."""
+    header, body = table_rows(results, metric)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in [header] + body]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)

@@ -1,0 +1,145 @@
+"""The teacher: trained once per (dataset, architecture, seed, recipe), cached, frozen.
+
+Every grid cell asks `ensure_teacher`; the first trains it under a file lock and
+publishes it by atomic rename, the others wait on the lock and reuse the file.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from filelock import FileLock
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from kd.config import Stage
+from kd.data import ImageSplits
+
+log = logging.getLogger(__name__)
+
+
+def arch_name(model_cfg: DictConfig) -> str:
+    """`kd.models.resnet32x4` -> `resnet32x4`: the factory's name is the architecture's name."""
+    return model_cfg._target_.rsplit(".", 1)[-1]
+
+
+def teacher_recipe(cfg: DictConfig) -> dict:
+    """Everything that changes the trained teacher, and nothing that does not (paths, device, speed knobs)."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in ("root", "download")}
+    return {
+        "data": data,
+        "arch": cfg.teacher.arch._target_,
+        "aug": OmegaConf.to_container(cfg.teacher.aug, resolve=True),
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "epochs": cfg.trainer.epochs,
+        "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.seed,
+    }
+
+
+def teacher_checkpoint_path(cfg: DictConfig, data_name: str) -> Path:
+    """The configured checkpoint, or a cache file named after the recipe."""
+    if cfg.teacher.checkpoint is not None:
+        return Path(os.path.expanduser(cfg.teacher.checkpoint))
+    digest = hashlib.sha256(json.dumps(teacher_recipe(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{data_name}-{arch_name(cfg.teacher.arch)}-seed{cfg.seed}-{digest}.pt"
+    return Path(os.path.expanduser(cfg.teacher.cache_dir)) / name
+
+
+def teacher_training_config(cfg: DictConfig, work_dir: Path) -> DictConfig:
+    """The same entry point's config, with the teacher as the model, its own aug and plain CE."""
+    tcfg = copy.deepcopy(cfg)
+    tcfg.model = cfg.teacher.arch
+    tcfg.aug = cfg.teacher.aug
+    tcfg.alpha = 0.0
+    tcfg.stage = Stage.teacher.value
+    tcfg.out_dir = str(work_dir)
+    return tcfg
+
+
+def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[DictConfig], dict]) -> Path:
+    """Return the teacher checkpoint, training it first (once, under a lock) if it is not cached."""
+    path = teacher_checkpoint_path(cfg, splits.name)
+    if cfg.teacher.checkpoint is not None:
+        if not path.is_file():
+            raise CheckpointError(
+                f"teacher.checkpoint={path} does not exist. Fix the path, or set teacher.checkpoint=null "
+                f"to train and cache the teacher under teacher.cache_dir."
+            )
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            log.info("teacher: reusing %s", path)
+            return path
+        work_dir = path.with_name(path.stem + ".work")
+        log.info("teacher: training %s (checkpoints in %s)", path.name, work_dir)
+        result = fit_teacher(teacher_training_config(cfg, work_dir))
+        model_state = load_checkpoint(work_dir / "checkpoint.pt", "teacher work checkpoint", "")["model"]
+        save_atomic(
+            {
+                "arch": arch_name(cfg.teacher.arch),
+                "num_classes": splits.num_classes,
+                "data": splits.name,
+                "state_dict": model_state,
+                "test_top1": result["final_top1"],
+                "recipe": json.dumps(teacher_recipe(cfg), sort_keys=True),
+            },
+            path,
+        )
+        log.info("teacher: saved %s (test top-1 %.2f%%)", path, result["final_top1"])
+    return path
+
+
+def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.Module, float]:
+    """Build the configured teacher and load `path` into it, refusing a checkpoint of another shape."""
+    fix = ("Point teacher.checkpoint at a checkpoint of that architecture and dataset, or set "
+           "teacher.checkpoint=null to train one.")
+    ckpt = load_checkpoint(path, "teacher checkpoint", fix)
+    want = arch_name(cfg.teacher.arch)
+    if ckpt.get("arch") != want or ckpt.get("num_classes") != splits.num_classes:
+        raise CheckpointError(
+            f"teacher checkpoint {path} holds {ckpt.get('arch')} with {ckpt.get('num_classes')} classes, "
+            f"but the config asks for {want} with {splits.num_classes} classes ({splits.name}). {fix}"
+        )
+    model = instantiate(cfg.teacher.arch, num_classes=splits.num_classes)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"teacher checkpoint {path} does not fit {want}: {err}. {fix}") from None
+    return model, float(ckpt["test_top1"])
+
+
+class FrozenTeacher:
+    """The teacher in eval mode with no grad, run on the student's exact (augmented) batch."""
+
+    def __init__(self, model: nn.Module, autocast: Callable) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.autocast = autocast
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.autocast():
+            return self.model(images)
+
+
+class CachedTeacherLogits:
+    """aug=none: the teacher's logits cannot change between epochs, so compute them once."""
+
+    def __init__(self, teacher: FrozenTeacher, batches, num_images: int, num_classes: int) -> None:
+        self.table = None
+        for images, _, indices in batches:
+            logits = teacher(images, indices)
+            if self.table is None:
+                self.table = torch.empty(num_images, num_classes, dtype=logits.dtype, device=logits.device)
+            self.table[indices] = logits
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return self.table[indices]

@@ -1,7 +1,7 @@
 """Structured-config schemas: a typo'd key or a wrong type fails when Hydra composes the config.
 
 The top-level `Config` fixes the grid's axes; groups whose options take different
-settings (data, aug) get one schema per option, which each option's YAML names first in
+settings (data, aug, logger) get one schema per option, which each option's YAML names first in
 its defaults list (Hydra's "structured config as schema" pattern).
 """
 from __future__ import annotations
@@ -24,6 +24,13 @@ class Pipeline(Enum):
     dataloader = "dataloader"  # the conventional PIL + DataLoader reference
 
 
+class WandbMode(Enum):
+    auto = "auto"  # online if W&B credentials exist, else offline; a set WANDB_MODE decides instead
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
 @dataclass
 class ModelConfig:
     _target_: str = MISSING  # a factory `fn(num_classes) -> nn.Module`
@@ -44,6 +51,7 @@ class DigitsDataConfig:
     image_size: int = 16
     test_fraction: float = 0.2
     split_seed: int = 0
+    train_size: Optional[int] = None  # a stratified subset of the training split; None: all of it
     mean: list[float] = MISSING
     std: list[float] = MISSING
 
@@ -124,6 +132,23 @@ class TrainerConfig:
 
 
 @dataclass
+class NullLoggerConfig:
+    _target_: str = "kd.tracking.NullTracker"
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "kd.wandb_tracker.WandbTracker"
+    project: str = "kd"
+    entity: Optional[str] = None  # None: the account's default entity
+    group: Optional[str] = None  # None: the sweep dir in a multirun (all its jobs share it), else no group
+    tags: list[str] = field(default_factory=list)
+    mode: WandbMode = WandbMode.auto
+    dir: Optional[str] = None  # where the wandb/ folder goes; None: the job's output dir
+    finish_timeout_s: float = 300.0  # cap on the end-of-run upload wait; what is left stays on disk for `wandb sync`
+
+
+@dataclass
 class Config:
     data: Any = MISSING
     model: ModelConfig = MISSING
@@ -147,3 +172,5 @@ def register_schemas() -> None:
     cs.store(group="schema/aug", name="none", node=NoAugConfig)
     cs.store(group="schema/aug", name="fc", node=FlipCropConfig)
     cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)
+    cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
+    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)

@@ -38,17 +38,21 @@ def _cifar(cls: type, name: str, root: str, mean: list[float], std: list[float],
         train = cls(str(path), train=True, download=False)
         test = cls(str(path), train=False, download=False)
     except RuntimeError as missing:
+        folder = path / cls.base_folder
+        # torchvision checks each file's md5, so a truncated or tampered file is reported here, never unpickled.
+        problem = (f"{name} in {folder} is incomplete or corrupt" if folder.is_dir()
+                   else f"{name} is not under {path}")
         if not download:
             raise DataUnavailableError(
-                f"{name} is not under {path} ({missing}). Put the extracted "
-                f"'{cls.base_folder}' folder there, or set data.download=true."
+                f"{problem} ({missing}). Put a complete extracted '{cls.base_folder}' folder in {path}, "
+                f"or set data.download=true."
             ) from None
         try:
             train = cls(str(path), train=True, download=True)
             test = cls(str(path), train=False, download=True)
         except (urllib.error.URLError, OSError, RuntimeError) as err:
             raise DataUnavailableError(
-                f"{name} is not under {path} and could not be downloaded ({err}). "
+                f"{problem} and could not be downloaded ({err}). "
                 f"Fix: on a machine with internet run the same command once to fill {path} "
                 f"(or copy '{cls.filename}' / the extracted '{cls.base_folder}' folder there), "
                 f"then point data.root or $KD_DATA_DIR at it."
@@ -76,11 +80,14 @@ def cifar10(root: str, mean: list[float], std: list[float], download: bool = Tru
 
 
 def digits(
-    mean: list[float], std: list[float], image_size: int = 16, test_fraction: float = 0.2, split_seed: int = 0
+    mean: list[float], std: list[float], image_size: int = 16, test_fraction: float = 0.2, split_seed: int = 0,
+    train_size: int | None = None,
 ) -> ImageSplits:
     """scikit-learn's bundled 8x8 digits as 3-channel uint8 images of `image_size`.
 
     The split is stratified and fixed by `split_seed`, so every run sees the same test set.
+    `train_size` keeps a stratified subset of the training split: a low-data regime where,
+    as on CIFAR, a network overfits without augmentation.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -93,6 +100,9 @@ def digits(
     train_idx, test_idx = train_test_split(
         np.arange(len(labels)), test_size=test_fraction, random_state=split_seed, stratify=bunch.target
     )
+    if train_size is not None:
+        train_idx, _ = train_test_split(train_idx, train_size=train_size, random_state=split_seed,
+                                        stratify=bunch.target[train_idx])
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     return ImageSplits(
         name="digits",

@@ -13,14 +13,18 @@ from kd.table import format_table
 
 class PrintGridTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        results = collect_sweep(sweep_dir)
-        students = [r for r in results if r.get("stage") == "student"]
-        if not students:
-            return
-        teachers = sorted({f"{r['teacher']} {r['teacher_top1']:.2f}%" for r in students
-                           if r.get("teacher_top1") is not None})
-        print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}")
-        if teachers:
-            print(f"teacher: {', '.join(teachers)}")
-        print(format_table(students))
+        print_grid_table(Path(config.hydra.sweep.dir))
+
+
+def print_grid_table(sweep_dir: Path) -> None:
+    """Print the students' grid of a sweep dir; also used by kd's launchers when cells failed."""
+    results = collect_sweep(sweep_dir)
+    students = [r for r in results if r.get("stage") == "student"]
+    if not students:
+        return
+    teachers = sorted({f"{r['teacher']} {r['teacher_top1']:.2f}%" for r in students
+                       if r.get("teacher_top1") is not None})
+    print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}")
+    if teachers:
+        print(f"teacher: {', '.join(teachers)}")
+    print(format_table(students))

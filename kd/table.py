@@ -8,20 +8,27 @@ AUG_ORDER = ["none", "fc", "fcra"]
 
 
 def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dict[tuple[str, float], dict]:
-    """{(aug, alpha): {"values": [...per seed...], "failed": n}} over the sweep's student jobs."""
+    """{(aug, alpha): {"values": [...per seed...], "failed": n, "missing": n}} over the sweep's student jobs.
+
+    A job whose status is "missing" (started, but it never wrote results) counts as missing; any other
+    status that is not "completed" (failed, interrupted) counts as failed.
+    """
     cells: dict[tuple[str, float], dict] = {}
     for r in results:
         if r.get("stage") != "student":
             continue
-        cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "failed": 0})
+        cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "failed": 0, "missing": 0})
         if r.get("status") == "completed":
             cell["values"].append(float(r[metric]))
+        elif r.get("status") == "missing":
+            cell["missing"] += 1
         else:
             cell["failed"] += 1
     return cells
 
 
-def _axes(cells: dict) -> tuple[list[str], list[float]]:
+def grid_axes(cells: dict) -> tuple[list[str], list[float]]:
+    """The table's rows (aug levels in the paper's order) and columns (alphas, ascending)."""
     augs = {aug for aug, _ in cells}
     rows = [a for a in AUG_ORDER if a in augs] + sorted(augs - set(AUG_ORDER))
     return rows, sorted({alpha for _, alpha in cells})
@@ -36,7 +43,7 @@ def _fmt(values: list[float]) -> str:
 def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tuple[list[str], list[list[str]]]:
     """Header and rows as strings; a missing cell reads 'missing', a failed one 'failed' (never 0)."""
     cells = grid_cells(results, metric)
-    rows, alphas = _axes(cells)
+    rows, alphas = grid_axes(cells)
     header = ["aug \\ alpha"] + [f"{a:g}" for a in alphas]
     means = {k: statistics.mean(c["values"]) for k, c in cells.items() if c["values"]}
     best = max(means, key=means.get) if means else None
@@ -48,9 +55,11 @@ def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tup
             if cell is None:
                 line.append("missing")
             elif not cell["values"]:
-                line.append("failed")
+                line.append("failed" if cell["failed"] > 0 else "missing")
             else:
-                line.append(_fmt(cell["values"]) + (" *" if (aug, alpha) == best else ""))
+                lost = [f"{cell[k]} {k}" for k in ("failed", "missing") if cell[k] > 0]  # seeds left out of the mean
+                line.append(_fmt(cell["values"]) + (" *" if (aug, alpha) == best else "")
+                            + (f" ({', '.join(lost)})" if lost else ""))
         body.append(line)
     if "none" in rows and "fcra" in rows:
         gains = ["Gains (fcra - none)"]

@@ -1,0 +1,152 @@
+"""Turn a finished sweep into the paper's comparison: the Table 1 gains and the Figure 3 curves.
+
+    python -m kd.report multirun/2025-01-01/12-00-00              # or: kd-report <sweep dir>
+    python -m kd.report <sweep dir> --alpha 0.5 --metric best_top1
+    python -m kd.report <sweep dir> --wandb                        # also publish a W&B Report
+
+Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv,
+top1_by_alpha.png and test_top1_curves_alpha<α>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from kd.figures import plot_curves, plot_top1_by_alpha
+from kd.results import RESULTS_FILE, collect_sweep
+from kd.table import format_table, table_rows
+
+CURVE_AUGS = ["none", "fcra"]  # Figure 3 of the paper compares no augmentation with the strongest
+
+
+class NotASweepError(ValueError):
+    """The directory holds no kd student jobs."""
+
+
+def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Student jobs Hydra started that never wrote results.json (killed, or still running), as 'missing'."""
+    aug_names = {r["config"]["aug"]["_target_"]: r["aug"] for r in results if "config" in r}
+    found = []
+    for path in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
+        job_dir = path.parent.parent
+        cfg = OmegaConf.load(path)
+        if (job_dir / RESULTS_FILE).exists() or cfg.stage != "student":
+            continue
+        target = cfg.aug._target_
+        aug = aug_names[target] if target in aug_names else get_class(target).name  # imports torch: only if needed
+        found.append({"stage": "student", "status": "missing", "aug": aug, "alpha": float(cfg.alpha),
+                      "seed": cfg.seed, "job_dir": str(job_dir)})
+    return found
+
+
+def load_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The student jobs of a sweep dir, finished or not; a clear error for anything that is not a sweep."""
+    if not sweep_dir.is_dir():
+        raise NotASweepError(f"{sweep_dir} is not a directory; pass a sweep dir (e.g. multirun/<date>/<time>)")
+    students = [r for r in collect_sweep(sweep_dir) if r.get("stage") == "student"]
+    students += unfinished_jobs(sweep_dir, students)
+    if not students:
+        sweeps = [str(p.parent) for depth in ("*/", "*/*/", "*/*/*/") for p in sweep_dir.glob(depth + "multirun.yaml")]
+        hint = (" It holds a single job's results; pass the multirun dir above its job dirs."
+                if (sweep_dir / RESULTS_FILE).is_file() else
+                f" Sweeps under it: {', '.join(sweeps[:3])}{' ...' if len(sweeps) > 3 else ''}." if sweeps else "")
+        raise NotASweepError(f"{sweep_dir} is not a kd sweep: no student job dir (*/{RESULTS_FILE}) under it.{hint}")
+    return students
+
+
+def describe_sweep(students: list[dict[str, Any]]) -> str:
+    """'resnet8x4 student, resnet32x4 teacher (79.42%), cifar100, 240 epochs; 3 seeds' for titles and captions."""
+    r = next((s for s in students if "model" in s), None)  # a 'missing' job has only its grid position
+    seeds = len({s["seed"] for s in students})
+    if r is None:
+        return f"{seeds} seed(s)"
+    teacher = next((s["teacher_top1"] for s in students if s.get("teacher_top1") is not None), None)
+    teacher_top1 = f" ({teacher:.2f}%)" if teacher is not None else ""
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
+    return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {r['data']}, {epochs}; {spread}"
+
+
+def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, figures: list[Path]) -> list[Path]:
+    """gains.csv (the table's cells as printed) and gains.md (the table, a legend, the figures)."""
+    header, body = table_rows(students, metric)
+    csv_path = sweep_dir / "gains.csv"
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *body])
+    lines = [
+        f"# Knowledge distillation x augmentation: sweep `{sweep_dir}`",
+        "",
+        f"Test top-1 (%) of the students ({metric}); rows: the augmentation of the student's training data; "
+        f"columns: α in (1 − α)·CE + α·T²·KL.",
+        "",
+        describe_sweep(students) + ".",
+        "",
+    ]
+    lines += [format_table(students, metric), "",
+              "`*` best cell. Gains = fcra − none per α. Several seeds: mean ± std. "
+              "`failed` / `missing`: no result (never counted as 0).", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    md_path = sweep_dir / "gains.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return [md_path, csv_path]
+
+
+def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, sweep_dir: Path) -> list[Path]:
+    """The figures that the sweep has data for; says so when the curves' alpha is not in it."""
+    completed = [r for r in students if r["status"] == "completed"]
+    if not completed:
+        return []
+    subtitle = describe_sweep(students)
+    figures = [plot_top1_by_alpha(students, metric, subtitle, sweep_dir / "top1_by_alpha.png")]
+    if any(float(r["alpha"]) == alpha and r["aug"] in CURVE_AUGS for r in completed):
+        figures.append(plot_curves(students, alpha, CURVE_AUGS, subtitle,
+                                   sweep_dir / f"test_top1_curves_alpha{alpha:g}.png"))
+    else:
+        alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
+        print(f"no curves figure: no completed none/fcra job at alpha={alpha:g} (completed alphas: {alphas}); "
+              f"pick one with --alpha")
+    return figures
+
+
+def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
+    """Write the figures and tables into the sweep dir; return the files written."""
+    figures = write_figures(students, metric, alpha, sweep_dir)
+    return write_tables(students, metric, sweep_dir, figures) + figures
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
+    parser.add_argument("--alpha", type=float, default=0.25, help="alpha of the per-epoch curves (default 0.25)")
+    parser.add_argument("--metric", choices=["final_top1", "best_top1"], default="final_top1")
+    parser.add_argument("--wandb", action="store_true", help="also publish a W&B Report over the sweep's runs")
+    parser.add_argument("--entity", help="W&B entity of the report (default: the runs', else your default)")
+    args = parser.parse_args(argv)
+    try:
+        students = load_sweep(args.sweep_dir)
+    except NotASweepError as err:
+        print(f"kd-report: error: {err}", file=sys.stderr)
+        return 2
+    written = write_report(students, args.sweep_dir, args.alpha, args.metric)
+    print(format_table(students, args.metric))
+    print("wrote " + ", ".join(str(p) for p in written))
+    if args.wandb:
+        from kd.wandb_report import ReportError, publish  # wandb-workspaces only when asked for
+
+        try:
+            print(f"W&B report: {publish(students, args.sweep_dir, args.alpha, args.metric, args.entity)}")
+        except ReportError as err:
+            print(f"kd-report: error: {err}; the local files were written: {', '.join(p.name for p in written)}",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""kd.report on a synthetic sweep dir: the gains table, the figures, errors, and the W&B Report object."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb_workspaces.reports.v2 as wr
+
+from kd.report import load_sweep, main
+from kd.results import write_results
+from kd.table import format_table
+from kd.wandb_report import build_report, sweep_runs
+from kd.wandb_tracker import RUN_FILE
+
+TARGET = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment"}
+BONUS = {"none": 0.0, "fc": 2.0, "fcra": 3.5}
+ALPHAS = [0.0, 0.25, 0.5, 1.0]
+GROUP = "multirun/2025-01-01/12-00-00"
+EPOCHS = 20
+
+
+def top1(aug: str, alpha: float, seed: int, epoch: int = EPOCHS) -> float:
+    """Known numbers: fcra > fc > none, more alpha is better, seed 1 is 0.5 above seed 0, rising with epochs."""
+    return (70.0 + BONUS[aug] + 2 * alpha + 0.5 * seed) * (1 - 0.5 ** (epoch / 3))
+
+
+def make_sweep(root: Path) -> Path:
+    """3 augs x 4 alphas x 2 seeds, where fc@0.5 failed, fcra@1 never wrote results, none@1 seed 1 failed."""
+    sweep = root / "sweep"
+    job = 0
+    for aug in TARGET:
+        for alpha in ALPHAS:
+            for seed in (0, 1):
+                job_dir = sweep / str(job)
+                job_dir.mkdir(parents=True)
+                job += 1
+                if (aug, alpha) == ("fcra", 1.0):  # killed before writing results: only Hydra's files
+                    (job_dir / ".hydra").mkdir()
+                    (job_dir / ".hydra" / "config.yaml").write_text(
+                        f"stage: student\nalpha: {alpha}\nseed: {seed}\naug:\n  _target_: {TARGET[aug]}\n")
+                    continue
+                failed = (aug, alpha) == ("fc", 0.5) or ((aug, alpha, seed) == ("none", 1.0, 1))
+                history = [{"epoch": e, "test/top1": top1(aug, alpha, seed, e)} for e in range(1, EPOCHS + 1)]
+                result = {"stage": "student", "aug": aug, "alpha": alpha, "seed": seed, "model": "resnet8x4",
+                          "teacher": "resnet32x4", "data": "cifar100", "epochs": EPOCHS, "temperature": 4.0,
+                          "teacher_top1": 79.42, "config": {"alpha": alpha, "aug": {"_target_": TARGET[aug]}}}
+                if failed:
+                    result.update(status="failed", error="NonFiniteLossError: loss is NaN")
+                else:
+                    result.update(status="completed", final_top1=history[-1]["test/top1"],
+                                  best_top1=history[-1]["test/top1"], history=history)
+                write_results(job_dir, result)
+                (job_dir / RUN_FILE).write_text(json.dumps({"id": f"run{job}", "project": "kd", "entity": None,
+                                                            "group": GROUP, "job_type": "student"}))
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    sweep = make_sweep(tmp_path_factory.mktemp("report"))
+    assert main([str(sweep)]) == 0
+    with open(sweep / "gains.csv") as f:
+        rows = list(csv.reader(f))
+    return sweep, {row[0]: dict(zip(rows[0][1:], row[1:])) for row in rows[1:]}
+
+
+def test_gains_table_layout_and_values(report):
+    sweep, table = report
+    assert list(table) == ["none", "fc", "fcra", "Gains (fcra - none)"]
+    assert list(table["none"]) == ["0", "0.25", "0.5", "1"]
+    mean = (top1("fc", 0.25, 0) + top1("fc", 0.25, 1)) / 2
+    assert table["fc"]["0.25"] == f"{mean:.2f} ± 0.35"  # two seeds 0.5 apart: std 0.354
+    assert table["fc"]["0.5"] == "failed"
+    assert table["fcra"]["1"] == "missing"
+    assert table["none"]["1"] == f"{top1('none', 1.0, 0):.2f} (1 failed)"  # the failed seed is not a zero
+    marked = [(aug, a) for aug, row in table.items() for a, cell in row.items() if "*" in cell]
+    assert marked == [("fcra", "0.5")]  # the best cell with a result
+    gain = top1("fcra", 0.25, 0) - top1("none", 0.25, 0)  # seed offsets cancel
+    assert table["Gains (fcra - none)"]["0.25"] == f"{gain:+.2f}"
+    assert table["Gains (fcra - none)"]["1"] == "n/a"
+    md = (sweep / "gains.md").read_text()
+    assert format_table(load_sweep(sweep)) in md
+    assert "resnet8x4 student, resnet32x4 teacher (79.42%), cifar100, 20 epochs; mean ± std over 2 seeds" in md
+
+
+def test_figures_written_and_linked(report):
+    sweep, _ = report
+    md = (sweep / "gains.md").read_text()
+    for name in ("top1_by_alpha.png", "test_top1_curves_alpha0.25.png"):
+        assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({name})" in md
+
+
+def test_curves_alpha_not_in_sweep_is_said(report, capsys):
+    sweep, _ = report
+    assert main([str(sweep), "--alpha", "0.75"]) == 0
+    assert "no curves figure: no completed none/fcra job at alpha=0.75" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["missing", "empty", "single_job"])
+def test_not_a_sweep_is_a_clear_error(tmp_path, capsys, where):
+    path = tmp_path / where
+    if where != "missing":
+        path.mkdir()
+    if where == "single_job":
+        write_results(path, {"stage": "student", "status": "completed"})
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kd-report: error:") and len(err.splitlines()) == 1
+    assert not (path / "gains.md").exists()
+
+
+def test_wandb_report_object(report):
+    sweep, _ = report
+    students = load_sweep(sweep)
+    runs = sweep_runs(students)
+    assert (runs["project"], runs["entity"], runs["groups"]) == ("kd", None, [GROUP])
+    built = build_report(students, sweep, runs["project"], "kd-tests", runs["groups"], alpha=0.25,
+                         metric="final_top1")
+    assert (built.project, built.entity) == ("kd", "kd-tests")
+    table = next(b for b in built.blocks if isinstance(b, wr.MarkdownBlock))
+    assert format_table(students) in table.text
+    cells, curves = [b for b in built.blocks if isinstance(b, wr.PanelGrid)]
+    (by_cell,) = cells.runsets
+    assert GROUP in by_cell.filters and "'student'" in by_cell.filters
+    assert by_cell.groupby == ["config.aug._target_", "config.alpha"]
+    assert {type(p) for p in cells.panels} == {wr.BarPlot, wr.ScatterPlot}
+    (curve_runs,) = curves.runsets
+    assert GROUP in curve_runs.filters and 'Config("alpha") == 0.25' in curve_runs.filters
+    assert TARGET["none"] in curve_runs.filters and TARGET["fcra"] in curve_runs.filters
+    assert TARGET["fc"] not in curve_runs.filters.replace(TARGET["fcra"], "")
+    (line,) = curves.panels
+    assert isinstance(line, wr.LinePlot) and line.y == ["test/top1"]
+
+
+def test_wandb_without_server_is_a_clear_error(report, tmp_path):
+    sweep, _ = report
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE")}
+    env.update(HOME=str(tmp_path), NETRC=str(tmp_path / "no.netrc"), WANDB_CONFIG_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "kd.report", str(sweep), "--wandb"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "could not publish the W&B report" in proc.stderr and "the local files were written" in proc.stderr
+    assert (sweep / "gains.md").is_file()

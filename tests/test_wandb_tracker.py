@@ -1,0 +1,191 @@
+"""logger=wandb: real offline W&B runs, read back with wandb's own reader (`wandb leet inspect`)."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb
+from hydra.utils import instantiate
+
+from conftest import FAST, compose_config, run_cli
+from kd.results import RESULTS_FILE, collect_sweep, read_results
+from kd.train import train
+from kd.wandb_tracker import RUN_FILE, WandbTracker
+
+WANDB = [sys.executable, "-m", "wandb"]
+# After FAST, so that logger=wandb wins; no augmentation and two steps an epoch keep a job to seconds on a CPU.
+FAST_WANDB = [*FAST, "logger=wandb", "aug=none", "data.test_fraction=0.8", "trainer.batch_size=256"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_wandb():
+    """wandb reads its environment once per process; start each test from a clean slate."""
+    yield
+    wandb.teardown()
+
+
+def read_offline_run(run_dir: Path) -> dict:
+    """The run record, history rows, final summary and exit code of an offline run, as wandb reads them."""
+    out = subprocess.run([*WANDB, "leet", "inspect", "--json", str(run_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    records = [json.loads(line) for line in out.splitlines()]
+    summary: dict = {}
+    for r in records:
+        if r["type"] == "summary":
+            summary.update(r["summary"].get("update", {}))
+    return {
+        "run": next(r["run"] for r in records if r["type"] == "run"),
+        "history": [r["history"]["item"] for r in records if r["type"] == "history"],
+        "summary": summary,
+        "exit_code": next(r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"),
+    }
+
+
+def offline_runs(job_dir: Path) -> list[Path]:
+    return sorted((job_dir / "wandb").glob("offline-run-*"))
+
+
+def no_credentials(monkeypatch, tmp_path: Path) -> None:
+    """A machine where nobody ran `wandb login` and WANDB_MODE is unset: logger.mode=auto must go offline."""
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no.netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+
+
+def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_home):
+    no_credentials(monkeypatch, tmp_path)
+    proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = next((tmp_path / "multirun").glob("*/*"))
+    students = collect_sweep(sweep_dir)
+    assert [r["status"] for r in students] == ["completed", "completed"]
+    teacher_dir = next((isolated_kd_home / "teachers").glob("*.work"))
+
+    logs = proc.stdout + proc.stderr
+    sync_lines = [line for line in logs.splitlines() if "upload it with: wandb sync" in line]
+    assert len(sync_lines) == 3  # one line per job: the teacher and two cells
+    assert all("no W&B credentials" in line for line in sync_lines)
+
+    group = str(sweep_dir.relative_to(tmp_path))  # Hydra's sweep dir, as configured (relative to the cwd)
+    teacher = read_offline_run(*offline_runs(teacher_dir))
+    assert teacher["run"]["job_type"] == "teacher"
+    assert teacher["run"]["display_name"] == "teacher resnet8 digits seed=0"
+    assert teacher["run"]["run_group"] == group
+    assert teacher["run"]["config"]["update"]["out_dir"] == str(teacher_dir)
+    assert teacher["summary"]["final_top1"] == students[1]["teacher_top1"]
+
+    for result in students:
+        job_dir = Path(result.pop("job_dir"))
+        (run_dir,) = offline_runs(job_dir)
+        wb = read_offline_run(run_dir)
+        assert wb["run"]["display_name"] == f"aug=none alpha={result['alpha']:g} seed=0"
+        assert wb["run"]["job_type"] == "student"
+        assert wb["run"]["run_group"] == group
+        assert wb["run"]["run_id"] == json.loads((job_dir / RUN_FILE).read_text())["id"]
+        config = {k: v for k, v in wb["run"]["config"]["update"].items() if k != "_wandb"}
+        assert config == result["config"]  # the whole resolved config, output dir included
+        assert config["out_dir"] == str(job_dir)
+        assert [row["epoch"] for row in wb["history"]] == [1]
+        for key in ("train/loss", "train/ce", "train/kd", "train/top1", "test/top1", "test/top5", "lr",
+                    "epoch_time_s", "images_per_s"):
+            assert wb["history"][0][key] == pytest.approx(result["history"][0][key])
+        for key in ("final_top1", "best_top1", "teacher_top1"):
+            assert wb["summary"].get(key) == result[key]
+        assert wb["exit_code"] == 0
+
+
+def single_run(tmp_path: Path, *overrides: str) -> dict:
+    """One cell without a teacher (alpha=0), in this process: the quickest real job."""
+    return train(compose_config([*FAST_WANDB, "alpha=0", *overrides], out_dir=tmp_path / "job"))
+
+
+def test_wandb_init_failure_does_not_stop_training(tmp_path, caplog):
+    result = single_run(tmp_path, "logger.project=not/allowed")  # W&B rejects '/' in a project name
+    assert result["status"] == "completed"
+    assert read_results(tmp_path / "job" / RESULTS_FILE)["status"] == "completed"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "kd.wandb_tracker"]
+    assert len(warnings) == 1 and "W&B could not start" in warnings[0]
+
+
+def test_failing_wandb_calls_warn_once_and_never_raise(tmp_path, caplog):
+    cfg = compose_config(FAST_WANDB, out_dir=tmp_path / "job")
+    with instantiate(cfg.logger).run(cfg, tmp_path / "job", job_type="student", name="x") as run:
+        run._run.finish()  # the run ends under the job's feet (as when wandb's service dies): every call now raises
+        run.log({"epoch": 1}, step=1)
+        run.log({"epoch": 2}, step=2)
+        run.summary({"final_top1": 1.0})
+    warnings = [r.getMessage() for r in caplog.records if r.name == "kd.wandb_tracker"]
+    assert len(warnings) == 1 and warnings[0].startswith("W&B log failed (UsageError")
+
+
+def log_two_epochs(tmp_path: Path, *overrides: str) -> Path:
+    """Open the tracker's run for a job dir as kd.train does, and log two epochs."""
+    cfg = compose_config([*FAST_WANDB, *overrides], out_dir=tmp_path / "job")
+    tracker = instantiate(cfg.logger)
+    with tracker.run(cfg, tmp_path / "job", job_type="student", name="aug=none alpha=0.5 seed=0") as run:
+        for epoch in (1, 2):
+            run.log({"epoch": epoch, "test/top1": 10.0 * epoch}, step=epoch)
+        run.summary({"final_top1": 20.0})
+    return tmp_path / "job"
+
+
+def test_wandb_disabled_by_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    job = log_two_epochs(tmp_path)
+    assert not (job / RUN_FILE).exists()
+    assert offline_runs(job) == []
+
+
+def test_resumed_job_continues_its_wandb_run_and_records_no_api_key(tmp_path, monkeypatch):
+    api_key = "k" * 40
+    monkeypatch.setenv("WANDB_API_KEY", api_key)
+    job = log_two_epochs(tmp_path)
+    log_two_epochs(tmp_path)  # a requeued job: same output dir
+    first, second = offline_runs(job)
+    run_id = json.loads((job / RUN_FILE).read_text())["id"]
+    assert first.name.endswith(run_id) and second.name.endswith(run_id)
+    wb = read_offline_run(second)
+    assert wb["run"]["resume"] is True
+    assert [row["test/top1"] for row in wb["history"]] == [10.0, 20.0]
+    assert wb["summary"]["final_top1"] == 20.0
+    leaked = [p for p in job.rglob("*") if p.is_file() and api_key.encode() in p.read_bytes()]
+    assert leaked == []
+
+
+def test_unreachable_server_falls_back_to_offline(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    caplog.set_level(logging.INFO, logger="kd.wandb_tracker")
+    job = log_two_epochs(tmp_path, "logger.mode=online")
+    (run_dir,) = offline_runs(job)
+    assert [row["test/top1"] for row in read_offline_run(run_dir)["history"]] == [10.0, 20.0]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "kd.wandb_tracker"]
+    assert "is offline (online failed:" in line and f"wandb sync {run_dir}" in line
+
+
+def test_auto_mode_without_credentials_is_offline(tmp_path, monkeypatch):
+    no_credentials(monkeypatch, tmp_path)
+    tracker = WandbTracker("kd", None, None, [], "auto", None, 60.0)
+    mode, why = tracker._resolve_mode()
+    assert mode == "offline" and "wandb login" in why
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracker._resolve_mode()[0] is None  # wandb itself reads WANDB_MODE
+
+
+def test_logger_config_defaults_to_wandb_and_rejects_typos():
+    cfg = compose_config([])
+    assert cfg.logger._target_ == "kd.wandb_tracker.WandbTracker"
+    assert isinstance(instantiate(cfg.logger), WandbTracker)
+    with pytest.raises(Exception, match="mdoe"):
+        compose_config(["logger.mdoe=offline"])
+    with pytest.raises(Exception, match="bogus"):
+        compose_config(["logger.mode=bogus"])
+    assert compose_config(["logger=none"]).logger._target_ == "kd.tracking.NullTracker"

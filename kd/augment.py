@@ -15,6 +15,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op  # torchvision's own op code: same outputs by construction
 
 RANDAUGMENT_BINS = 31  # torchvision's default number of magnitude bins
+# torchvision's RandAugment ops, in the order of its augmentation space (an op index means the same in both)
+RANDAUGMENT_OPS = tuple(T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, (32, 32)))
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -36,33 +38,48 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     return padded[batch, chan, rows, cols]
 
 
-def rand_augment(
-    images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator
-) -> torch.Tensor:
-    """RandAugment with a fresh op and sign per image and per op slot.
+def draw_rand_augment(n: int, num_ops: int, device: torch.device, generator: torch.Generator
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's ops and signs, (num_ops, n) each: op uniform over torchvision's 14, sign a fair coin.
 
-    Images that drew the same (op, sign) are transformed together by torchvision's own
-    `_apply_op`, so each image gets exactly what torchvision's RandAugment would give it.
+    A sign is drawn for every op, as it costs nothing; unsigned ops ignore it.
     """
-    space = T.RandAugment(num_ops, magnitude)._augmentation_space(RANDAUGMENT_BINS, images.shape[-2:])
-    names = list(space)
+    ops = torch.randint(len(RANDAUGMENT_OPS), (num_ops, n), device=device, generator=generator)
+    negative = torch.rand(num_ops, n, device=device, generator=generator) < 0.5
+    return ops, negative
+
+
+def apply_rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor, magnitude: int
+                       ) -> torch.Tensor:
+    """Apply each image's drawn ops in order, as torchvision's RandAugment(magnitude) would.
+
+    Images that drew the same (op, signed magnitude) in a slot are transformed together
+    by torchvision's own `_apply_op`, whose ops treat each image of a batch on its own.
+    """
+    space = T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, images.shape[-2:])
+    signed = torch.tensor([space[name][1] for name in RANDAUGMENT_OPS], device=ops.device)
     out = images.clone()
-    n = images.shape[0]
-    for _ in range(num_ops):
-        op_index = torch.randint(len(names), (n,), device=images.device, generator=generator)
-        negative = torch.rand(n, device=images.device, generator=generator) < 0.5
-        group_key = (op_index * 2 + negative.long()).cpu()  # one host copy per op slot, not per image
-        for key in group_key.unique().tolist():
-            name = names[key // 2]
-            magnitudes, signed = space[name]
-            value = float(magnitudes[magnitude].item()) if magnitudes.ndim > 0 else 0.0
-            if signed and key % 2:
-                value = -value
+    for slot_ops, slot_negative in zip(ops, negative):
+        # Unsigned ops ignore the sign, so they form one group. Sorting the keys gives every group's
+        # images at once: two host reads per slot, not one per group.
+        keys = slot_ops * 2 + (slot_negative & signed[slot_ops]).long()
+        uniques, counts = keys.unique(return_counts=True)
+        groups = keys.argsort(stable=True).split(counts.tolist())
+        for key, idx in zip(uniques.tolist(), groups):
+            name = RANDAUGMENT_OPS[key // 2]
             if name == "Identity":
                 continue
-            idx = (group_key == key).nonzero().squeeze(1).to(images.device)
+            magnitudes, _ = space[name]
+            value = float(magnitudes[magnitude].item()) if magnitudes.ndim > 0 else 0.0
+            value = -value if key % 2 else value
             out[idx] = _apply_op(out[idx], name, value, interpolation=InterpolationMode.NEAREST, fill=None)
     return out
+
+
+def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator) -> torch.Tensor:
+    """RandAugment(num_ops, magnitude) with a fresh op and sign per image and per op slot."""
+    ops, negative = draw_rand_augment(images.shape[0], num_ops, images.device, generator)
+    return apply_rand_augment(images, ops, negative, magnitude)
 
 
 class NoAugment:

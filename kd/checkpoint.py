@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import zipfile
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ def save_atomic(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except (OSError, RuntimeError) as err:  # a full disk, a lost mount (torch's zip writer raises RuntimeError)
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write {path} ({type(err).__name__}: {err}); the previous {path.name}, if any, is "
+            f"intact. Free space (or fix the dir) and rerun the same command to resume from it."
+        ) from err
+    except BaseException:  # Ctrl-C or a signal mid-write: leave no half-written temp file
         tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -44,9 +50,22 @@ def load_checkpoint(path: Path, what: str, fix: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist. {fix}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(err).__name__}: {err}). {fix}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's own text suggests weights_only=False, the one thing not to do with a file one did not write.
+        refused = re.search(r"GLOBAL (\S+)", str(err))
+        if refused is not None:
+            raise CheckpointError(
+                f"{what} {path} holds a pickled Python object ({refused.group(1).rstrip('.')}), not only tensors; "
+                f"kd loads checkpoints with weights_only=True and refuses it, as unpickling it could run code. {fix}"
+            ) from None
+        raise CheckpointError(f"{what} {path} is truncated or corrupt (not a torch checkpoint). {fix}") from None
+    except Exception as err:  # a bad file fails torch.load in many ways (even a KeyError for some bytes)
+        reason = ": ".join(filter(None, [type(err).__name__, str(err).split(". ")[0]]))  # torch's first sentence
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({reason}). {fix}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(state).__name__}, not a kd checkpoint dict. {fix}")
+    return state
 
 
 def rng_state(generator: torch.Generator) -> dict:

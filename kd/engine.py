@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import random
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -32,6 +35,17 @@ TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf: stop instead of training on garbage."""
+
+
+def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); `deterministic` turns on PyTorch's deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
 
 
 def autocast_for(device: torch.device, bf16: bool) -> Callable:
@@ -73,9 +87,10 @@ def train_one_epoch(student: nn.Module, forward: Callable, batches, teacher_fn: 
 def _raise_if_nonfinite(first_bad_step: torch.Tensor, epoch: int) -> None:
     step = int(first_bad_step.item())
     if step >= 0:
+        # Counted from 1, as the epoch log lines count. Resuming would restore the old lr from checkpoint.pt.
         raise NonFiniteLossError(
-            f"loss is NaN/inf at epoch {epoch} step {step}; training stopped. Lower optim.optimizer.lr, "
-            f"check the data, or resume from the last good checkpoint."
+            f"loss is NaN/inf at epoch {epoch + 1} step {step + 1}; training stopped (the last good checkpoint, "
+            f"if any, is kept). Lower optim.optimizer.lr or check the data, and start in a new output dir."
         )
 
 
@@ -110,6 +125,15 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device:
                               t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last)
 
 
+def make_student(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple[nn.Module, Callable]:
+    """The student in the training memory format, and its forward (compiled where that is on)."""
+    t = cfg.trainer
+    memory_format = torch.channels_last if t.channels_last and device.type == "cuda" else torch.contiguous_format
+    student = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
+    forward = torch.compile(student) if t.compile and device.type == "cuda" else student
+    return student, forward
+
+
 def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug,
                     device: torch.device, autocast: Callable) -> Optional[TeacherFn]:
     """None for alpha=0 (the teacher never runs); cached logits for aug=none; else the live teacher."""
@@ -126,9 +150,10 @@ def fit(cfg: DictConfig, splits: ImageSplits, device: torch.device, out_dir: Pat
         teacher: Optional[nn.Module], log_metrics: Callable[[dict, int], None]) -> dict:
     """Train `cfg.model` on `splits`, resuming from `out_dir/checkpoint.pt` if present."""
     t = cfg.trainer
-    memory_format = torch.channels_last if t.channels_last and device.type == "cuda" else torch.contiguous_format
-    student = instantiate(cfg.model, num_classes=splits.num_classes).to(device, memory_format=memory_format)
-    forward = torch.compile(student) if t.compile and device.type == "cuda" else student
+    # Seeded here rather than once per process, so that a student's initial weights do not depend on
+    # whether its teacher was just trained in this process or read from the cache (nor a resumed run's).
+    seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
+    student, forward = make_student(cfg, splits.num_classes, device)
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)
     train_batches = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=True)

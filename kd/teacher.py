@@ -105,9 +105,12 @@ def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.M
            "teacher.checkpoint=null to train one.")
     ckpt = load_checkpoint(path, "teacher checkpoint", fix)
     want = arch_name(cfg.teacher.arch)
-    if ckpt.get("arch") != want or ckpt.get("num_classes") != splits.num_classes:
+    missing = [key for key in ("arch", "num_classes", "state_dict", "test_top1") if key not in ckpt]
+    if missing:  # e.g. a bare state_dict from another code base
+        raise CheckpointError(f"teacher checkpoint {path} is not one kd wrote (it lacks {', '.join(missing)}). {fix}")
+    if ckpt["arch"] != want or ckpt["num_classes"] != splits.num_classes:
         raise CheckpointError(
-            f"teacher checkpoint {path} holds {ckpt.get('arch')} with {ckpt.get('num_classes')} classes, "
+            f"teacher checkpoint {path} holds {ckpt['arch']} with {ckpt['num_classes']} classes, "
             f"but the config asks for {want} with {splits.num_classes} classes ({splits.name}). {fix}"
         )
     model = instantiate(cfg.teacher.arch, num_classes=splits.num_classes)

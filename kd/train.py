@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -20,8 +20,9 @@ if __package__ in (None, ""):  # `python kd/train.py`: make the package importab
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra
-import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -66,14 +67,47 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds CUDA too
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+def check_trainer(t: DictConfig) -> None:
+    """Counts the schema can only type-check: a 0 would fail late (checkpoint_every=0 after a whole epoch)."""
+    for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
+        if t[key] < 1:
+            raise ValueError(f"trainer.{key}={t[key]} must be >= 1")
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why no files can be created at `path` (probed with a temp dir, removed again); None if they can."""
+    existing = path.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        return f"cannot create files in {existing}: {err.strerror}"
+    return None
+
+
+class CheckOutputDir(Callback):
+    """Refuse an unwritable hydra.run.dir / hydra.sweep.dir up front, naming the key to change.
+
+    Otherwise Hydra's own mkdir fails with a bare OSError. Hydra turns a callback's exceptions
+    into warnings, so a callback stops the run with SystemExit.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra does next: the dir may use ${hydra:job.name}
+        path = Path(OmegaConf.select(config, key))
+        reason = unwritable_reason(path)
+        if reason is not None:
+            raise SystemExit(f"Error: {key}={path} is not writable ({reason}). Set {key} to a writable dir.")
 
 
 def prepare_out_dir(path: str) -> Path:
@@ -111,17 +145,21 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one job (a grid cell, or the teacher) and return what it writes to results.json."""
     check_kd_params(cfg.alpha, cfg.loss.temperature)
+    check_trainer(cfg.trainer)
     out_dir = prepare_out_dir(cfg.out_dir)
     previous = completed_results(out_dir, cfg)
     if previous is not None:
-        log.info("%s already completed: final top-1 %.2f%% (skipped)", out_dir, previous["final_top1"])
+        log.info("%s already completed with this config (skipped; delete its %s to run it again)",
+                 out_dir, RESULTS_FILE)
         return previous
     results = {**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
     started = time.time()
     try:
         results.update(_train(cfg, out_dir), status="completed")
     except BaseException as err:
-        results.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        # A signal or Ctrl-C (requeue, preemption) leaves the run resumable; anything else is a failure.
+        status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+        results.update(status=status, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
         results["wall_time_s"] = time.time() - started
@@ -132,7 +170,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     t = cfg.trainer
     device = resolve_device(t.device)
-    seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     splits = instantiate(cfg.data)
     if t.batch_size > len(splits.train_labels):
         raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
@@ -162,10 +199,15 @@ def _train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return {**result, "teacher_top1": teacher_top1}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute config dir: relative to a module Hydra would look for a `conf` package instead.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return train(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable kd.train.main, not this __main__ copy: submitit launchers pickle the task
+    # function, and only an importable one pickles by reference (by value it drags in torch's modules).
+    from kd.train import main as importable_main
+
+    importable_main()

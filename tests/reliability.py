@@ -1,0 +1,58 @@
+"""Helpers for the reliability tests (resume, bad input, safety): comparing runs, watching files."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import kd.engine
+
+# A CPU result depends on the number of threads (reductions split differently), so every run that is
+# compared with another uses one; it also keeps a run fast where the 2 cores are shared.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+TIMING_KEYS = ("epoch_time_s", "images_per_s")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """In-process runs in one thread, like the subprocesses; PyTorch's global switches restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """A bad input must be caught before the first training step (a teacher's included)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started despite a bad input")
+
+    monkeypatch.setattr(kd.engine, "train_one_epoch", refuse)
+
+
+def metrics(results: dict) -> dict:
+    """Everything a run measured, without its wall-clock timings."""
+    keys = ("final_top1", "final_top5", "best_top1", "teacher_top1")
+    history = [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in results["history"]]
+    return {**{k: results[k] for k in keys}, "history": history}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold bit-identical model weights."""
+    sa, sb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under `root` with its mtime and content hash: proof that nothing was written or deleted."""
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def last_lines(text: str, n: int = 4) -> str:
+    """What a user reads at the end of a failed command."""
+    return "\n".join(text.strip().splitlines()[-n:])

@@ -1,0 +1,258 @@
+"""Every bad input fails before training, names the key or file and the fix, and leaves what was there alone.
+
+Composition errors (typo'd keys, wrong types, unknown options) are unit-tested in test_config.py and
+bad teacher files partly in test_teacher.py; here each is also run where a job's files already are.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+
+import kd.engine
+from conftest import CONF_DIR, FAST, compose_config, run_cli
+from kd import models
+from kd.checkpoint import CheckpointError, load_checkpoint
+from kd.results import RESULTS_FILE, read_results
+from kd.train import CheckOutputDir, train, unwritable_reason
+from reliability import (ONE_THREAD, last_lines, metrics, no_training, one_torch_thread,  # noqa: F401 (fixtures)
+                         snapshot)
+
+STUDENT = [*FAST, "alpha=0"]  # no teacher: the cheapest real job
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A completed one-epoch job (results.json, checkpoint.pt), trained once for the module."""
+    job = tmp_path_factory.mktemp("finished") / "job"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train(compose_config(STUDENT, out_dir=job))
+    torch.set_num_threads(threads)
+    return job
+
+
+@pytest.fixture
+def completed_job(finished, tmp_path) -> Path:
+    job = tmp_path / "completed"
+    shutil.copytree(finished, job)  # copy2: mtimes kept
+    return job
+
+
+@pytest.fixture
+def interrupted_job(completed_job) -> Path:
+    """What a SIGKILL leaves: a checkpoint and no results.json."""
+    (completed_job / RESULTS_FILE).unlink()
+    return completed_job
+
+
+BAD_VALUES = {
+    "alpha=1.5": r"alpha=1.5 is outside \[0, 1\]; set alpha=0 \(plain CE\) .. alpha=1 \(pure KD\)",
+    "alpha=-0.1": r"alpha=-0.1 is outside \[0, 1\]",
+    "loss.temperature=0": r"loss.temperature=0.0 must be > 0 \(the paper uses 4\)",
+    "loss.temperature=-4": r"loss.temperature=-4.0 must be > 0",
+    "trainer.epochs=0": r"trainer.epochs=0 must be >= 1",
+    "trainer.batch_size=0": r"trainer.batch_size=0 must be >= 1",
+    "trainer.checkpoint_every=0": r"trainer.checkpoint_every=0 must be >= 1",
+    # Checked after the data is loaded, but a finished job's dir is recognised first.
+    "trainer.batch_size=5000": r"results.json holds the completed results of a different config. Use a new "
+                               r"hydra.sweep.dir \(or hydra.run.dir\)",
+}
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_bad_value_leaves_a_finished_job_untouched(override, completed_job, no_training):
+    before = snapshot(completed_job)
+    with pytest.raises(ValueError, match=BAD_VALUES[override]):
+        train(compose_config([*STUDENT, override], out_dir=completed_job))
+    assert snapshot(completed_job) == before
+
+
+def teacher_file(path: Path, arch: str = "resnet8", num_classes: int = 10, kd_format: bool = True) -> Path:
+    """A teacher checkpoint as kd writes it, or (kd_format=False) a bare state_dict from another code base."""
+    state = getattr(models, arch)(num_classes=num_classes).state_dict()
+    torch.save({"arch": arch, "num_classes": num_classes, "data": "digits", "state_dict": state,
+                "test_top1": 50.0} if kd_format else state, path)
+    return path
+
+
+def truncated(path: Path) -> Path:
+    teacher_file(path)
+    path.write_bytes(path.read_bytes()[:4096])
+    return path
+
+
+def cifar_root(root: Path, corrupt: bool) -> Path:
+    if corrupt:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for name in ("data_batch_1", "test_batch", "batches.meta"):
+            (folder / name).write_bytes(b"not a pickle")
+    return root
+
+
+def cifar(root: Path, download: bool = False) -> list[str]:
+    return ["data=cifar10", f"data.root={root}", f"data.download={download}", "trainer.epochs=1", "logger=none",
+            "alpha=0"]
+
+
+def with_teacher(path: Path, teacher: str = "resnet8") -> list[str]:
+    return [*FAST, "alpha=0.5", f"teacher={teacher}", f"teacher.checkpoint={path}"]
+
+
+# name: inputs dir -> (overrides, error, message); instantiate wraps the data loader's DataUnavailableError
+BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
+    "batch size larger than the dataset": lambda d: (
+        [*STUDENT, "trainer.batch_size=5000"], ValueError,
+        r"trainer.batch_size=5000 is larger than the 1437 training images of digits; lower trainer.batch_size"),
+    "data root missing": lambda d: (
+        cifar(d / "no-such-dir"), InstantiationException,
+        r"cifar10 is not under .*no-such-dir \(Dataset not found or corrupted.*\)\. Put a complete extracted "
+        r"'cifar-10-batches-py' folder in .*no-such-dir, or set data.download=true"),
+    "data root with corrupt files": lambda d: (
+        cifar(cifar_root(d / "data", corrupt=True)), InstantiationException,
+        r"cifar10 in .*data/cifar-10-batches-py is incomplete or corrupt"),
+    "data root with corrupt files, offline download": lambda d: (
+        cifar(cifar_root(d / "data", corrupt=True), download=True), InstantiationException,
+        r"cifar10 in .*cifar-10-batches-py is incomplete or corrupt and could not be downloaded .* Fix: on a "
+        r"machine with internet"),
+    "teacher checkpoint missing": lambda d: (
+        with_teacher(d / "nope.pt"), CheckpointError,
+        r"teacher.checkpoint=.*nope.pt does not exist. Fix the path, or set teacher.checkpoint=null"),
+    "teacher checkpoint truncated": lambda d: (
+        with_teacher(truncated(d / "cut.pt")), CheckpointError,
+        r"teacher checkpoint .*cut.pt is truncated or corrupt \(RuntimeError: PytorchStreamReader failed"),
+    "teacher checkpoint of another architecture": lambda d: (
+        with_teacher(teacher_file(d / "t.pt"), teacher="resnet14"), CheckpointError,
+        r"holds resnet8 with 10 classes, but the config asks for resnet14 with 10 classes \(digits\). Point "
+        r"teacher.checkpoint at"),
+    "teacher checkpoint for another number of classes": lambda d: (
+        with_teacher(teacher_file(d / "t.pt", num_classes=100)), CheckpointError,
+        r"holds resnet8 with 100 classes, but the config asks for resnet8 with 10 classes"),
+    "teacher checkpoint from another code base": lambda d: (
+        with_teacher(teacher_file(d / "t.pt", kd_format=False)), CheckpointError,
+        r"t.pt is not one kd wrote \(it lacks arch, num_classes, state_dict, test_top1\)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_fails_before_training_and_keeps_the_checkpoint(case, interrupted_job, tmp_path, monkeypatch,
+                                                                 no_training):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    overrides, error, message = BAD_INPUTS[case](inputs)
+    before = {"job": snapshot(interrupted_job), "inputs": snapshot(inputs)}
+    with pytest.raises(error, match=message):
+        train(compose_config(overrides, out_dir=interrupted_job))
+    after = {"job": snapshot(interrupted_job), "inputs": snapshot(inputs)}
+    written = after["job"].pop(RESULTS_FILE)  # the one new file: the failure, for the sweep's table
+    assert written and after == before
+    results = read_results(interrupted_job / RESULTS_FILE)
+    assert results["status"] == "failed" and re.search(message, results["error"])
+
+
+def test_unwritable_out_dir_is_refused_before_anything(tmp_path, no_training):
+    regular_file = tmp_path / "a-file"
+    regular_file.write_text("keep me")
+    with pytest.raises(PermissionError, match=r"output dir .*a-file/job is not writable \(Not a directory\). Set "
+                                              r"hydra.run.dir / hydra.sweep.dir \(or out_dir\) to a writable place"):
+        train(compose_config(STUDENT, out_dir=regular_file / "job"))
+    with pytest.raises(PermissionError, match=r"output dir /proc/kd-job is not writable"):
+        train(compose_config(STUDENT, out_dir="/proc/kd-job"))  # root may write anywhere, but not here
+    assert regular_file.read_text() == "keep me"
+
+
+def test_unwritable_run_and_sweep_dirs_are_refused_before_hydra_creates_them(tmp_path):
+    regular_file = tmp_path / "a-file"
+    regular_file.write_text("")
+    assert unwritable_reason(regular_file / "x" / "y") == f"{regular_file} is a file"
+    assert unwritable_reason(Path("/proc/kd/sweep")) == "cannot create files in /proc: No such file or directory"
+    assert unwritable_reason(tmp_path / "new" / "dir") is None and not (tmp_path / "new").exists()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[f"hydra.sweep.dir={regular_file}/sweep"], return_hydra_config=True)
+    with pytest.raises(SystemExit, match=rf"hydra.sweep.dir={regular_file}/sweep is not writable \({regular_file} "
+                                         r"is a file\). Set hydra.sweep.dir to a writable dir"):
+        CheckOutputDir().on_multirun_start(config=cfg)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, one_torch_thread):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    job, args = tmp_path / "job", [*STUDENT, "trainer.epochs=2"]
+    save_atomic = kd.engine.save_atomic
+
+    def disk_full_after_first_save(obj, path: Path) -> None:
+        save_atomic(obj, path)
+        # The next save's temp file is /dev/full: the kernel answers its writes with a real ENOSPC.
+        path.with_name(path.name + ".tmp").symlink_to("/dev/full")
+
+    monkeypatch.setattr(kd.engine, "save_atomic", disk_full_after_first_save)
+    with pytest.raises(CheckpointError, match=r"could not write .*job/checkpoint.pt \(OSError: \[Errno 28\] No space "
+                                              r"left on device\); the previous checkpoint.pt, if any, is intact"):
+        train(compose_config(args, out_dir=job))
+    assert load_checkpoint(job / "checkpoint.pt", "checkpoint", "")["epoch"] == 1
+    assert sorted(p.name for p in job.iterdir()) == ["checkpoint.pt", RESULTS_FILE]  # no temp file left
+    assert read_results(job / RESULTS_FILE)["status"] == "failed"
+
+    monkeypatch.setattr(kd.engine, "save_atomic", save_atomic)  # space freed: the same command resumes
+    resumed = train(compose_config(args, out_dir=job))
+    assert metrics(resumed) == metrics(train(compose_config(args, out_dir=tmp_path / "uninterrupted")))
+
+
+def kd_files(job: Path) -> dict:
+    """The job's own files; Hydra rewrites .hydra/ and appends to train.log on every launch."""
+    return {k: v for k, v in snapshot(job).items() if not k.startswith(".hydra") and not k.endswith(".log")}
+
+
+def test_cli_bad_value_in_a_finished_job_dir(completed_job, tmp_path):
+    before = kd_files(completed_job)
+    proc = run_cli([*STUDENT, "alpha=1.5", f"hydra.run.dir={completed_job}"], cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 1
+    assert "ValueError: alpha=1.5 is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure KD)" in last_lines(
+        proc.stderr), proc.stderr
+    assert kd_files(completed_job) == before
+
+
+COMPOSITION_ERRORS = {
+    "model=resnet9": "Could not find 'model/resnet9'\n\nAvailable options in 'model':\n\tresnet110",
+    "trainer.epochs=ten": "Value 'ten' of type 'str' could not be converted to Integer\n    full_key: trainer.epochs",
+}
+
+
+@pytest.mark.parametrize("override", COMPOSITION_ERRORS)
+def test_cli_composition_error_is_readable_and_creates_no_dir(override, tmp_path):
+    proc = run_cli([*STUDENT, override, f"hydra.run.dir={tmp_path / 'job'}"], cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 1 and COMPOSITION_ERRORS[override] in proc.stderr, proc.stderr
+    assert not (tmp_path / "job").exists()
+
+
+def test_cli_unwritable_run_dir(tmp_path):
+    regular_file = tmp_path / "a-file"
+    regular_file.write_text("")
+    proc = run_cli([*STUDENT, f"hydra.run.dir={regular_file}/job"], cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 1
+    assert last_lines(proc.stderr, 1) == (f"Error: hydra.run.dir={regular_file}/job is not writable ({regular_file} "
+                                          f"is a file). Set hydra.run.dir to a writable dir."), proc.stderr
+
+
+def test_cli_nonfinite_loss_stops_naming_epoch_and_step(tmp_path):
+    job = tmp_path / "job"
+    proc = run_cli([*STUDENT, "optim.optimizer.lr=1e5", f"hydra.run.dir={job}"], cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 1
+    assert re.search(r"NonFiniteLossError: loss is NaN/inf at epoch 1 step \d+; training stopped \(the last good "
+                     r"checkpoint, if any, is kept\). Lower optim.optimizer.lr", last_lines(proc.stderr)), proc.stderr
+    assert read_results(job / RESULTS_FILE)["status"] == "failed"
+    assert not (job / "checkpoint.pt").exists()  # the bad epoch is never saved

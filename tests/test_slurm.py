@@ -1,0 +1,144 @@
+"""The grid on a real one-node SLURM cluster (tests/slurm_cluster.py) with kd's launcher presets.
+
+    KD_TEST_SLURM=1 pytest -m slurm      # as root; installs slurm-wlm + munge with apt if needed
+
+Skipped (with the reason) unless KD_TEST_SLURM=1 or CI is set and we are root.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import TRAIN_SCRIPT, run_cli
+from kd.results import collect_sweep, read_results
+from slurm_cluster import LocalSlurm, local_slurm, unavailable_reason
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(unavailable_reason() is not None,
+                                                    reason=unavailable_reason() or "")]
+
+# Small cells: 1 CPU, 1 GB and one fake GPU each, so the node (4 CPUs, 4 GPUs) runs 4 at once.
+ON_SLURM = ["data=digits", "data.image_size=8", "logger=none", "hydra/launcher=slurm",
+            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+GRID = ["alpha=0,0.25,0.5,0.75,1.0", "aug=none,fc,fcra"]
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> LocalSlurm:
+    with local_slurm(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what}")
+
+
+def job_field(slurm: LocalSlurm, job_id: str, field: str) -> str:
+    return re.search(rf"\b{field}=(\S+)", slurm.command("scontrol", "show", "job", job_id)).group(1)
+
+
+def test_grid_trains_teacher_first_then_runs_all_15_cells(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "-m", "kd.submit", *GRID, "trainer.epochs=2", *ON_SLURM,
+                          f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, capture_output=True,
+                         text=True, timeout=540)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+    (teacher,) = collect_sweep(sweep / "teacher")
+    assert teacher["stage"] == "teacher" and teacher["status"] == "completed"
+    cells = collect_sweep(sweep)
+    assert sorted((r["aug"], r["alpha"]) for r in cells) == sorted(
+        (aug, alpha) for aug in ("none", "fc", "fcra") for alpha in (0.0, 0.25, 0.5, 0.75, 1.0))
+    assert all(r["status"] == "completed" for r in cells)
+    assert "Gains (fcra - none)" in out.stdout
+
+    # Every cell with alpha > 0 loaded the teacher that step 1 cached; none trained it.
+    logs = [p.read_text() for p in sweep.glob("*/train.log")]
+    assert sum("teacher: reusing" in log for log in logs) == 12
+    assert not any("teacher: training" in log for log in logs)
+
+    # One job array from the preset; SLURM gave every cell one of the node's (fake) GPUs.
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    for line in ["#SBATCH --array=0-14%15", "#SBATCH --gpus-per-node=1", "#SBATCH --requeue",
+                 "#SBATCH --signal=USR2@120", "#SBATCH --time=360"]:
+        assert line in script.read_text()
+    devices = [re.search(r"CUDA_VISIBLE_DEVICES=(\S*)", p.read_text()).group(1)
+               for p in (sweep / ".submitit").glob("*_*/*_log.out")]
+    assert len(devices) == 15 and set(devices) <= {"0", "1", "2", "3"}
+
+
+def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_path):
+    cell = ["alpha=0.5", "aug=fcra", "trainer.epochs=15"]
+    # The uninterrupted reference, on one thread like the SLURM cell (cpus_per_task=1), with the teacher
+    # cached first as the SLURM cell will find it (a teacher trained in-process shifts the student's seed).
+    for stage in ("teacher", "student"):
+        ref = run_cli([f"stage={stage}", *cell, *ON_SLURM[:3], f"hydra.run.dir={tmp_path / stage}"], cwd=tmp_path,
+                      env={"OMP_NUM_THREADS": "1"}, timeout=300)
+        assert ref.returncode == 0, ref.stderr[-3000:]
+
+    sweep = tmp_path / "sweep"
+    master = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "-m", *cell,
+                               *ON_SLURM, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        checkpoint = sweep / "0" / "checkpoint.pt"
+
+        def epochs_done() -> int:
+            try:
+                return torch.load(checkpoint, weights_only=True)["epoch"] if checkpoint.exists() else 0
+            except (RuntimeError, EOFError, OSError):
+                return 0
+
+        wait_for(lambda: epochs_done() >= 2, 240, "the cell's second checkpoint")
+        (job_id,) = slurm.command("squeue", "-h", "-o", "%i").split()
+        slurm.command("scancel", "--signal=USR2", job_id)  # what SLURM sends before a time limit
+        wait_for(lambda: job_field(slurm, job_id, "Restarts") == "1"
+                 and job_field(slurm, job_id, "JobState") == "PENDING", 60, "submitit to requeue the job")
+        assert epochs_done() < 15, "the cell finished before the signal; raise trainer.epochs"
+        slurm.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip SLURM's 2-minute requeue delay
+        output, _ = master.communicate(timeout=300)
+    finally:
+        if master.poll() is None:
+            master.kill()
+    assert master.returncode == 0, output[-4000:]
+
+    log = (sweep / "0" / "train.log").read_text()
+    assert "resumed from" in log
+    assert "Requeued job" in "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
+    resumed, reference = read_results(sweep / "0" / "results.json"), read_results(tmp_path / "student" / "results.json")
+    assert resumed["status"] == "completed"
+
+    def curve(history: list[dict]) -> list[tuple]:
+        return [(h["epoch"], h["train/loss"], h["test/top1"]) for h in history]
+
+    assert curve(resumed["history"]) == curve(reference["history"])
+    assert resumed["final_top1"] == reference["final_top1"]
+
+
+def test_failed_cell_fails_its_job_and_the_sweep(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = run_cli(["-m", "alpha=0", "aug=none", "trainer.batch_size=64,100000", "trainer.epochs=1", *ON_SLURM,
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, timeout=300)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "1 of 2 cells failed" in out.stderr
+    assert re.search(r"#1 .*trainer\.batch_size=100000.*ValueError: trainer\.batch_size=100000", out.stderr)
+
+    good, bad = read_results(sweep / "0" / "results.json"), read_results(sweep / "1" / "results.json")
+    assert good["status"] == "completed"
+    assert bad["status"] == "failed" and "Traceback" in bad["traceback"]
+    assert "ValueError" in (sweep / "1" / "train.log").read_text()
+    (err_log,) = (sweep / ".submitit").glob("*_1/*_1_0_log.err")
+    assert "Traceback" in err_log.read_text() and "ValueError" in err_log.read_text()
+    array_id = err_log.parent.name.split("_")[0]
+    assert job_field(slurm, f"{array_id}_1", "JobState") == "FAILED"
+    assert job_field(slurm, f"{array_id}_0", "JobState") == "COMPLETED"

@@ -121,15 +121,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="DataLoader workers of the conventional pipeline (default: the cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of the training process (default: torch's, one per core); "
+                        "1 is steadier when other jobs share the cores")
     args = parser.parse_args()
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     base = compose_config([])
     splits = synthetic_splits((args.warmup + args.steps) * args.batch_size, base.data.mean, base.data.std)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"batch {args.batch_size}; best of {args.rounds} rounds of {args.warmup} warmup + {args.steps} timed steps; "
-          f"conventional workers {args.workers}")
+          f"conventional workers {args.workers}; load average {os.getloadavg()[0]:.1f}")
     header = (f"| pair | aug | conventional img/s | kd img/s | kd/conv | conventional s/epoch | kd s/epoch "
               f"| kd alpha=0 s/epoch | kd cache s (once) |")
     print(header)
@@ -159,7 +164,7 @@ def main() -> None:
             kd_total += sum(GRID_EPOCHS * EPOCH_IMAGES / (kd0 if a == 0 else kd_rate) for a in GRID_ALPHAS)
             kd_total += (len(GRID_ALPHAS) - 1) * cache_epoch_s
         grids[pair] = conv_total, kd_total
-    print()
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other jobs on the cores slow every figure)")
     print(f"Projected train time of the {len(GRID_ALPHAS) * len(args.augs)}-cell, {GRID_EPOCHS}-epoch grid "
           f"(one student seed, teacher already trained, evaluation excluded):")
     for pair, (conv_total, kd_total) in grids.items():

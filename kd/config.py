@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class Stage(Enum):
@@ -174,3 +174,21 @@ def register_schemas() -> None:
     cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+
+
+# Keys that say where things live or how they are tracked, not what is trained: a finished
+# or interrupted job may be resumed with other values of these.
+NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download")
+
+
+def defining_config(cfg: DictConfig) -> dict:
+    """The resolved config minus NON_DEFINING_KEYS: what must match to skip or resume a job."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    for dotted in NON_DEFINING_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = container
+        for key in parents:
+            node = node.get(key, {})
+        node.pop(leaf, None)
+    return container
+

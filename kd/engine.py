@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kd.augment import NoAugment
-from kd.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from kd.config import Pipeline
+from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from kd.config import Pipeline, defining_config
 from kd.data import ImageSplits
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
@@ -168,6 +168,11 @@ def fit(cfg: DictConfig, splits: ImageSplits, device: torch.device, out_dir: Pat
     start_epoch = 0
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path, "run checkpoint", f"Delete {ckpt_path} to start this run afresh.")
+        if state.get("config") != defining_config(cfg):
+            raise CheckpointError(
+                f"{ckpt_path} was written by a run with a different config; resuming would mix the two. "
+                f"Rerun with the same overrides, or use a new hydra.run.dir / hydra.sweep.dir."
+            )
         student.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -192,7 +197,7 @@ def fit(cfg: DictConfig, splits: ImageSplits, device: torch.device, out_dir: Pat
         if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
             save_atomic({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "rng": rng_state(train_batches.generator),
-                         "history": history, "epoch": epoch + 1}, ckpt_path)
+                         "history": history, "epoch": epoch + 1, "config": defining_config(cfg)}, ckpt_path)
     if not history:
         raise ValueError(f"trainer.epochs={t.epochs}: nothing to train; set trainer.epochs >= 1")
     return {

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kd.config import Stage, register_schemas
+from kd.config import Stage, defining_config, register_schemas
 from kd.engine import fit
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
@@ -134,7 +134,7 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
     previous = read_results(path)
     if previous.get("status") != "completed":
         return None
-    if previous.get("config") != OmegaConf.to_container(cfg, resolve=True, enum_to_str=True):
+    if previous.get("defining_config") != defining_config(cfg):
         raise ValueError(
             f"{path} holds the completed results of a different config. Use a new hydra.sweep.dir "
             f"(or hydra.run.dir) for a changed config; kd will not overwrite finished results."
@@ -152,7 +152,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s already completed with this config (skipped; delete its %s to run it again)",
                  out_dir, RESULTS_FILE)
         return previous
-    results = {**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}
+    results = {**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+               "defining_config": defining_config(cfg)}
     started = time.time()
     try:
         results.update(_train(cfg, out_dir), status="completed")

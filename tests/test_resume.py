@@ -8,9 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from kd.checkpoint import CheckpointError
 from kd.results import RESULTS_FILE, read_results
 from kd.train import train
 from reliability import ONE_THREAD, metrics, one_torch_thread, same_weights  # noqa: F401 (a fixture)
@@ -129,3 +131,15 @@ def test_rerun_sweep_skips_completed_cells_and_resumes_the_killed_one(tmp_path):
     assert (completed.stat().st_mtime_ns, completed.read_bytes()) == before  # not retrained, not rewritten
     resumed = read_results(interrupted)
     assert resumed["status"] == "completed" and [row["epoch"] for row in resumed["history"]] == [1, 2, 3, 4]
+
+
+def test_resume_with_changed_training_settings_is_refused_but_moved_paths_are_fine(tmp_path, one_torch_thread,
+                                                                                  monkeypatch):
+    run_dir = tmp_path / "run"
+    first = train(compose_config([*FAST, "alpha=0", "trainer.epochs=2"], out_dir=run_dir))
+    (run_dir / RESULTS_FILE).unlink()  # as if killed after its last checkpoint
+    with pytest.raises(CheckpointError, match="different config"):
+        train(compose_config([*FAST, "alpha=0", "trainer.epochs=2", "optim.optimizer.lr=0.2"], out_dir=run_dir))
+    monkeypatch.setenv("KD_HOME", str(tmp_path / "moved"))  # another cache dir, and no tracker: same job
+    again = train(compose_config([*FAST, "alpha=0", "trainer.epochs=2", "logger=none"], out_dir=run_dir))
+    assert metrics(again) == metrics(first)

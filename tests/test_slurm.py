@@ -140,5 +140,7 @@ def test_failed_cell_fails_its_job_and_the_sweep(slurm, tmp_path):
     (err_log,) = (sweep / ".submitit").glob("*_1/*_1_0_log.err")
     assert "Traceback" in err_log.read_text() and "ValueError" in err_log.read_text()
     array_id = err_log.parent.name.split("_")[0]
-    assert job_field(slurm, f"{array_id}_1", "JobState") == "FAILED"
-    assert job_field(slurm, f"{array_id}_0", "JobState") == "COMPLETED"
+    # The sweep returns as soon as both results are written, a moment before SLURM sees the jobs end.
+    final = {"0": "COMPLETED", "1": "FAILED"}
+    wait_for(lambda: all(job_field(slurm, f"{array_id}_{i}", "JobState") == state for i, state in final.items()),
+             30, f"SLURM to record {final}")

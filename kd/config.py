@@ -64,13 +64,13 @@ class NoAugConfig:
 @dataclass
 class FlipCropConfig:
     _target_: str = "kd.augment.FlipCrop"
-    padding: int = 4
+    padding: Optional[int] = None  # pixels; None: image size / 8 (4 on CIFAR)
 
 
 @dataclass
 class FlipCropRandAugmentConfig:
     _target_: str = "kd.augment.FlipCropRandAugment"
-    padding: int = 4
+    padding: Optional[int] = None  # pixels; None: image size / 8 (4 on CIFAR)
     num_ops: int = 2
     magnitude: int = 14
 

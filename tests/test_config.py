@@ -40,7 +40,7 @@ def test_paper_recipe_is_the_default():
     assert (cfg.trainer.batch_size, cfg.trainer.epochs) == (64, 240)
     assert list(sched.milestones) == [150, 180, 210] and sched.gamma == 0.1
     assert cfg.loss.temperature == 4.0
-    assert (cfg.aug.padding if "padding" in cfg.aug else None) == 4
+    assert instantiate(cfg.aug).pil_transforms(32)[0].padding == 4  # RandomCrop(32, padding=4)
     fcra = compose_config(["aug=fcra"], out_dir="unused").aug
     assert (fcra.num_ops, fcra.magnitude) == (2, 14)
 
@@ -73,3 +73,9 @@ def test_help_lists_the_groups_and_their_options(tmp_path):
         assert f"{group}:" in out, out
         for option in options:
             assert option in out
+
+
+def test_crop_padding_defaults_to_an_eighth_of_the_image():
+    fc = instantiate(compose_config(["aug=fc", "data=digits"], out_dir="unused").aug)
+    assert [fc.pil_transforms(size)[0].padding for size in (32, 16)] == [4, 2]
+    assert instantiate(compose_config(["aug=fc", "aug.padding=3"], out_dir="unused").aug).padding_for(32) == 3

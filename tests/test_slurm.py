@@ -79,17 +79,19 @@ def test_grid_trains_teacher_first_then_runs_all_15_cells(slurm, tmp_path):
 
 def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_path):
     cell = ["alpha=0.5", "aug=fcra", "trainer.epochs=15"]
-    # The uninterrupted reference, on one thread like the SLURM cell (cpus_per_task=1), with the teacher
-    # cached first as the SLURM cell will find it (a teacher trained in-process shifts the student's seed).
+    # The uninterrupted reference, on one thread like the SLURM cell (cpus_per_task=1), with the teacher cached
+    # first as the SLURM cell will find it (a student whose teacher was trained in the same process trains
+    # differently, from other random draws).
     for stage in ("teacher", "student"):
         ref = run_cli([f"stage={stage}", *cell, *ON_SLURM[:3], f"hydra.run.dir={tmp_path / stage}"], cwd=tmp_path,
                       env={"OMP_NUM_THREADS": "1"}, timeout=300)
         assert ref.returncode == 0, ref.stderr[-3000:]
 
-    sweep = tmp_path / "sweep"
-    master = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "-m", *cell,
-                               *ON_SLURM, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep, output = tmp_path / "sweep", tmp_path / "sweep.out"
+    with open(output, "w") as out:
+        master = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), "-m", *cell, *ON_SLURM,
+                                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, stdout=out,
+                                  stderr=subprocess.STDOUT)
     try:
         checkpoint = sweep / "0" / "checkpoint.pt"
 
@@ -100,17 +102,17 @@ def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_pa
                 return 0
 
         wait_for(lambda: epochs_done() >= 2, 240, "the cell's second checkpoint")
-        (job_id,) = slurm.command("squeue", "-h", "-o", "%i").split()
+        (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
         slurm.command("scancel", "--signal=USR2", job_id)  # what SLURM sends before a time limit
         wait_for(lambda: job_field(slurm, job_id, "Restarts") == "1"
                  and job_field(slurm, job_id, "JobState") == "PENDING", 60, "submitit to requeue the job")
         assert epochs_done() < 15, "the cell finished before the signal; raise trainer.epochs"
         slurm.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip SLURM's 2-minute requeue delay
-        output, _ = master.communicate(timeout=300)
+        master.wait(timeout=300)
     finally:
         if master.poll() is None:
             master.kill()
-    assert master.returncode == 0, output[-4000:]
+    assert master.returncode == 0, output.read_text()[-4000:]
 
     log = (sweep / "0" / "train.log").read_text()
     assert "resumed from" in log

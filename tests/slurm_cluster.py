@@ -21,18 +21,20 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 SLURM_BIN = Path("/opt/kd-test-slurm/bin")  # where the client commands live, off PATH
-APT_PACKAGES = ["slurm-wlm", "munge"]
+APT_PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"]
 NODE = "kdnode"
-NODE_CPUS = 4  # declared, not real (config_overrides): lets 4 one-CPU cells share the 2 real cores
-NODE_GPUS = 4  # fake: gres files in the temp dir, so SLURM hands out CUDA_VISIBLE_DEVICES=0..3
-NODE_MEMORY_MB = 8000
+# Declared, not real (SlurmdParameters=config_overrides): room for 4 cells of kd's slurm preset as it
+# ships (1 GPU, 4 CPUs, 16 GB each), which then share this machine's real cores and memory.
+NODE_CPUS = 16
+NODE_GPUS = 4  # fake: /dev/null-like device files, so SLURM hands out CUDA_VISIBLE_DEVICES=0..3
+NODE_MEMORY_MB = 65536
 
 
 def unavailable_reason() -> Optional[str]:
     """Why the SLURM tests cannot run here, or None when they can."""
-    if not (os.environ.get("KD_TEST_SLURM") == "1" or os.environ.get("CI")):
-        return "needs a real SLURM: set KD_TEST_SLURM=1 (or CI) to install slurm-wlm + munge via apt and run it"
+    if os.environ.get("KD_TEST_SLURM") != "1":
+        return "needs a real SLURM: set KD_TEST_SLURM=1 (as root; .ci/run does) to install slurm-wlm + munge via apt and run it"
     if os.geteuid() != 0:
         return "needs root to install and run slurmctld/slurmd/munged"
     if shutil.which("apt-get") is None and not all(Path(d).exists() for d in DAEMONS):
@@ -45,10 +47,27 @@ def ensure_installed() -> None:
     clients = (SLURM_BIN / "sbatch").exists() or shutil.which("sbatch") is not None
     if not clients or not all(Path(d).exists() for d in DAEMONS):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES],
-                       env=env, check=True, capture_output=True, timeout=900)
+        with services_not_started():
+            subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True, timeout=600)
+            # --reinstall: also brings back commands that are gone from both /usr/bin and SLURM_BIN
+            subprocess.run(["apt-get", "install", "-y", "-q", "--reinstall", "--no-install-recommends",
+                            *APT_PACKAGES], env=env, check=True, capture_output=True, timeout=900)
     hide_client_commands()
+
+
+@contextmanager
+def services_not_started() -> Iterator[None]:
+    """Keep apt from starting the system's munge/slurm services (Docker images ship this policy already)."""
+    policy = Path("/usr/sbin/policy-rc.d")
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\nexit 101\n")  # 101: action forbidden by policy
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink()
 
 
 def hide_client_commands() -> None:

@@ -112,7 +112,7 @@ def with_teacher(path: Path, teacher: str = "resnet8") -> list[str]:
 BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
     "batch size larger than the dataset": lambda d: (
         [*STUDENT, "trainer.batch_size=5000"], ValueError,
-        r"trainer.batch_size=5000 is larger than the 1437 training images of digits; lower trainer.batch_size"),
+        r"trainer.batch_size=5000 is larger than the 300 training images of digits; lower trainer.batch_size"),
     "data root missing": lambda d: (
         cifar(d / "no-such-dir"), InstantiationException,
         r"cifar10 is not under .*no-such-dir \(Dataset not found or corrupted.*\)\. Put a complete extracted "

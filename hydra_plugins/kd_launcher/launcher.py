@@ -107,7 +107,11 @@ class _GridCells:
         return ret
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Submit every cell, wait for all of them, and fail the sweep if any cell failed."""
+        """Submit every cell, wait for all of them, and fail the sweep if any cell failed.
+
+        Written anew rather than wrapping the stock `launch`, which submits every cell at once
+        (no per-GPU scheduling locally) and stops collecting at the first cell without a result.
+        """
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:

@@ -96,12 +96,12 @@ class Setup:
         return steps * self.cfg.trainer.batch_size / (time.perf_counter() - timed.started)
 
 
-def pipeline_overrides(kind: str, device: str, workers: int) -> list[str]:
+def pipeline_overrides(kind: str, device: str, workers: int, kd_overrides: list[str]) -> list[str]:
     if kind == "conventional":
         return ["trainer.pipeline=dataloader", f"trainer.num_workers={workers}", "trainer.bf16=false",
                 "trainer.channels_last=false", "trainer.compile=false", "trainer.cudnn_benchmark=false",
                 "trainer.teacher_logit_cache=false", f"trainer.device={device}"]
-    return ["trainer.pipeline=device", f"trainer.device={device}"]
+    return ["trainer.pipeline=device", f"trainer.device={device}", *kd_overrides]
 
 
 def fmt_hours(seconds: float) -> str:
@@ -114,13 +114,15 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="+", default=["resnet32:resnet8", "resnet32x4:resnet8x4"],
                         help="teacher:student pairs")
     parser.add_argument("--augs", nargs="+", default=["none", "fc", "fcra"], choices=["none", "fc", "fcra"])
-    parser.add_argument("--steps", type=int, default=8, help="timed train steps per round")
+    parser.add_argument("--steps", type=int, default=6, help="timed train steps per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each round (~50 on a GPU, "
                         "to cover torch.compile)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per setting; the best counts")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per setting; the best counts")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="DataLoader workers of the conventional pipeline (default: the cores)")
+    parser.add_argument("--kd-overrides", nargs="*", default=[],
+                        help="Hydra overrides for kd's side only, for ablations, e.g. trainer.channels_last=false")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads of the training process (default: torch's, one per core); "
                         "1 is steadier when other jobs share the cores")
@@ -134,7 +136,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
           f"batch {args.batch_size}; best of {args.rounds} rounds of {args.warmup} warmup + {args.steps} timed steps; "
-          f"conventional workers {args.workers}; load average {os.getloadavg()[0]:.1f}")
+          f"conventional workers {args.workers}; kd overrides {args.kd_overrides or 'none'}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     header = (f"| pair | aug | conventional img/s | kd img/s | kd/conv | conventional s/epoch | kd s/epoch "
               f"| kd alpha=0 s/epoch | kd cache s (once) |")
     print(header)
@@ -146,7 +149,7 @@ def main() -> None:
         for aug in args.augs:
             common = [f"model={student}", f"teacher={teacher}", f"aug={aug}", f"trainer.batch_size={args.batch_size}"]
             setups = {(kind, alpha): Setup(compose_config(
-                common + pipeline_overrides(kind, args.device, args.workers) + [f"alpha={alpha}"]), splits, device)
+                common + pipeline_overrides(kind, args.device, args.workers, args.kd_overrides) + [f"alpha={alpha}"]), splits, device)
                 for kind, alpha in (("conventional", 0.5), ("kd", 0.5), ("kd", 0.0))}
             rates = dict.fromkeys(setups, 0.0)
             for _ in range(args.rounds):  # interleaved, best of: a busy machine slows rounds, never speeds them

@@ -116,7 +116,7 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device:
     t = cfg.trainer
     images, labels = (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
     batch_size = t.batch_size if shuffle else t.eval_batch_size
-    channels_last = t.channels_last and device.type == "cuda"
+    channels_last = t.channels_last  # faster on CPUs too (oneDNN convolutions), not only with cuDNN
     if t.pipeline == Pipeline.device:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         return DevicePipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
@@ -128,7 +128,7 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device:
 def make_student(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple[nn.Module, Callable]:
     """The student in the training memory format, and its forward (compiled where that is on)."""
     t = cfg.trainer
-    memory_format = torch.channels_last if t.channels_last and device.type == "cuda" else torch.contiguous_format
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     student = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
     forward = torch.compile(student) if t.compile and device.type == "cuda" else student
     return student, forward

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import logging
 import subprocess
 import sys
@@ -149,7 +150,8 @@ def test_resumed_job_continues_its_wandb_run_and_records_no_api_key(tmp_path, mo
     log_two_epochs(tmp_path)  # a requeued job: same output dir
     first, second = offline_runs(job)
     run_id = json.loads((job / RUN_FILE).read_text())["id"]
-    assert first.name.endswith(run_id) and second.name.endswith(run_id)
+    # wandb names a run's folder offline-run-<time>-<id>, adding "-1" when a second one starts in the same second
+    assert all(re.fullmatch(rf"offline-run-\d+_\d+-{run_id}(-\d+)?", d.name) for d in (first, second))
     wb = read_offline_run(second)
     assert wb["run"]["resume"] is True
     assert [row["test/top1"] for row in wb["history"]] == [10.0, 20.0]

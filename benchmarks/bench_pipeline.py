@@ -1,13 +1,13 @@
 """Throughput of the KD train step: the conventional pipeline vs kd's, side by side on one device.
 
-    python benchmarks/bench_pipeline.py                        # CPU defaults, a few minutes
+    python benchmarks/bench_pipeline.py                        # CPU defaults, ~3.5 min on 2 cores
     python benchmarks/bench_pipeline.py --device cuda --steps 200 --warmup 50
 
 (a) conventional: per-image PIL transforms in DataLoader workers (num_workers = cores), fp32,
     the teacher run on every step (kd's `trainer.pipeline=dataloader`, every fast switch off);
 (b) kd: the split on the device as uint8 with per-image augmentation there, teacher logits
-    cached for aug=none, no teacher at alpha=0, and bf16/channels_last/compile/cudnn benchmark
-    where the device is CUDA (kd's defaults).
+    cached for aug=none, no teacher at alpha=0, channels_last, and on CUDA also bf16,
+    torch.compile and cudnn benchmark (kd's defaults).
 Both run kd's own `make_batches` / `make_teacher_fn` / `train_one_epoch` on synthetic
 CIFAR-shaped uint8 data (no download). Timing excludes evaluation and teacher training.
 """

@@ -138,8 +138,8 @@ def main() -> None:
           f"batch {args.batch_size}; best of {args.rounds} rounds of {args.warmup} warmup + {args.steps} timed steps; "
           f"conventional workers {args.workers}; kd overrides {args.kd_overrides or 'none'}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    header = (f"| pair | aug | conventional img/s | kd img/s | kd/conv | conventional s/epoch | kd s/epoch "
-              f"| kd alpha=0 s/epoch | kd cache s (once) |")
+    header = ("| pair | aug | conventional img/s | kd img/s | kd/conv | conventional s/epoch | kd s/epoch "
+              "| kd alpha=0 s/epoch | kd cache s (once) |")
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     grids = {}

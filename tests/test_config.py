@@ -2,7 +2,6 @@
 import itertools
 
 import pytest
-import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf.errors import ValidationError

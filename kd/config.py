@@ -1,8 +1,10 @@
 """Structured-config schemas: a typo'd key or a wrong type fails when Hydra composes the config.
 
 The top-level `Config` fixes the grid's axes; groups whose options take different
-settings (data, aug, logger) get one schema per option, which each option's YAML names first in
-its defaults list (Hydra's "structured config as schema" pattern).
+settings (data, aug, loss, logger) get one schema per option, which each option's YAML names first
+in its defaults list (Hydra's "structured config as schema" pattern). An option added without a
+schema (a user's own model, loss or aug: one file and one YAML) still composes; its parameters are
+then checked against its `_target_`'s signature when the job starts, before any training.
 """
 from __future__ import annotations
 
@@ -77,14 +79,14 @@ class FlipCropRandAugmentConfig:
 
 @dataclass
 class TeacherConfig:
-    arch: ModelConfig = MISSING
+    arch: Any = MISSING  # a model option (ModelConfig, or a user's model with parameters of its own)
     aug: Any = MISSING  # the teacher's own augmentation, fixed across the grid
     checkpoint: Optional[str] = None  # use this file instead of the cache
     cache_dir: str = MISSING
 
 
 @dataclass
-class LossConfig:
+class KDLossConfig:
     _target_: str = "kd.losses.kd_loss"
     _partial_: bool = True
     temperature: float = 4.0
@@ -151,10 +153,10 @@ class WandbLoggerConfig:
 @dataclass
 class Config:
     data: Any = MISSING
-    model: ModelConfig = MISSING
+    model: Any = MISSING  # ModelConfig for kd's own; a user's model may take parameters of its own
     teacher: TeacherConfig = MISSING
     aug: Any = MISSING
-    loss: LossConfig = MISSING
+    loss: Any = MISSING
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: Any = MISSING
@@ -172,6 +174,8 @@ def register_schemas() -> None:
     cs.store(group="schema/aug", name="none", node=NoAugConfig)
     cs.store(group="schema/aug", name="fc", node=FlipCropConfig)
     cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)
+    cs.store(group="schema/loss", name="kd", node=KDLossConfig)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
 

@@ -30,6 +30,7 @@ from kd.config import Stage, defining_config, register_schemas
 from kd.engine import fit
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
+from kd.targets import check_targets
 from kd.teacher import arch_name, ensure_teacher, load_teacher
 
 log = logging.getLogger("kd.train")
@@ -45,7 +46,8 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "teacher": arch_name(cfg.teacher.arch),
         "aug": get_class(cfg.aug._target_).name,
         "alpha": float(cfg.alpha),
-        "temperature": float(cfg.loss.temperature),
+        "loss": cfg.loss._target_.rsplit(".", 1)[-1],
+        "temperature": cfg.loss.get("temperature"),  # None for a loss of one's own without one
         "seed": int(cfg.seed),
         "epochs": int(cfg.trainer.epochs),
     }
@@ -144,8 +146,9 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one job (a grid cell, or the teacher) and return what it writes to results.json."""
-    check_kd_params(cfg.alpha, cfg.loss.temperature)
+    check_kd_params(cfg.alpha, cfg.loss.get("temperature", 4.0))
     check_trainer(cfg.trainer)
+    check_targets(cfg)
     out_dir = prepare_out_dir(cfg.out_dir)
     previous = completed_results(out_dir, cfg)
     if previous is not None:

@@ -18,11 +18,11 @@ class LossParts(NamedTuple):
     kd: torch.Tensor
 
 
-def check_kd_params(alpha: float, temperature: float) -> None:
-    """Reject settings that would silently train something else than asked."""
+def check_kd_params(alpha: float, temperature: float | None) -> None:
+    """Reject settings that would silently train something else than asked (None: a loss without a temperature)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure KD)")
-    if not temperature > 0.0:
+    if temperature is not None and not temperature > 0.0:
         raise ValueError(f"loss.temperature={temperature} must be > 0 (the paper uses 4)")
 
 

@@ -146,7 +146,7 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one job (a grid cell, or the teacher) and return what it writes to results.json."""
-    check_kd_params(cfg.alpha, cfg.loss.get("temperature", 4.0))
+    check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
     check_trainer(cfg.trainer)
     check_targets(cfg)
     out_dir = prepare_out_dir(cfg.out_dir)

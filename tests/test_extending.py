@@ -14,9 +14,10 @@ README = (REPO / "README.md").read_text()
 
 EXTENDING = README.split("## Extending kd", 1)[1]
 EXTENSION = re.search(r"```python\n# my_kd_extension.py\n(.*?)```", EXTENDING, flags=re.S).group(1)
-YAML_BLOCK = re.search(r"```yaml\n(# conf/.*?)```", EXTENDING, flags=re.S).group(1)
-# The README's YAML block holds one file per "# conf/<group>/<name>.yaml" header.
-YAMLS = {m.group(1): m.group(2) for m in re.finditer(r"# conf/(\S+)\n(.*?)(?=# conf/|\Z)", YAML_BLOCK, flags=re.S)}
+YAML_BLOCK = re.search(r"```yaml\n(# my_conf/.*?)```", EXTENDING, flags=re.S).group(1)
+# The README's YAML block holds one file per "# my_conf/<group>/<name>.yaml" header.
+YAMLS = {m.group(1): m.group(2)
+         for m in re.finditer(r"# my_conf/(\S+)\n(.*?)(?=# my_conf/|\Z)", YAML_BLOCK, flags=re.S)}
 YAMLS["teacher/tiny_cnn.yaml"] = ("defaults:\n  - /model@arch: tiny_cnn\n  - /aug@aug: fc\n  - _self_\n"
                                   "checkpoint: null\ncache_dir: ${oc.env:KD_HOME,'~/.cache/kd'}/teachers\n")
 
@@ -29,9 +30,13 @@ def write_extension(root):
         path.write_text(text)
 
 
+def on_pythonpath(folder) -> dict:
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
 def test_a_model_loss_and_aug_of_ones_own_train_in_one_run(tmp_path):
     write_extension(tmp_path)
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = on_pythonpath(tmp_path)
     args = ["--config-dir", str(tmp_path / "conf"), "model=tiny_cnn", "teacher=tiny_cnn", "loss=smoothed_kd",
             "aug=invert", "alpha=0.5", "data=digits", "data.image_size=8", "trainer.epochs=2", "logger=none",
             f"hydra.run.dir={tmp_path / 'run'}"]
@@ -47,7 +52,7 @@ def test_a_model_loss_and_aug_of_ones_own_train_in_one_run(tmp_path):
 
 def test_a_misspelled_parameter_of_an_added_aug_is_named_before_training(tmp_path):
     write_extension(tmp_path)
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = on_pythonpath(tmp_path)
     args = ["--config-dir", str(tmp_path / "conf"), "aug=invert", "+aug.prob=0.3", "alpha=0", "data=digits",
             "data.image_size=8", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
     proc = run_cli(args, cwd=tmp_path, env=env)

@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 
 class Stage(Enum):
@@ -78,14 +78,6 @@ class FlipCropRandAugmentConfig:
 
 
 @dataclass
-class TeacherConfig:
-    arch: Any = MISSING  # a model option (ModelConfig, or a user's model with parameters of its own)
-    aug: Any = MISSING  # the teacher's own augmentation, fixed across the grid
-    checkpoint: Optional[str] = None  # use this file instead of the cache
-    cache_dir: str = MISSING
-
-
-@dataclass
 class KDLossConfig:
     _target_: str = "kd.losses.kd_loss"
     _partial_: bool = True
@@ -114,6 +106,33 @@ class MultiStepConfig:
 class OptimConfig:
     optimizer: SGDConfig = field(default_factory=SGDConfig)
     scheduler: MultiStepConfig = field(default_factory=MultiStepConfig)
+
+
+@dataclass
+class CELossConfig:
+    _target_: str = "kd.losses.cross_entropy"
+    _partial_: bool = True
+
+
+@dataclass
+class TeacherConfig:
+    """The teacher's own recipe: nothing a student sets (trainer.epochs, optim, loss, aug, alpha) changes it.
+
+    Its defaults are the CIFAR benchmark recipe (RepDistiller: 240 epochs, batch 64, SGD lr 0.05);
+    a dataset may bring its own (data/digits.yaml). Speed switches (device, bf16, compile, pipeline)
+    come from `trainer`, as they do not change what is trained.
+    """
+
+    arch: Any = MISSING  # a model option (ModelConfig, or a user's model with parameters of its own)
+    aug: Any = MISSING  # the teacher's own augmentation, fixed across the grid
+    loss: Any = field(default_factory=CELossConfig)  # plain cross-entropy
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 240
+    batch_size: int = 64
+    seed: int = II("seed")  # each seed of a grid has its own teacher
+    min_top1: Optional[float] = None  # %; below it the teacher is refused. None: twice chance (100/classes)
+    checkpoint: Optional[str] = None  # use this file instead of the cache
+    cache_dir: str = MISSING
 
 
 @dataclass

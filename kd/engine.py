@@ -1,7 +1,15 @@
-"""The training loop: `fit` runs `train_one_epoch` and `evaluate`, checkpointing as it goes.
+"""The training loop for a pack of cells: `fit` runs `train_one_epoch` and `evaluate`, checkpointing as it goes.
 
-Metrics accumulate on the device and are read once per epoch (plus a periodic
-non-finite check), so the GPU is never stalled by a per-step host sync.
+A pack is the cells of a grid that differ only in the loss's settings (alpha, temperature, ...). They
+share one data stream, one augmented batch per step and one teacher forward; each cell has its own
+student, optimizer, checkpoint and metrics. A single run is a pack of one: there is no other loop.
+
+Why a pack is exact: a cell's data stream (shuffle order, every augmentation draw) comes from a
+generator seeded by `seed` alone, and its student's initial weights from the global RNG re-seeded
+right before it is built, so neither depends on alpha, the loss, or which other cells share the pack.
+
+Metrics accumulate on the device and are read once per epoch (plus a periodic non-finite check),
+so the GPU is never stalled by a per-step host sync.
 """
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -22,19 +31,48 @@ from torch import nn
 
 from kd.augment import NoAugment
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
-from kd.config import Pipeline, defining_config
+from kd.config import Pipeline
 from kd.data import ImageSplits
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
 
 log = logging.getLogger(__name__)
 
-NONFINITE_CHECK_EVERY = 50  # steps between host reads of the "loss went NaN/inf" flag
+NONFINITE_CHECK_EVERY = 50  # steps between host reads of the "loss went NaN/inf" flags
 TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf: stop instead of training on garbage."""
+
+
+@dataclass
+class Cell:
+    """One job as `fit` trains it: its config, where it writes, how it logs."""
+
+    cfg: DictConfig
+    out_dir: Path
+    identity: dict  # what out_dir/checkpoint.pt must have been written for to be resumed
+    log_metrics: Callable[[dict, int], None]
+    name: str  # prefixes its log lines in a pack
+    stale_fix: str  # what to do when out_dir holds a checkpoint of something else
+
+
+@dataclass
+class Student:
+    """A cell's training state inside a pack."""
+
+    cell: Cell
+    model: nn.Module
+    forward: Callable  # the model, compiled where that is on
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: Callable
+    alpha: float
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    rng: Optional[dict] = None  # random states of its checkpoint, when resumed
+    error: Optional[BaseException] = None
 
 
 def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> None:
@@ -55,43 +93,61 @@ def autocast_for(device: torch.device, bf16: bool) -> Callable:
     return contextlib.nullcontext
 
 
-def train_one_epoch(student: nn.Module, forward: Callable, batches, teacher_fn: Optional[TeacherFn],
-                    loss_fn: Callable, alpha: float, optimizer: torch.optim.Optimizer,
-                    autocast: Callable, epoch: int) -> dict[str, float]:
-    student.train()
-    device = next(student.parameters()).device
-    sums = torch.zeros(4, device=device)  # loss, ce, kd, correct (each summed over images)
-    first_bad_step = torch.tensor(-1, device=device)
+def train_one_epoch(students: list[Student], batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
+                    epoch: int) -> list[Union[dict, NonFiniteLossError]]:
+    """One pass over the data for every student of the pack: each its stats, or the error that stopped it."""
+    device = next(students[0].model.parameters()).device
+    sums = [torch.zeros(4, device=device) for _ in students]  # loss, ce, kd, correct (each summed over images)
+    first_bad = [torch.tensor(-1, device=device) for _ in students]
+    errors: dict[int, NonFiniteLossError] = {}
+    live = list(range(len(students)))
+    for s in students:
+        s.model.train()
     seen = 0
     for step, (images, labels, indices) in enumerate(batches):
-        with autocast():
-            logits = forward(images)
         teacher_logits = teacher_fn(images, indices) if teacher_fn is not None else None
-        parts = loss_fn(logits, teacher_logits, labels, alpha=alpha)
-        optimizer.zero_grad(set_to_none=True)
-        parts.total.backward()
-        optimizer.step()
-        n = labels.shape[0]
-        seen += n
-        correct = (logits.argmax(1) == labels).sum()
-        sums += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
-        bad = ~torch.isfinite(parts.total.detach())
-        first_bad_step = torch.where(bad & (first_bad_step < 0), step, first_bad_step)
+        for i in live:
+            s = students[i]
+            with autocast():
+                logits = s.forward(images)
+            parts = s.loss_fn(logits, teacher_logits if s.alpha > 0 else None, labels, alpha=s.alpha)
+            s.optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            s.optimizer.step()
+            n = labels.shape[0]
+            correct = (logits.argmax(1) == labels).sum()
+            sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
+            bad = ~torch.isfinite(parts.total.detach())
+            first_bad[i] = torch.where(bad & (first_bad[i] < 0), step, first_bad[i])
+        seen += labels.shape[0]
         if (step + 1) % NONFINITE_CHECK_EVERY == 0:
-            _raise_if_nonfinite(first_bad_step, epoch)
-    _raise_if_nonfinite(first_bad_step, epoch)
-    loss, ce, kd, correct = (sums / seen).tolist()
-    return {"train/loss": loss, "train/ce": ce, "train/kd": kd, "train/top1": 100.0 * correct, "images": seen}
+            live = _drop_nonfinite(live, first_bad, errors, epoch)
+    _drop_nonfinite(live, first_bad, errors, epoch)
+    stats: list[Union[dict, NonFiniteLossError]] = []
+    for i in range(len(students)):
+        if i in errors:
+            stats.append(errors[i])
+            continue
+        loss, ce, kd, correct = (sums[i] / seen).tolist()
+        stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, "train/top1": 100.0 * correct,
+                      "images": seen})
+    return stats
 
 
-def _raise_if_nonfinite(first_bad_step: torch.Tensor, epoch: int) -> None:
-    step = int(first_bad_step.item())
-    if step >= 0:
+def _drop_nonfinite(live: list[int], first_bad: list[torch.Tensor], errors: dict, epoch: int) -> list[int]:
+    """The students still finite; the others get their error (the rest of the pack trains on)."""
+    still = []
+    for i in live:
+        step = int(first_bad[i].item())
+        if step < 0:
+            still.append(i)
+            continue
         # Counted from 1, as the epoch log lines count. Resuming would restore the old lr from checkpoint.pt.
-        raise NonFiniteLossError(
+        errors[i] = NonFiniteLossError(
             f"loss is NaN/inf at epoch {epoch + 1} step {step + 1}; training stopped (the last good checkpoint, "
             f"if any, is kept). Lower optim.optimizer.lr or check the data, and start in a new output dir."
         )
+    return still
 
 
 @torch.no_grad()
@@ -125,19 +181,47 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device:
                               t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last)
 
 
-def make_student(cfg: DictConfig, num_classes: int, device: torch.device) -> tuple[nn.Module, Callable]:
-    """The student in the training memory format, and its forward (compiled where that is on)."""
-    t = cfg.trainer
+def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> float:
+    """A model's test top-1 (%), as `fit` measures it: how a teacher is checked before it teaches."""
+    batches = make_batches(cfg, splits, train=False, aug=NoAugment(), device=device, shuffle=False)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16))["test/top1"]
+
+
+def make_student(cell: Cell, num_classes: int, device: torch.device) -> Student:
+    """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack."""
+    cfg, t = cell.cfg, cell.cfg.trainer
+    seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-    student = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
-    forward = torch.compile(student) if t.compile and device.type == "cuda" else student
-    return student, forward
+    model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
+    forward = torch.compile(model) if t.compile and device.type == "cuda" else model
+    optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    scheduler = instantiate(cfg.optim.scheduler)(optimizer)
+    return Student(cell, model, forward, optimizer, scheduler, instantiate(cfg.loss), float(cfg.alpha))
+
+
+def resume(student: Student) -> None:
+    """Continue from the cell's own checkpoint.pt, if it has one written for this very config."""
+    path = student.cell.out_dir / "checkpoint.pt"
+    if not path.exists():
+        return
+    state = load_checkpoint(path, "run checkpoint", f"Delete {path} to start this run afresh.")
+    if state.get("config") != student.cell.identity:
+        raise CheckpointError(f"{path} was written by a run with a different config; resuming would mix the "
+                              f"two. {student.cell.stale_fix}")
+    student.model.load_state_dict(state["model"])
+    student.optimizer.load_state_dict(state["optimizer"])
+    student.scheduler.load_state_dict(state["scheduler"])
+    student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
+    log.info("%sresumed from %s at epoch %d/%d", _prefix(student), path, student.start_epoch,
+             student.cell.cfg.trainer.epochs)
 
 
 def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug,
                     device: torch.device, autocast: Callable) -> Optional[TeacherFn]:
-    """None for alpha=0 (the teacher never runs); cached logits for aug=none; else the live teacher."""
-    if teacher is None or cfg.alpha == 0:
+    """None when no cell needs it (the teacher never runs); cached logits for aug=none; else the live teacher."""
+    if teacher is None:
         return None
     frozen = FrozenTeacher(teacher.to(device), autocast)
     if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache:
@@ -146,63 +230,65 @@ def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: Image
     return frozen
 
 
-def fit(cfg: DictConfig, splits: ImageSplits, device: torch.device, out_dir: Path,
-        teacher: Optional[nn.Module], log_metrics: Callable[[dict, int], None]) -> dict:
-    """Train `cfg.model` on `splits`, resuming from `out_dir/checkpoint.pt` if present."""
+def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
+        teacher: Optional[nn.Module]) -> list[Union[dict, BaseException]]:
+    """Train a pack's students together, each resuming from its own checkpoint; each its results or its error."""
+    cfg = cells[0].cfg  # the cells share everything but the loss's settings
     t = cfg.trainer
-    # Seeded here rather than once per process, so that a student's initial weights do not depend on
-    # whether its teacher was just trained in this process or read from the cache (nor a resumed run's).
-    seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
-    student, forward = make_student(cfg, splits.num_classes, device)
+    students = [make_student(cell, splits.num_classes, device) for cell in cells]
+    for s in students:
+        resume(s)
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)
     train_batches = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=True)
     test_batches = make_batches(cfg, splits, train=False, aug=NoAugment(), device=device, shuffle=False)
-    optimizer = instantiate(cfg.optim.optimizer)(student.parameters())
-    scheduler = instantiate(cfg.optim.scheduler)(optimizer)
-    loss_fn = instantiate(cfg.loss)
-    teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, autocast)
+    # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
+    distils = any(s.alpha > 0 for s in students)
+    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast)
+    # The stream is shared, so the pack restarts at its least advanced cell; cells further on wait there.
+    first = min(students, key=lambda s: s.start_epoch)
+    if first.rng is not None:
+        set_rng_state(first.rng, train_batches.generator)
 
-    ckpt_path = out_dir / "checkpoint.pt"
-    history: list[dict] = []
-    start_epoch = 0
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, "run checkpoint", f"Delete {ckpt_path} to start this run afresh.")
-        if state.get("config") != defining_config(cfg):
-            raise CheckpointError(
-                f"{ckpt_path} was written by a run with a different config; resuming would mix the two. "
-                f"Rerun with the same overrides, or use a new hydra.run.dir / hydra.sweep.dir."
-            )
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], train_batches.generator)
-        history, start_epoch = state["history"], state["epoch"]
-        log.info("resumed from %s at epoch %d/%d", ckpt_path, start_epoch, t.epochs)
-
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(first.start_epoch, t.epochs):
+        active = [s for s in students if s.error is None and s.start_epoch <= epoch]
         started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(student, forward, train_batches, teacher_fn, loss_fn, cfg.alpha,
-                                optimizer, autocast, epoch)
-        scheduler.step()
-        images_per_s = stats.pop("images") / (time.perf_counter() - started)
-        row = {"epoch": epoch + 1, "lr": lr, **stats, **evaluate(student, test_batches, autocast),
-               "epoch_time_s": time.perf_counter() - started, "images_per_s": images_per_s}
-        history.append(row)
-        log.info("epoch %d/%d  loss %.4f (ce %.4f kd %.4f)  test top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
-                 epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"],
-                 row["test/top1"], row["test/top5"], lr, row["epoch_time_s"])
-        log_metrics(row, epoch + 1)
-        if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
-            save_atomic({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_state(train_batches.generator),
-                         "history": history, "epoch": epoch + 1, "config": defining_config(cfg)}, ckpt_path)
+        stats = train_one_epoch(active, train_batches, teacher_fn if any(s.alpha > 0 for s in active) else None,
+                                autocast, epoch)
+        train_s = time.perf_counter() - started
+        for s, st in zip(active, stats):
+            if isinstance(st, BaseException):
+                s.error = st
+                log.error("%s%s", _prefix(s), st)
+                continue
+            lr = s.optimizer.param_groups[0]["lr"]
+            s.scheduler.step()
+            images_per_s = st.pop("images") / train_s
+            row = {"epoch": epoch + 1, "lr": lr, **st, **evaluate(s.model, test_batches, autocast),
+                   "epoch_time_s": time.perf_counter() - started, "images_per_s": images_per_s}
+            s.history.append(row)
+            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  test top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
+                     _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"],
+                     row["test/top1"], row["test/top5"], lr, row["epoch_time_s"])
+            s.cell.log_metrics(row, epoch + 1)
+            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
+                save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                             "scheduler": s.scheduler.state_dict(), "rng": rng_state(train_batches.generator),
+                             "history": s.history, "epoch": epoch + 1, "config": s.cell.identity},
+                            s.cell.out_dir / "checkpoint.pt")
+    return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]
+
+
+def summarize(history: list[dict], epochs: int) -> dict:
     if not history:
-        raise ValueError(f"trainer.epochs={t.epochs}: nothing to train; set trainer.epochs >= 1")
+        raise ValueError(f"trainer.epochs={epochs}: nothing to train; set trainer.epochs >= 1")
     return {
         "final_top1": history[-1]["test/top1"],
         "final_top5": history[-1]["test/top5"],
         "best_top1": max(row["test/top1"] for row in history),
         "history": history,
     }
+
+
+def _prefix(student: Student) -> str:
+    return f"[{student.cell.name}] " if student.cell.name else ""

@@ -44,3 +44,16 @@ def kd_loss(
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     kd = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
     return LossParts((1.0 - alpha) * ce + alpha * kd, ce, kd)
+
+
+def cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    targets: torch.Tensor,
+    alpha: float,
+) -> LossParts:
+    """Plain cross-entropy: the teacher's own training loss (it has no teacher, so alpha must be 0)."""
+    if alpha != 0.0:
+        raise ValueError(f"the cross_entropy loss has no KD term, so alpha={alpha} would be ignored; use alpha=0")
+    ce = F.cross_entropy(student_logits.float(), targets)
+    return LossParts(ce, ce, torch.zeros_like(ce))

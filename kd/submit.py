@@ -5,7 +5,7 @@
 
 Run as plain `kd/train.py -m`, every grid cell would find no cached teacher: one would train it
 under the lock while the others hold their GPUs and wait. Here step 1 runs `stage=teacher` with
-every override that can change the teacher (data, teacher, optim, trainer, seed, ...: one job per
+every override that can change the teacher (data, teacher, trainer, seed, ...: one job per
 distinct teacher, e.g. per seed); step 2 submits the grid only once step 1 has succeeded, and
 every cell loads the cached teacher. Both steps share one sweep dir, the teacher jobs under
 teacher/; rerunning the same command with that hydra.sweep.dir verifies the teacher and skips
@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-STUDENT_ONLY = {"alpha", "aug", "model", "loss", "stage"}  # top-level keys that never change the teacher
+STUDENT_ONLY = {"alpha", "aug", "model", "loss", "optim", "stage"}  # top-level keys that never change the teacher
 VALUE_FLAGS = {"-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name"}  # Hydra flags with a value
 
 

@@ -1,4 +1,4 @@
-"""The teacher: trained once per (dataset, architecture, seed, recipe), cached, frozen.
+"""The teacher: its own recipe, trained once per recipe, cached, checked, frozen.
 
 Every grid cell asks `ensure_teacher`; the first trains it under a file lock and
 publishes it by atomic rename, the others wait on the lock and reuse the file.
@@ -32,33 +32,45 @@ def arch_name(model_cfg: DictConfig) -> str:
 
 
 def teacher_recipe(cfg: DictConfig) -> dict:
-    """Everything that changes the trained teacher, and nothing that does not (paths, device, speed knobs)."""
+    """Everything that defines the trained teacher, and nothing else (not paths, device, speed switches,
+    nor any student setting): the cache name hashes it and the work dir resumes under it."""
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in ("root", "download")}
+    t = cfg.teacher
     return {
         "data": data,
-        "arch": cfg.teacher.arch._target_,
-        "aug": OmegaConf.to_container(cfg.teacher.aug, resolve=True),
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
-        "epochs": cfg.trainer.epochs,
-        "batch_size": cfg.trainer.batch_size,
-        "seed": cfg.seed,
+        "arch": OmegaConf.to_container(t.arch, resolve=True),
+        "aug": OmegaConf.to_container(t.aug, resolve=True),
+        "loss": OmegaConf.to_container(t.loss, resolve=True),
+        "optim": OmegaConf.to_container(t.optim, resolve=True),
+        "epochs": t.epochs,
+        "batch_size": t.batch_size,
+        "seed": t.seed,
     }
+
+
+def recipe_digest(cfg: DictConfig) -> str:
+    return hashlib.sha256(json.dumps(teacher_recipe(cfg), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def teacher_checkpoint_path(cfg: DictConfig, data_name: str) -> Path:
     """The configured checkpoint, or a cache file named after the recipe."""
     if cfg.teacher.checkpoint is not None:
         return Path(os.path.expanduser(cfg.teacher.checkpoint))
-    digest = hashlib.sha256(json.dumps(teacher_recipe(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    name = f"{data_name}-{arch_name(cfg.teacher.arch)}-seed{cfg.seed}-{digest}.pt"
+    name = f"{data_name}-{arch_name(cfg.teacher.arch)}-seed{cfg.teacher.seed}-{recipe_digest(cfg)}.pt"
     return Path(os.path.expanduser(cfg.teacher.cache_dir)) / name
 
 
 def teacher_training_config(cfg: DictConfig, work_dir: Path) -> DictConfig:
-    """The same entry point's config, with the teacher as the model, its own aug and plain CE."""
+    """The same entry point's config with the teacher's recipe in place of every student setting."""
+    t = cfg.teacher
     tcfg = copy.deepcopy(cfg)
-    tcfg.model = cfg.teacher.arch
-    tcfg.aug = cfg.teacher.aug
+    tcfg.model = t.arch
+    tcfg.aug = t.aug
+    tcfg.loss = t.loss
+    tcfg.optim = t.optim
+    tcfg.trainer.epochs = t.epochs
+    tcfg.trainer.batch_size = t.batch_size
+    tcfg.seed = t.seed
     tcfg.alpha = 0.0
     tcfg.stage = Stage.teacher.value
     tcfg.out_dir = str(work_dir)
@@ -80,8 +92,12 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
         if path.is_file():
             log.info("teacher: reusing %s", path)
             return path
+        if cfg.teacher.batch_size > len(splits.train_labels):
+            raise ValueError(f"teacher.batch_size={cfg.teacher.batch_size} is larger than the "
+                             f"{len(splits.train_labels)} training images of {splits.name}; lower teacher.batch_size")
         work_dir = path.with_name(path.stem + ".work")
-        log.info("teacher: training %s (checkpoints in %s)", path.name, work_dir)
+        log.info("teacher: training %s for %d epochs (its own recipe; checkpoints in %s)",
+                 path.name, cfg.teacher.epochs, work_dir)
         result = fit_teacher(teacher_training_config(cfg, work_dir))
         model_state = load_checkpoint(work_dir / "checkpoint.pt", "teacher work checkpoint", "")["model"]
         save_atomic(
@@ -99,13 +115,13 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
     return path
 
 
-def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.Module, float]:
+def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> nn.Module:
     """Build the configured teacher and load `path` into it, refusing a checkpoint of another shape."""
     fix = ("Point teacher.checkpoint at a checkpoint of that architecture and dataset, or set "
            "teacher.checkpoint=null to train one.")
     ckpt = load_checkpoint(path, "teacher checkpoint", fix)
     want = arch_name(cfg.teacher.arch)
-    missing = [key for key in ("arch", "num_classes", "state_dict", "test_top1") if key not in ckpt]
+    missing = [key for key in ("arch", "num_classes", "state_dict") if key not in ckpt]
     if missing:  # e.g. a bare state_dict from another code base
         raise CheckpointError(f"teacher checkpoint {path} is not one kd wrote (it lacks {', '.join(missing)}). {fix}")
     if ckpt["arch"] != want or ckpt["num_classes"] != splits.num_classes:
@@ -118,7 +134,32 @@ def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.M
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"teacher checkpoint {path} does not fit {want}: {err}. {fix}") from None
-    return model, float(ckpt["test_top1"])
+    return model
+
+
+class TeacherTooWeakError(RuntimeError):
+    """The teacher scores at chance: distilling from it would teach noise."""
+
+
+def check_teacher_accuracy(top1: float, cfg: DictConfig, num_classes: int, path: Path) -> None:
+    """Stop before distilling from a teacher at chance level (a 2-epoch smoke-test leftover, a wrong file)."""
+    chance = 100.0 / num_classes
+    floor = 2 * chance if cfg.teacher.min_top1 is None else cfg.teacher.min_top1
+    if top1 < floor:
+        raise TeacherTooWeakError(
+            f"teacher {path} scores {top1:.2f}% test top-1, below teacher.min_top1={floor:.2f}% (chance is "
+            f"{chance:.2f}%); distilling from it would teach noise. Retrain it (delete the file, or raise "
+            f"teacher.epochs), point teacher.checkpoint at a trained one, or, for a smoke test that wants a weak "
+            f"teacher, set teacher.min_top1=0."
+        )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class FrozenTeacher:

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import sys
@@ -14,7 +16,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 if __package__ in (None, ""):  # `python kd/train.py`: make the package importable without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,11 +29,12 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import Stage, defining_config, register_schemas
-from kd.engine import fit
+from kd.data import ImageSplits
+from kd.engine import Cell, fit, test_top1
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
 from kd.targets import check_targets
-from kd.teacher import arch_name, ensure_teacher, load_teacher
+from kd.teacher import arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe
 
 log = logging.getLogger("kd.train")
 register_schemas()
@@ -50,6 +53,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "temperature": cfg.loss.get("temperature"),  # None for a loss of one's own without one
         "seed": int(cfg.seed),
         "epochs": int(cfg.trainer.epochs),
+        "teacher_epochs": int(cfg.teacher.epochs),
     }
 
 
@@ -144,63 +148,136 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
     return previous
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job (a grid cell, or the teacher) and return what it writes to results.json."""
+def check_cell(cfg: DictConfig) -> None:
+    """Bad input that the schemas cannot see, caught before any work."""
     check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
     check_trainer(cfg.trainer)
     check_targets(cfg)
-    out_dir = prepare_out_dir(cfg.out_dir)
-    previous = completed_results(out_dir, cfg)
-    if previous is not None:
-        log.info("%s already completed with this config (skipped; delete its %s to run it again)",
-                 out_dir, RESULTS_FILE)
-        return previous
-    results = {**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-               "defining_config": defining_config(cfg)}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job (a grid cell, or the teacher) and return what it writes to results.json: a pack of one."""
+    (outcome,) = train_pack([cfg])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
+    """Run the jobs of one pack (cells that differ only in the loss's settings) in this process.
+
+    Each job gets its results (also in its results.json), or the error that stopped it alone (bad
+    input, a NaN loss); the others train on. An error that stops the whole pack is raised.
+    """
+    outcomes: list[Any] = [None] * len(cfgs)
+    todo = []
+    for i, cfg in enumerate(cfgs):
+        try:
+            check_cell(cfg)
+            out_dir = prepare_out_dir(cfg.out_dir)
+            previous = completed_results(out_dir, cfg)
+        except Exception as err:
+            outcomes[i] = err
+            continue
+        if previous is not None:
+            log.info("%s already completed with this config (skipped; delete its %s to run it again)",
+                     out_dir, RESULTS_FILE)
+            outcomes[i] = previous
+        else:
+            todo.append(i)
+    if todo:
+        for i, outcome in zip(todo, _run_recorded([cfgs[i] for i in todo])):
+            outcomes[i] = outcome
+    return outcomes
+
+
+def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
+    """Train the pack, writing every job's results.json however it ends."""
+    results = [{**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                "defining_config": defining_config(cfg)} for cfg in cfgs]
+    outcomes: list[Union[dict[str, Any], BaseException]] = []
     started = time.time()
     try:
-        results.update(_train(cfg, out_dir), status="completed")
+        outcomes = _train(cfgs)
     except BaseException as err:
-        # A signal or Ctrl-C (requeue, preemption) leaves the run resumable; anything else is a failure.
+        # A signal or Ctrl-C (requeue, preemption) leaves the runs resumable; anything else is a failure.
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
-        results.update(status=status, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        for result in results:
+            result.update(status=status, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise
     finally:
-        results["wall_time_s"] = time.time() - started
-        write_results(out_dir, results)
-    return results
+        for cfg, result, outcome in itertools.zip_longest(cfgs, results, outcomes):
+            if isinstance(outcome, BaseException):
+                result.update(status="failed", error=f"{type(outcome).__name__}: {outcome}",
+                              traceback="".join(traceback.format_exception(outcome)))
+            elif outcome is not None:
+                result.update(outcome, status="completed")
+            result["wall_time_s"] = time.time() - started
+            write_results(Path(cfg.out_dir), result)
+    return [outcome if isinstance(outcome, BaseException) else result for outcome, result in zip(outcomes, results)]
 
 
-def _train(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _train(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
+    cfg = cfgs[0]  # what the pack shares: data, models, aug, optim, trainer, seed
     t = cfg.trainer
     device = resolve_device(t.device)
     splits = instantiate(cfg.data)
     if t.batch_size > len(splits.train_labels):
         raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
                          f"training images of {splits.name}; lower trainer.batch_size")
-    tracker = instantiate(cfg.logger)
-
-    def fit_teacher(tcfg: DictConfig) -> dict:
-        with tracker.run(tcfg, Path(tcfg.out_dir), job_type="teacher", name=run_name(tcfg)) as run:
-            result = fit(tcfg, splits, device, Path(tcfg.out_dir), None, run.log)
-            run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"]})
-            return result
-
     stage = Stage(cfg.stage)
-    needs_teacher = stage == Stage.teacher or cfg.alpha > 0
-    teacher, teacher_top1 = None, None
-    if needs_teacher:
-        path = ensure_teacher(cfg, splits, fit_teacher)
-        teacher, teacher_top1 = load_teacher(path, cfg, splits)
-        log.info("teacher %s: test top-1 %.2f%% (%s)", arch_name(cfg.teacher.arch), teacher_top1, path)
+    distils = [c.alpha > 0 for c in cfgs]
+    teacher, teacher_info = None, {}
+    if stage == Stage.teacher or any(distils):
+        teacher, teacher_info = prepare_teacher(cfg, splits, device)
     if stage == Stage.teacher:
-        return {"teacher_top1": teacher_top1, "teacher_checkpoint": str(path)}
+        return [dict(teacher_info) for _ in cfgs]
 
-    with tracker.run(cfg, out_dir, job_type="student", name=run_name(cfg)) as run:
-        result = fit(cfg, splits, device, out_dir, teacher, run.log)
-        summary = {"final_top1": result["final_top1"], "best_top1": result["best_top1"], "teacher_top1": teacher_top1}
-        run.summary(summary)
-    return {**result, "teacher_top1": teacher_top1}
+    with contextlib.ExitStack() as stack:
+        runs, cells = [], []
+        for c in cfgs:
+            run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
+                                                                name=run_name(c)))
+            runs.append(run)
+            cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
+                              name=run_name(c) if len(cfgs) > 1 else "",
+                              stale_fix="Rerun with the same overrides, or use a new hydra.run.dir / hydra.sweep.dir."))
+        outcomes = fit(cells, splits, device, teacher)
+        finished: list[Union[dict[str, Any], BaseException]] = []
+        for run, outcome, distilled in zip(runs, outcomes, distils):
+            if isinstance(outcome, BaseException):
+                finished.append(outcome)
+                continue
+            # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
+            result = {**outcome, **(teacher_info if distilled else {"teacher_top1": None})}
+            run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"],
+                         "teacher_top1": result["teacher_top1"]})
+            finished.append(result)
+    return finished
+
+
+def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """The teacher (trained first if it is not cached), measured on the test split and refused at chance."""
+    path = ensure_teacher(cfg, splits, lambda tcfg: fit_teacher(tcfg, splits, device))
+    teacher = load_teacher(path, cfg, splits)
+    top1 = test_top1(teacher, cfg, splits, device)
+    log.info("teacher %s: test top-1 %.2f%% (%s)", arch_name(cfg.teacher.arch), top1, path)
+    check_teacher_accuracy(top1, cfg, splits.num_classes, path)
+    return teacher, {"teacher_top1": top1, "teacher_checkpoint": str(path), "teacher_sha256": sha256_of(path)}
+
+
+def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device) -> dict[str, Any]:
+    """Train the teacher from its own recipe (`tcfg`), resuming its work dir whatever the student asks."""
+    work_dir = Path(tcfg.out_dir)
+    with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
+        cell = Cell(tcfg, work_dir, teacher_recipe(tcfg), run.log, name="",
+                    stale_fix=f"{work_dir} holds the work of another teacher recipe (an older kd?); delete "
+                              f"{work_dir} to train this teacher afresh.")
+        (outcome,) = fit([cell], splits, device, None)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        run.summary({"final_top1": outcome["final_top1"], "best_top1": outcome["best_top1"]})
+        return outcome
 
 
 # An absolute config dir: relative to a module Hydra would look for a `conf` package instead.

@@ -8,6 +8,8 @@ import json
 import os
 import re
 
+import torch
+
 from conftest import REPO, run_cli
 
 README = (REPO / "README.md").read_text()
@@ -36,7 +38,7 @@ def on_pythonpath(folder) -> dict:
 
 def test_a_model_loss_and_aug_of_ones_own_train_in_one_run(tmp_path):
     write_extension(tmp_path)
-    env = on_pythonpath(tmp_path)
+    env = {**on_pythonpath(tmp_path), "KD_HOME": str(tmp_path / "home")}
     args = ["--config-dir", str(tmp_path / "conf"), "model=tiny_cnn", "teacher=tiny_cnn", "loss=smoothed_kd",
             "aug=invert", "alpha=0.5", "data=digits", "data.image_size=8", "trainer.epochs=2", "logger=none",
             f"hydra.run.dir={tmp_path / 'run'}"]
@@ -48,6 +50,9 @@ def test_a_model_loss_and_aug_of_ones_own_train_in_one_run(tmp_path):
     assert results["config"]["loss"]["smoothing"] == 0.1
     assert results["teacher_top1"] is not None and len(results["history"]) == 2
     assert all(row["train/kd"] > 0 for row in results["history"])  # the teacher's soft targets were used
+    # The student's own loss never trains the teacher: the cached one records plain cross-entropy.
+    (cached,) = (tmp_path / "home" / "teachers").glob("*.pt")
+    assert json.loads(torch.load(cached, weights_only=True)["recipe"])["loss"]["_target_"] == "kd.losses.cross_entropy"
 
 
 def test_a_misspelled_parameter_of_an_added_aug_is_named_before_training(tmp_path):

@@ -67,8 +67,8 @@ def test_device_slots_give_each_concurrent_cell_its_own_gpus():
 
 def test_teacher_step_keeps_only_what_changes_the_teacher(tmp_path):
     overrides = ["alpha=0,0.5", "aug=none,fc", "model=resnet8", "loss.temperature=2", "seed=0,1", "data=digits",
-                 "+optim.optimizer.dampening=0", "hydra/launcher=slurm"]
-    assert teacher_overrides(overrides) == ["seed=0,1", "data=digits", "+optim.optimizer.dampening=0",
+                 "optim.optimizer.lr=0.1", "teacher.optim.optimizer.lr=0.2", "hydra/launcher=slurm"]
+    assert teacher_overrides(overrides) == ["seed=0,1", "data=digits", "teacher.optim.optimizer.lr=0.2",
                                             "hydra/launcher=slurm"]
     teacher, grid = commands(["-cd", "/somewhere", *overrides, f"hydra.sweep.dir={tmp_path}"])
     assert teacher[2:5] == ["-m", "-cd", "/somewhere"] and "stage=teacher" in teacher

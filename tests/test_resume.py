@@ -20,7 +20,7 @@ from reliability import ONE_THREAD, metrics, one_torch_thread, same_weights  # n
 EPOCHS = 3  # the teacher's and then the student's, in the same process
 # Every kind of state in play: a teacher trained first, the generator-driven fcra augmentation,
 # an lr step after epoch 2 (the scheduler's state), and PyTorch's deterministic algorithms on the CPU.
-KILLED_RUN = [*FAST, f"trainer.epochs={EPOCHS}", "alpha=0.5", "teacher=resnet8", "aug=fcra",
+KILLED_RUN = [*FAST, f"trainer.epochs={EPOCHS}", f"teacher.epochs={EPOCHS}", "alpha=0.5", "teacher=resnet8", "aug=fcra",
               "optim.scheduler.milestones=[2]", "trainer.deterministic=true"]
 
 

@@ -146,8 +146,9 @@ class WandbTracker:
             group=self.group if self.group is not None else sweep_group(),
             config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
             dir=str(wandb_dir), mode=mode, id=previous["id"] if previous is not None else None, resume="allow",
-            # silent: the one line that _start logs replaces wandb's own banner
-            settings=wandb.Settings(silent=True, finish_timeout=self.finish_timeout_s),
+            # silent: the one line that _start logs replaces wandb's own banner; create_new: a pack has one run
+            # open per cell at once
+            settings=wandb.Settings(silent=True, finish_timeout=self.finish_timeout_s, reinit="create_new"),
         )
 
     def _record(self, run: Any, out_dir: Path, job_type: str, name: str) -> None:

@@ -47,7 +47,7 @@ def job_field(slurm: LocalSlurm, job_id: str, field: str) -> str:
     return re.search(rf"\b{field}=(\S+)", slurm.command("scontrol", "show", "job", job_id)).group(1)
 
 
-def test_grid_trains_teacher_first_then_runs_all_15_cells(slurm, tmp_path):
+def test_grid_trains_teacher_first_then_runs_all_15_cells_in_3_packs(slurm, tmp_path):
     sweep = tmp_path / "sweep"
     out = subprocess.run([sys.executable, "-m", "kd.submit", *GRID, "trainer.epochs=2", *ON_SLURM,
                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, capture_output=True,
@@ -62,19 +62,21 @@ def test_grid_trains_teacher_first_then_runs_all_15_cells(slurm, tmp_path):
     assert all(r["status"] == "completed" for r in cells)
     assert "Gains (fcra - none)" in out.stdout
 
-    # Every cell with alpha > 0 loaded the teacher that step 1 cached; none trained it.
+    # Every pack (its log is each of its cells' log) loaded the teacher that step 1 cached; none trained it.
     logs = [p.read_text() for p in sweep.glob("*/train.log")]
-    assert sum("teacher: reusing" in log for log in logs) == 12
+    assert len(logs) == 15 and all(log.count("teacher: reusing") == 1 for log in logs)
     assert not any("teacher: training" in log for log in logs)
 
-    # One job array from the preset; SLURM gave every cell one of the node's (fake) GPUs.
+    # One job array from the preset, one task per aug (its 5 alphas packed); SLURM gave every pack one of
+    # the node's (fake) GPUs.
     (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
-    for line in ["#SBATCH --array=0-14%15", "#SBATCH --gpus-per-node=1", "#SBATCH --requeue",
+    for line in ["#SBATCH --array=0-2%3", "#SBATCH --gpus-per-node=1", "#SBATCH --requeue",
                  "#SBATCH --signal=USR2@120", "#SBATCH --time=360"]:
         assert line in script.read_text()
-    devices = [re.search(r"CUDA_VISIBLE_DEVICES=(\S*)", p.read_text()).group(1)
-               for p in (sweep / ".submitit").glob("*_*/*_log.out")]
-    assert len(devices) == 15 and set(devices) <= {"0", "1", "2", "3"}
+    outs = [p.read_text() for p in (sweep / ".submitit").glob("*_*/*_log.out")]
+    devices = [re.search(r"CUDA_VISIBLE_DEVICES=(\S*)", out).group(1) for out in outs]
+    assert len(devices) == 3 and set(devices) <= {"0", "1", "2", "3"}
+    assert all(out.count("kd: pack of 5") == 1 for out in outs)
 
 
 def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_path):

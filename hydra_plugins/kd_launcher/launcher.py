@@ -2,15 +2,16 @@
 
 Selected by the presets in launchers/hydra/launcher/ (see launchers/README.md). On top of
 `submitit_slurm` / `submitit_local` they
+- submit one job per pack (the cells that differ only in the loss's settings, trained together);
 - fail a cell's job when the cell raises (traceback in its logs, SLURM state FAILED); the
   stock launcher catches the error, so submitit logs "completed" and SLURM says COMPLETED;
 - end the sweep non-zero with one message naming every failed cell (the stock sweep stops
   at the first failed cell it reads, without the table);
-- run one cell per GPU at a time locally: submitit's LocalExecutor starts every job at once
+- run one pack per GPU at a time locally: submitit's LocalExecutor starts every job at once
   and gives each the same first GPUs (CUDA_VISIBLE_DEVICES=0..gpus_per_node-1);
 - make a cell use the CPU threads it reserved (cpus_per_task), not every core of the node.
-Requeue on preemption or timeout is submitit's own: `checkpoint` resubmits the same cell
-(same job number, so the same output dir), and kd's `fit` resumes from out_dir/checkpoint.pt.
+Requeue on preemption or timeout is submitit's own: `checkpoint` resubmits the same pack
+(same job numbers, so the same output dirs), and kd's `fit` resumes each cell from its checkpoint.pt.
 """
 from __future__ import annotations
 
@@ -21,17 +22,19 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
 from hydra.errors import CompactHydraException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.kd_launcher.packed import run_pack
+from kd.packs import group_packs
 
 log = logging.getLogger(__name__)
 
-POLL_S = 1.0  # seconds between checks for a finished local cell
-JobArgs = tuple  # the arguments of one cell's __call__: (overrides, job_dir_key, job_num, job_id, singletons)
+POLL_S = 1.0  # seconds between checks for a finished local pack
+JobArgs = tuple  # the arguments of one pack's __call__: ([(overrides, job_num), ...], singletons)
 
 
 class SweepFailedError(CompactHydraException):
@@ -76,16 +79,26 @@ def error_summary(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+class PackFailedError(RuntimeError):
+    """Cells of a pack failed for different reasons; the message names each."""
+
+
 class _GridCells:
-    """Mixin over hydra-submitit-launcher's BaseSubmititLauncher (which it must precede in the bases)."""
+    """Mixin over hydra-submitit-launcher's BaseSubmititLauncher (which it must precede in the bases).
+
+    One submitted job trains one pack: the cells that differ only in the loss's settings (kd/packs.py).
+    """
 
     _EXECUTOR: str
     params: dict[str, Any]
     config: Any
+    hydra_context: Any
 
-    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int, job_id: str,
-                 singleton_state: dict, devices: Optional[str] = None) -> JobReturn:
-        """Run one cell inside its job, re-raising its error so that submitit and SLURM see the job fail."""
+    def __call__(self, cells: list[tuple[list[str], int]], singleton_state: dict,
+                 devices: Optional[str] = None) -> list[JobReturn]:
+        """Run one pack inside its job, raising its cells' errors so that submitit and SLURM see the job fail."""
+        import submitit
+
         if devices is not None:  # before anything in this process initialises CUDA
             os.environ["CUDA_VISIBLE_DEVICES"] = devices
         cpus = self.params.get("cpus_per_task")
@@ -93,37 +106,53 @@ class _GridCells:
             import torch
 
             torch.set_num_threads(cpus)
-        print(f"kd: cell #{job_num} ({' '.join(filter_overrides(sweep_overrides))}) on "
+        names = ", ".join(f"#{num} ({' '.join(filter_overrides(overrides))})" for overrides, num in cells)
+        print(f"kd: pack of {len(cells)}: {names} on "
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}", flush=True)
-        ret = super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)  # type: ignore[misc]
-        if ret.status == JobStatus.FAILED:
-            try:
-                _ = ret.return_value  # raises the cell's own exception
-            except Exception:
-                # Hydra's job logging is still set up: this lands in the cell's <job>.log next to results.json.
-                log.exception("cell #%d failed; %s/results.json has status=failed", job_num,
-                              ret.hydra_cfg.hydra.runtime.output_dir)
-                raise
-        return ret
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        configs = []
+        for overrides, num in cells:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config.hydra.job):
+                config.hydra.job.id = submitit.JobEnvironment().job_id
+                config.hydra.job.num = num
+            configs.append(config)
+        returns = run_pack(self.hydra_context, configs)
+        failed = [(num, ret) for (_, num), ret in zip(cells, returns) if ret.status == JobStatus.FAILED]
+        for num, ret in failed:
+            # Hydra's job logging is still set up: this lands in the cells' logs next to results.json.
+            log.error("cell #%d failed (%s: %s); %s/results.json has status=failed", num,
+                      type(ret._return_value).__name__, ret._return_value, ret.hydra_cfg.hydra.runtime.output_dir)
+        errors = {id(ret._return_value): ret._return_value for _, ret in failed}
+        if len(errors) == 1:
+            raise next(iter(errors.values()))  # the cell's own exception (the pack's, if it stopped them all)
+        if errors:
+            raise PackFailedError("; ".join(f"#{num}: {type(ret._return_value).__name__}: {ret._return_value}"
+                                            for num, ret in failed))
+        return returns
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Submit every cell, wait for all of them, and fail the sweep if any cell failed.
+        """Submit every pack, wait for all of them, and fail the sweep if any cell failed.
 
-        Written anew rather than wrapping the stock `launch`, which submits every cell at once
-        (no per-GPU scheduling locally) and stops collecting at the first cell without a result.
+        Written anew rather than wrapping the stock `launch`, which submits one job per cell
+        (no packs, no per-GPU scheduling locally) and stops collecting at the first cell without a result.
         """
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
-        log.info("kd %s launcher: %d cell(s), sweep dir %s", self._EXECUTOR, len(job_overrides), sweep_dir)
+        configs = [self.hydra_context.config_loader.load_sweep_config(self.config, list(o)) for o in job_overrides]
+        packs = group_packs(configs)
+        log.info("kd %s launcher: %d cell(s) in %d pack(s), sweep dir %s", self._EXECUTOR, len(job_overrides),
+                 len(packs), sweep_dir)
         args: list[JobArgs] = []
-        for i, overrides in enumerate(job_overrides):
-            num = initial_job_idx + i
-            log.info("\t#%d : %s", num, " ".join(filter_overrides(overrides)))
-            args.append((list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()))
+        for pack in packs:
+            cells = [(list(job_overrides[i]), initial_job_idx + i) for i in pack]
+            log.info("\tpack: %s", ", ".join(f"#{num} {' '.join(filter_overrides(o))}" for o, num in cells))
+            args.append((cells, Singleton.get_state()))
         jobs = self._run(self._executor(), args)
-        return self._collect(jobs, args, sweep_dir)
+        return self._collect(jobs, args, job_overrides, initial_job_idx, sweep_dir)
 
     def _executor(self) -> Any:
         """A submitit executor from the preset, mapping keys exactly as hydra-submitit-launcher does."""
@@ -141,38 +170,43 @@ class _GridCells:
     def _run(self, executor: Any, args: list[JobArgs]) -> list[Any]:
         raise NotImplementedError
 
-    def _collect(self, jobs: list[Any], args: list[JobArgs], sweep_dir: Path) -> list[JobReturn]:
+    def _collect(self, jobs: list[Any], args: list[JobArgs], job_overrides: Sequence[Sequence[str]],
+                 initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
         from submitit.core.utils import UncompletedJobError
 
         returns, failed = [], []
-        names = cell_names([overrides for overrides, *_ in args])
-        for job, name, (_, _, num, _, _) in zip(jobs, names, args):
+        names = cell_names(job_overrides)
+        for job, (cells, _) in zip(jobs, args):
             try:
-                returns.append(job.results()[0])
-            except UncompletedJobError as err:  # the cell raised (FailedJobError) or its job died
-                failed.append(f"  #{num} {name}: {error_summary(err)}\n      job {job.job_id}, log {job.paths.stderr}")
+                returns.extend(job.results()[0])
+            except UncompletedJobError as err:  # a cell raised (FailedJobError) or the pack's job died
+                which = ", ".join(f"#{num} {names[num - initial_job_idx]}" for _, num in cells)
+                failed.append((len(cells), f"  {which}: {error_summary(err)}\n      job {job.job_id}, "
+                                           f"log {job.paths.stderr}"))
         if failed:
             from kd.sweep import print_grid_table
 
             print_grid_table(sweep_dir)
+            count = sum(n for n, _ in failed)
             raise SweepFailedError(
-                f"{len(failed)} of {len(jobs)} cells failed (sweep {sweep_dir}):\n" + "\n".join(failed) +
-                "\nTracebacks: each cell's log above, and <cell dir>/results.json (status failed). Fix, then rerun "
-                "the same command with hydra.sweep.dir set to this sweep: completed cells are skipped.")
+                f"{count} of {len(job_overrides)} cells failed or did not finish (sweep {sweep_dir}):\n" +
+                "\n".join(line for _, line in failed) +
+                "\nEach cell's results.json says whether it completed or failed, with the traceback. Fix, then "
+                "rerun the same command with hydra.sweep.dir set to this sweep: completed cells are skipped.")
         return returns
 
 
 class KdSlurmLauncher(_GridCells, SlurmLauncher):
-    """The grid as one SLURM job array (at most `array_parallelism` cells running at once)."""
+    """The grid as one SLURM job array, one task per pack (at most `array_parallelism` packs running at once)."""
 
     def _run(self, executor: Any, args: list[JobArgs]) -> list[Any]:
         jobs = executor.map_array(self, *zip(*args))
-        log.info("kd slurm launcher: submitted job array %s (%d cells)", jobs[0].job_id.split("_")[0], len(jobs))
+        log.info("kd slurm launcher: submitted job array %s (%d packs)", jobs[0].job_id.split("_")[0], len(jobs))
         return jobs
 
 
 class KdLocalLauncher(_GridCells, LocalLauncher):
-    """The grid on this machine: one cell per `gpus_per_node` GPUs at a time, or CPU cells without GPUs."""
+    """The grid on this machine: one pack per `gpus_per_node` GPUs at a time, or CPU packs without GPUs."""
 
     def _run(self, executor: Any, args: list[JobArgs]) -> list[Any]:
         slots = self._slots()
@@ -198,7 +232,7 @@ class KdLocalLauncher(_GridCells, LocalLauncher):
         gpus_per_cell = self.params.get("gpus_per_node") or 0
         slots = device_slots(visible, count, gpus_per_cell, self.params.get("cpus_per_task") or 1, os.cpu_count() or 1)
         if gpus_per_cell and not any(slots):
-            log.warning("kd local launcher: no GPU visible; running the cells on CPU")
-        log.info("kd local launcher: %d cell(s) at a time, CUDA_VISIBLE_DEVICES per cell: %s", len(slots),
+            log.warning("kd local launcher: no GPU visible; running the packs on CPU")
+        log.info("kd local launcher: %d pack(s) at a time, CUDA_VISIBLE_DEVICES per pack: %s", len(slots),
                  ", ".join(repr(s) for s in slots))
         return slots

@@ -1,0 +1,159 @@
+"""Packing: the cells of a grid that differ only in the loss's settings train together, and exactly as alone."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from kd.engine import Cell, make_batches, make_student
+from kd.packs import group_packs, pack_key
+from kd.results import RESULTS_FILE, collect_sweep, read_results
+from reliability import ONE_THREAD, metrics, same_weights
+from test_extending import on_pythonpath, write_extension
+from test_resume import saved_epoch
+from test_wandb_tracker import offline_runs, read_offline_run
+
+CELL = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fcra"]
+ALPHAS = "alpha=0,0.5,1.0"
+
+
+def stream(cfg, epochs: int = 2) -> list[torch.Tensor]:
+    """Every batch a cell's student would see, with its labels and dataset indices, epoch after epoch."""
+    splits = instantiate(cfg.data)
+    batches = make_batches(cfg, splits, True, instantiate(cfg.aug), torch.device("cpu"), shuffle=True)
+    return [t for _ in range(epochs) for batch in batches for t in batch]
+
+
+def initial_weights(cfg, tmp_path: Path) -> dict[str, torch.Tensor]:
+    cell = Cell(cfg, tmp_path, {}, lambda row, step: None, name="", stale_fix="")
+    torch.manual_seed(1234)  # whatever the global RNG held before: the student must not depend on it
+    return make_student(cell, 10, torch.device("cpu")).model.state_dict()
+
+
+def same_tensors(a: list | dict, b: list | dict) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_data_stream_and_initial_weights_depend_only_on_data_aug_seed_and_recipe(tmp_path):
+    """The guarantee packing and paired statistics rest on; the last two lines show the check can fail."""
+    base = compose_config(CELL, out_dir=tmp_path)
+    loss_only = [compose_config([*CELL, *o], out_dir=tmp_path) for o in (
+        ["alpha=0"], ["alpha=1"], ["loss.temperature=1.5"], ["alpha=0.25", "loss.temperature=8"])]
+    for cfg in loss_only:
+        assert same_tensors(stream(cfg), stream(base))
+        assert same_tensors(initial_weights(cfg, tmp_path), initial_weights(base, tmp_path))
+        assert pack_key(cfg) == pack_key(base)
+    other_seed = compose_config([*CELL, "seed=1"], out_dir=tmp_path)
+    assert not same_tensors(stream(other_seed), stream(base))
+    assert not same_tensors(initial_weights(other_seed, tmp_path), initial_weights(base, tmp_path))
+
+
+def test_a_grid_packs_by_everything_but_the_loss():
+    cfgs = [compose_config([*FAST, f"alpha={a}", f"aug={g}", f"seed={s}", f"loss.temperature={t}"])
+            for s in (0, 1) for g in ("none", "fc", "fcra") for t in (2, 4) for a in (0, 0.5, 1.0)]
+    packs = group_packs(cfgs)
+    assert len(packs) == 6 and all(len(p) == 6 for p in packs)
+    for pack in packs:
+        assert len({(cfgs[i].aug._target_, cfgs[i].seed) for i in pack}) == 1
+
+
+def sweep(tmp_path: Path, name: str, args: list[str], env: dict | None = None) -> Path:
+    out = tmp_path / name
+    done = run_cli(["-m", *args, f"hydra.sweep.dir={out}"], cwd=tmp_path, env={**ONE_THREAD, **(env or {})})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out
+
+
+def by_cell(sweep_dir: Path) -> dict[tuple, dict]:
+    return {(r["aug"], r["alpha"], r["temperature"]): r for r in collect_sweep(sweep_dir)}
+
+
+def test_packed_cells_are_bit_identical_to_the_same_cells_run_alone(tmp_path):
+    grid = [*CELL, ALPHAS, "aug=none,fcra"]
+    packed = sweep(tmp_path, "packed", grid)
+    alone = sweep(tmp_path, "alone", [*grid, "hydra/launcher=basic"])
+    log = (packed / "0" / "train.log").read_text()
+    assert "[aug=none alpha=0.5 seed=0] epoch 2/2" in log  # one process trained the pack, into each cell's log
+    packed_cells, alone_cells = by_cell(packed), by_cell(alone)
+    assert packed_cells.keys() == alone_cells.keys() and len(packed_cells) == 6
+    for key, result in packed_cells.items():
+        assert result["status"] == "completed"
+        assert metrics(result) == metrics(alone_cells[key]), key
+        job = Path(result["job_dir"]).name
+        assert same_weights(packed / job / "checkpoint.pt", alone / job / "checkpoint.pt"), key
+    assert packed_cells[("none", 0.0, 4.0)]["teacher_top1"] is None  # alpha=0 never uses the teacher
+    assert packed_cells[("none", 0.5, 4.0)]["teacher_top1"] is not None
+
+
+def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_path):
+    write_extension(tmp_path)
+    grid = ["--config-dir", str(tmp_path / "conf"), *CELL, "loss=smoothed_kd", "loss.smoothing=0,0.2",
+            "alpha=0,0.5"]
+    out = sweep(tmp_path, "mine", grid, env=on_pythonpath(tmp_path))
+    results = collect_sweep(out)
+    assert len(results) == 4 and all(r["status"] == "completed" for r in results)
+    assert len({r["config"]["loss"]["smoothing"] for r in results}) == 2
+    # One pack: its log is every cell's, so each cell's log names all four.
+    log = (out / "0" / "train.log").read_text()
+    assert log.count("epoch 2/2") == 4
+    ce = {(r["config"]["loss"]["smoothing"], r["alpha"]): r["history"][0]["train/ce"] for r in results}
+    assert ce[(0.2, 0.0)] != ce[(0.0, 0.0)]  # the smoothing reached each cell's own loss
+
+
+def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_different_epochs(tmp_path):
+    grid = [*CELL, "trainer.epochs=4", ALPHAS, "trainer.deterministic=true"]
+    reference = sweep(tmp_path, "reference", grid)
+    killed = tmp_path / "killed"
+    args = ["-m", *grid, f"hydra.sweep.dir={killed}"]
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], env={**os.environ, **ONE_THREAD},
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and saved_epoch(killed / "2" / "checkpoint.pt") < 2:
+        assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.02)
+    time.sleep(0.1)  # into the third epoch
+    proc.kill()  # SIGKILL
+    proc.wait()
+    assert not (killed / "0" / RESULTS_FILE).exists()
+    # Cell 0 loses its checkpoint, as if killed before its first save: the pack restarts from epoch 0
+    # for it while the others wait at their own epochs, on the same data stream.
+    (killed / "0" / "checkpoint.pt").unlink()
+    done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("resumed from") == 2, done.stdout[-3000:]
+    for job in ("0", "1", "2"):
+        resumed, uninterrupted = read_results(killed / job / RESULTS_FILE), read_results(reference / job / RESULTS_FILE)
+        assert metrics(resumed) == metrics(uninterrupted), job
+        assert same_weights(killed / job / "checkpoint.pt", reference / job / "checkpoint.pt"), job
+
+
+def test_a_pack_skips_its_completed_cells_and_trains_only_the_others(tmp_path):
+    grid = sweep(tmp_path, "grid", [*CELL, "alpha=0,0.5"])
+    before = {job: (grid / job / RESULTS_FILE).read_bytes() for job in ("0", "1")}
+    done = run_cli(["-m", *CELL, ALPHAS, f"hydra.sweep.dir={grid}"], cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("already completed with this config (skipped") == 2
+    assert {job: (grid / job / RESULTS_FILE).read_bytes() for job in ("0", "1")} == before
+    assert read_results(grid / "2" / RESULTS_FILE)["status"] == "completed"
+    assert "[aug=fcra alpha=1 seed=0] epoch 2/2" not in done.stdout  # a pack of one left: no cell prefix
+
+
+@pytest.mark.parametrize("mode", ["offline"])
+def test_each_cell_of_a_pack_has_its_own_wandb_run(tmp_path, mode):
+    out = sweep(tmp_path, "wandb", [*CELL, "alpha=0,0.5", "logger=wandb", f"logger.mode={mode}"])
+    for job, alpha in (("0", 0.0), ("1", 0.5)):
+        (run_dir,) = offline_runs(out / job)
+        run = read_offline_run(run_dir)
+        assert [row["epoch"] for row in run["history"]] == [1, 2]
+        assert run["summary"]["final_top1"] == read_results(out / job / RESULTS_FILE)["final_top1"]
+        assert f"alpha={alpha:g}" in run["run"]["display_name"] and run["exit_code"] == 0

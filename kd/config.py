@@ -26,6 +26,11 @@ class Pipeline(Enum):
     dataloader = "dataloader"  # the conventional PIL + DataLoader reference
 
 
+class PackMode(Enum):
+    loop = "loop"  # each student of a pack its own forward/backward/step: exact, the default
+    stacked = "stacked"  # all of a pack's students as one vmapped model: fewer kernel launches on accelerators
+
+
 class WandbMode(Enum):
     auto = "auto"  # online if W&B credentials exist, else offline; a set WANDB_MODE decides instead
     online = "online"
@@ -150,6 +155,7 @@ class TrainerConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms
     teacher_logit_cache: bool = True  # aug=none: teacher logits computed once, reused every epoch
     checkpoint_every: int = 1  # epochs between resumable checkpoints
+    pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/stacking.py)
 
 
 @dataclass

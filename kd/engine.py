@@ -31,9 +31,10 @@ from torch import nn
 
 from kd.augment import NoAugment
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
-from kd.config import Pipeline
+from kd.config import PackMode, Pipeline
 from kd.data import ImageSplits
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
+from kd.stacking import StackedUpdate
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
 
 log = logging.getLogger(__name__)
@@ -93,40 +94,66 @@ def autocast_for(device: torch.device, bf16: bool) -> Callable:
     return contextlib.nullcontext
 
 
-def train_one_epoch(students: list[Student], batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
-                    epoch: int) -> list[Union[dict, NonFiniteLossError]]:
-    """One pass over the data for every student of the pack: each its stats, or the error that stopped it."""
-    device = next(students[0].model.parameters()).device
-    sums = [torch.zeros(4, device=device) for _ in students]  # loss, ce, kd, correct (each summed over images)
-    first_bad = [torch.tensor(-1, device=device) for _ in students]
-    errors: dict[int, NonFiniteLossError] = {}
-    live = list(range(len(students)))
-    for s in students:
-        s.model.train()
-    seen = 0
-    for step, (images, labels, indices) in enumerate(batches):
-        teacher_logits = teacher_fn(images, indices) if teacher_fn is not None else None
+class LoopUpdate:
+    """`trainer.pack_mode=loop`: each student its own forward, backward and optimizer step. Exact; the default."""
+
+    def __init__(self, students: list[Student]) -> None:
+        self.students = students
+
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher_logits, autocast: Callable
+             ) -> dict[int, tuple]:
+        out = {}
         for i in live:
-            s = students[i]
+            s = self.students[i]
             with autocast():
                 logits = s.forward(images)
             parts = s.loss_fn(logits, teacher_logits if s.alpha > 0 else None, labels, alpha=s.alpha)
             s.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             s.optimizer.step()
-            n = labels.shape[0]
+            out[i] = (parts, logits)
+        return out
+
+    def end_epoch(self, trained: list[int]) -> None:
+        for i in trained:  # a waiting student's schedule waits with it
+            self.students[i].scheduler.step()
+
+    def lr(self, i: int) -> float:
+        return self.students[i].optimizer.param_groups[0]["lr"]
+
+    def states(self, i: int) -> tuple[dict, dict]:
+        """Student i's optimizer and scheduler states, as its checkpoint keeps them."""
+        return self.students[i].optimizer.state_dict(), self.students[i].scheduler.state_dict()
+
+
+def train_one_epoch(update, n_students: int, batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
+                    epoch: int, skip: set[int]) -> list[Union[dict, NonFiniteLossError, None]]:
+    """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
+    that stopped it (None for those skipped: they wait for the pack to reach their epoch)."""
+    device = next(update.students[0].model.parameters()).device
+    sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
+    first_bad = [torch.tensor(-1, device=device) for _ in range(n_students)]
+    errors: dict[int, NonFiniteLossError] = {}
+    live = [i for i in range(n_students) if i not in skip]
+    for s in update.students:
+        s.model.train()
+    seen = 0
+    for step, (images, labels, indices) in enumerate(batches):
+        teacher_logits = teacher_fn(images, indices) if teacher_fn is not None else None
+        n = labels.shape[0]
+        for i, (parts, logits) in update.step(live, images, labels, teacher_logits, autocast).items():
             correct = (logits.argmax(1) == labels).sum()
             sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
             bad = ~torch.isfinite(parts.total.detach())
             first_bad[i] = torch.where(bad & (first_bad[i] < 0), step, first_bad[i])
-        seen += labels.shape[0]
+        seen += n
         if (step + 1) % NONFINITE_CHECK_EVERY == 0:
             live = _drop_nonfinite(live, first_bad, errors, epoch)
     _drop_nonfinite(live, first_bad, errors, epoch)
-    stats: list[Union[dict, NonFiniteLossError]] = []
-    for i in range(len(students)):
-        if i in errors:
-            stats.append(errors[i])
+    stats: list[Union[dict, NonFiniteLossError, None]] = []
+    for i in range(n_students):
+        if i in skip or i in errors:
+            stats.append(errors.get(i))
             continue
         loss, ce, kd, correct = (sums[i] / seen).tolist()
         stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, "train/top1": 100.0 * correct,
@@ -238,6 +265,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     students = [make_student(cell, splits.num_classes, device) for cell in cells]
     for s in students:
         resume(s)
+    stacked = t.pack_mode == PackMode.stacked and len(students) > 1
+    update = StackedUpdate(students, cfg.optim) if stacked else LoopUpdate(students)
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)
     train_batches = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=True)
@@ -251,31 +280,36 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
         set_rng_state(first.rng, train_batches.generator)
 
     for epoch in range(first.start_epoch, t.epochs):
-        active = [s for s in students if s.error is None and s.start_epoch <= epoch]
+        waiting = {i for i, s in enumerate(students) if s.error is not None or s.start_epoch > epoch}
         started = time.perf_counter()
-        stats = train_one_epoch(active, train_batches, teacher_fn if any(s.alpha > 0 for s in active) else None,
-                                autocast, epoch)
+        needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
+        lrs = [update.lr(i) for i in range(len(students))]
+        stats = train_one_epoch(update, len(students), train_batches, teacher_fn if needs_teacher else None,
+                                autocast, epoch, waiting)
+        update.end_epoch([i for i in range(len(students)) if i not in waiting])
         train_s = time.perf_counter() - started
-        for s, st in zip(active, stats):
+        for i, (s, st) in enumerate(zip(students, stats)):
+            if st is None:
+                continue
             if isinstance(st, BaseException):
                 s.error = st
                 log.error("%s%s", _prefix(s), st)
                 continue
-            lr = s.optimizer.param_groups[0]["lr"]
-            s.scheduler.step()
             images_per_s = st.pop("images") / train_s
-            row = {"epoch": epoch + 1, "lr": lr, **st, **evaluate(s.model, test_batches, autocast),
+            row = {"epoch": epoch + 1, "lr": lrs[i], **st, **evaluate(s.model, test_batches, autocast),
                    "epoch_time_s": time.perf_counter() - started, "images_per_s": images_per_s}
             s.history.append(row)
             log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  test top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
                      _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"],
-                     row["test/top1"], row["test/top5"], lr, row["epoch_time_s"])
+                     row["test/top1"], row["test/top5"], row["lr"], row["epoch_time_s"])
             s.cell.log_metrics(row, epoch + 1)
             if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
-                save_atomic({"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
-                             "scheduler": s.scheduler.state_dict(), "rng": rng_state(train_batches.generator),
-                             "history": s.history, "epoch": epoch + 1, "config": s.cell.identity},
-                            s.cell.out_dir / "checkpoint.pt")
+                optimizer_state, scheduler_state = update.states(i)
+                # Cloned: in stacked mode the weights are views of the whole stack, which torch.save would write.
+                model_state = {k: v.clone() for k, v in s.model.state_dict().items()}
+                save_atomic({"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler_state,
+                             "rng": rng_state(train_batches.generator), "history": s.history, "epoch": epoch + 1,
+                             "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
     return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]
 
 

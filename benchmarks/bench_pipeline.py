@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 import kd.train  # noqa: F401  (registers the config schemas)
 from kd.data import ImageSplits
-from kd.engine import autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
+from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EPOCH_IMAGES = 50_000  # CIFAR-100's training split
@@ -72,9 +72,9 @@ class Setup:
     """One pipeline's KD train step, built once through kd's own functions and timed in rounds."""
 
     def __init__(self, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> None:
-        torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, device
-        self.student, self.forward = make_student(cfg, NUM_CLASSES, device)
+        self.update = LoopUpdate([make_student(Cell(cfg, Path("."), {}, lambda row, step: None, "", ""), NUM_CLASSES,
+                                                 device)])
         aug = instantiate(cfg.aug)
         self.autocast = autocast_for(device, cfg.trainer.bf16)
         teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES) if cfg.alpha > 0 else None
@@ -83,15 +83,12 @@ class Setup:
         self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast)
         sync(device)
         self.cache_s = time.perf_counter() - started  # ~0 unless it built the aug=none logit cache
-        self.optimizer = instantiate(cfg.optim.optimizer)(self.student.parameters())
-        self.loss_fn = instantiate(cfg.loss)
         self.batches = make_batches(cfg, splits, True, aug, device, shuffle=True)
 
     def images_per_s(self, warmup: int, steps: int) -> float:
         torch.backends.cudnn.benchmark = self.cfg.trainer.cudnn_benchmark
         timed = TimedBatches(self.batches, warmup, steps, self.device)
-        train_one_epoch(self.student, self.forward, timed, self.teacher_fn, self.loss_fn, self.cfg.alpha,
-                        self.optimizer, self.autocast, epoch=0)
+        train_one_epoch(self.update, 1, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
         sync(self.device)
         return steps * self.cfg.trainer.batch_size / (time.perf_counter() - timed.started)
 

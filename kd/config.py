@@ -8,6 +8,9 @@ then checked against its `_target_`'s signature when the job starts, before any 
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
@@ -203,6 +206,31 @@ def register_schemas() -> None:
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+
+
+class UnknownKeyError(ValueError):
+    """A key that no schema has: a typo that `+key=value` slipped past Hydra's composition check."""
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Refuse keys outside kd's schemas, however they got in (`+trainer.epocs=3` adds one past the struct
+    check). Nodes built from a `_target_` (models, augs, losses, optimizers, data, logger) are checked
+    against their callable's signature instead (kd/targets.py), so users' own options keep working."""
+    _check_node(cfg, Config, "")
+
+
+def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise UnknownKeyError(f"{prefix}{key} is not a setting kd knows{hint}; it takes {', '.join(names)}. "
+                                  f"Fix or drop the override that adds it.")
+        child = node[key]
+        if dataclasses.is_dataclass(hints[key]) and isinstance(child, DictConfig) and "_target_" not in child:
+            _check_node(child, hints[key], f"{prefix}{key}.")
 
 
 # Keys that say where things live or how they are tracked, not what is trained: a finished

@@ -13,8 +13,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 # The config nodes that kd builds with hydra.utils.instantiate.
-BUILT_NODES = ("model", "teacher.arch", "aug", "teacher.aug", "loss", "optim.optimizer", "optim.scheduler",
-               "logger", "data")
+BUILT_NODES = ("model", "teacher.arch", "aug", "teacher.aug", "loss", "teacher.loss", "optim.optimizer",
+               "optim.scheduler", "teacher.optim.optimizer", "teacher.optim.scheduler", "logger", "data")
 
 
 class ConfigTargetError(ValueError):

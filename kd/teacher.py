@@ -89,7 +89,7 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        if path.is_file():
+        if path.is_file() and readable_teacher(path):
             log.info("teacher: reusing %s", path)
             return path
         if cfg.teacher.batch_size > len(splits.train_labels):
@@ -113,6 +113,23 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
         )
         log.info("teacher: saved %s (test top-1 %.2f%%)", path, result["final_top1"])
     return path
+
+
+def readable_teacher(path: Path) -> bool:
+    """Whether a cached teacher file loads; a corrupt one (truncated, empty, not a checkpoint) is moved aside,
+    kept as `<name>.corrupt`, so that it is retrained once under the lock instead of failing every cell."""
+    try:
+        ckpt = load_checkpoint(path, "cached teacher", "")
+        if all(key in ckpt for key in ("arch", "num_classes", "state_dict")):
+            return True
+        reason = "it is not a teacher checkpoint kd wrote"
+    except CheckpointError as err:
+        reason = str(err).strip()
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    log.warning("teacher: the cached %s is unreadable (%s); moved it to %s and training the teacher again",
+                path, reason, aside)
+    return False
 
 
 def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> nn.Module:

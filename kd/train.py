@@ -25,12 +25,14 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kd.config import Stage, defining_config, register_schemas
+from kd.config import Stage, check_known_keys, defining_config, register_schemas
 from kd.data import ImageSplits
 from kd.engine import Cell, fit, test_top1
+from kd.locking import exclusive_job_dir
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
 from kd.targets import check_targets
@@ -148,8 +150,13 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
     return previous
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def check_cell(cfg: DictConfig) -> None:
     """Bad input that the schemas cannot see, caught before any work."""
+    check_known_keys(cfg)
     check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
     check_trainer(cfg.trainer)
     check_targets(cfg)
@@ -171,23 +178,28 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
     """
     outcomes: list[Any] = [None] * len(cfgs)
     todo = []
-    for i, cfg in enumerate(cfgs):
-        try:
-            check_cell(cfg)
-            out_dir = prepare_out_dir(cfg.out_dir)
-            previous = completed_results(out_dir, cfg)
-        except Exception as err:
-            outcomes[i] = err
-            continue
-        if previous is not None:
-            log.info("%s already completed with this config (skipped; delete its %s to run it again)",
-                     out_dir, RESULTS_FILE)
-            outcomes[i] = previous
-        else:
-            todo.append(i)
-    if todo:
-        for i, outcome in zip(todo, _run_recorded([cfgs[i] for i in todo])):
-            outcomes[i] = outcome
+    # In a multirun another copy of the sweep may hold a cell: wait for it (then skip or resume). A
+    # single run stops at once instead.
+    wait = in_multirun()
+    with contextlib.ExitStack() as locks:
+        for i, cfg in enumerate(cfgs):
+            try:
+                check_cell(cfg)
+                out_dir = prepare_out_dir(cfg.out_dir)
+                locks.enter_context(exclusive_job_dir(out_dir, wait))
+                previous = completed_results(out_dir, cfg)
+            except Exception as err:
+                outcomes[i] = err
+                continue
+            if previous is not None:
+                log.info("%s already completed with this config (skipped; delete its %s to run it again)",
+                         out_dir, RESULTS_FILE)
+                outcomes[i] = previous
+            else:
+                todo.append(i)
+        if todo:
+            for i, outcome in zip(todo, _run_recorded([cfgs[i] for i in todo])):
+                outcomes[i] = outcome
     return outcomes
 
 
@@ -240,7 +252,7 @@ def _train(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]
                                                                 name=run_name(c)))
             runs.append(run)
             cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
-                              name=run_name(c) if len(cfgs) > 1 else "",
+                              name=run_name(c) if in_multirun() else "",
                               stale_fix="Rerun with the same overrides, or use a new hydra.run.dir / hydra.sweep.dir."))
         outcomes = fit(cells, splits, device, teacher)
         finished: list[Union[dict[str, Any], BaseException]] = []

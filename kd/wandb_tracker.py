@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -141,11 +142,14 @@ class WandbTracker:
         previous = read_run_file(out_dir)
         wandb_dir = Path(self.dir if self.dir is not None else out_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)  # the teacher's work dir is made later, by its first checkpoint
+        if previous is None:  # the id is chosen and kept before the run starts: a job killed in between resumes it
+            previous = {"id": secrets.token_hex(6)}  # W&B takes any [a-z0-9] id
+            self._write_run_file(out_dir, previous)
         return wandb.init(
             project=self.project, entity=self.entity, job_type=job_type, name=name, tags=self.tags,
             group=self.group if self.group is not None else sweep_group(),
             config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            dir=str(wandb_dir), mode=mode, id=previous["id"] if previous is not None else None, resume="allow",
+            dir=str(wandb_dir), mode=mode, id=previous["id"], resume="allow",
             # silent: the one line that _start logs replaces wandb's own banner; create_new: a pack has one run
             # open per cell at once
             settings=wandb.Settings(silent=True, finish_timeout=self.finish_timeout_s, reinit="create_new"),
@@ -153,8 +157,11 @@ class WandbTracker:
 
     def _record(self, run: Any, out_dir: Path, job_type: str, name: str) -> None:
         """Write RUN_FILE: the id to resume after a requeue, and where `kd.report --wandb` finds the sweep."""
-        record = {"id": run.id, "project": run.project, "entity": run.entity or self.entity, "group": run.group,
-                  "job_type": job_type, "name": name}
+        self._write_run_file(out_dir, {"id": run.id, "project": run.project, "entity": run.entity or self.entity,
+                                       "group": run.group, "job_type": job_type, "name": name})
+
+    @staticmethod
+    def _write_run_file(out_dir: Path, record: dict[str, Any]) -> None:
         try:
             (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
         except OSError as err:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import kd.engine
+from kd.locking import LOCK_FILE, OWNER_FILE
 
 # A CPU result depends on the number of threads (reductions split differently), so every run that is
 # compared with another uses one; it also keeps a run fast where the 2 cores are shared.
@@ -48,9 +49,11 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, str]]:
-    """Every file under `root` with its mtime and content hash: proof that nothing was written or deleted."""
+    """Every file under `root` with its mtime and content hash: proof that nothing was written or deleted.
+
+    The job dir's lock files are left out: taking the lock (to check a dir) is not writing a result."""
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in (LOCK_FILE, OWNER_FILE)}
 
 
 def last_lines(text: str, n: int = 4) -> str:

@@ -204,7 +204,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
                                               r"left on device\); the previous checkpoint.pt, if any, is intact"):
         train(compose_config(args, out_dir=job))
     assert load_checkpoint(job / "checkpoint.pt", "checkpoint", "")["epoch"] == 1
-    assert sorted(p.name for p in job.iterdir()) == ["checkpoint.pt", RESULTS_FILE]  # no temp file left
+    assert sorted(p.name for p in job.iterdir() if not p.name.startswith(".kd.lock")) == ["checkpoint.pt",
+                                                                                           RESULTS_FILE]  # no temp file
     assert read_results(job / RESULTS_FILE)["status"] == "failed"
 
     monkeypatch.setattr(kd.engine, "save_atomic", save_atomic)  # space freed: the same command resumes
@@ -256,3 +257,18 @@ def test_cli_nonfinite_loss_stops_naming_epoch_and_step(tmp_path):
                      r"checkpoint, if any, is kept\). Lower optim.optimizer.lr", last_lines(proc.stderr)), proc.stderr
     assert read_results(job / RESULTS_FILE)["status"] == "failed"
     assert not (job / "checkpoint.pt").exists()  # the bad epoch is never saved
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+trainer.epocs=3", "trainer.epocs is not a setting kd knows (did you mean trainer.epochs?)"),
+    ("+teacher.epoch=3", "teacher.epoch is not a setting kd knows (did you mean teacher.epochs?)"),
+    ("+teacher.optim.schedular=1", "teacher.optim.schedular is not a setting kd knows (did you mean "
+                                   "teacher.optim.scheduler?)"),
+    ("+seeds=3", "seeds is not a setting kd knows (did you mean seed?)"),
+])
+def test_a_key_added_with_plus_is_checked_like_any_other(override, message, completed_job, tmp_path):
+    """Hydra's `+` adds a key past the struct check; kd checks the composed config against its schemas."""
+    before = kd_files(completed_job)
+    proc = run_cli([*STUDENT, override, f"hydra.run.dir={completed_job}"], cwd=tmp_path, env=ONE_THREAD)
+    assert proc.returncode == 1 and f"UnknownKeyError: {message}" in proc.stderr, proc.stderr[-2000:]
+    assert kd_files(completed_job) == before

@@ -164,3 +164,19 @@ def test_a_foreign_teacher_work_dir_names_the_dir_and_the_fix(tmp_path, isolated
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(work))} holds the work of another teacher recipe.*"
                                               rf"delete {re.escape(str(work))} to train this teacher afresh"):
         train(cfg)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a checkpoint"])
+def test_a_corrupt_cached_teacher_is_moved_aside_and_retrained(tmp_path, isolated_kd_home, damage, caplog):
+    args = [*FAST, "teacher=resnet8", "alpha=0.5"]
+    first = train(compose_config(args, out_dir=tmp_path / "first"))
+    (cached,) = (isolated_kd_home / "teachers").glob("*.pt")
+    good = cached.read_bytes()
+    cached.write_bytes({"truncated": good[:1000], "empty": b"", "not a checkpoint": b"hello"}[damage])
+    with caplog.at_level("WARNING"):
+        second = train(compose_config(args, out_dir=tmp_path / "second"))
+    assert "is unreadable" in caplog.text and "training the teacher again" in caplog.text
+    assert cached.with_name(cached.name + ".corrupt").read_bytes() != good  # kept, for a look
+    assert second["teacher_top1"] == first["teacher_top1"]  # the same recipe, trained again (resumed from .work)
+    assert torch.load(cached, weights_only=True)["state_dict"].keys() == \
+        torch.load(next(cached.parent.glob("*.work/checkpoint.pt")), weights_only=True)["model"].keys()

@@ -49,14 +49,30 @@ def draw_rand_augment(n: int, num_ops: int, device: torch.device, generator: tor
     return ops, negative
 
 
-def apply_rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor, magnitude: int
-                       ) -> torch.Tensor:
+def apply_rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor, magnitude: int,
+                       form: str | None = None) -> torch.Tensor:
     """Apply each image's drawn ops in order, as torchvision's RandAugment(magnitude) would.
 
-    Images that drew the same (op, signed magnitude) in a slot are transformed together
-    by torchvision's own `_apply_op`, whose ops treat each image of a batch on its own.
+    Two forms with identical outputs (tested): "grouped" transforms the images that drew the same op
+    together (the least work; it reads group sizes to the host, cheap on a CPU) and "select" computes
+    every op on the whole batch and picks each image's (no host sync, data-independent shapes: for
+    CUDA, where a sync stalls the GPU and 32x32 ops cost little). None: by device.
     """
+    form = form or ("select" if images.device.type == "cuda" else "grouped")
     space = T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, images.shape[-2:])
+    apply = _rand_augment_select if form == "select" else _rand_augment_grouped
+    return apply(images, ops, negative, magnitude, space)
+
+
+def _op_value(space: dict, name: str, magnitude: int, negative: bool) -> float:
+    magnitudes, _ = space[name]
+    value = float(magnitudes[magnitude].item()) if magnitudes.ndim > 0 else 0.0  # a CPU tensor: no device sync
+    return -value if negative else value
+
+
+def _rand_augment_grouped(images, ops, negative, magnitude, space) -> torch.Tensor:
+    """Images that drew the same (op, signed magnitude) in a slot go through torchvision's own `_apply_op`
+    together, whose ops treat each image of a batch on its own."""
     signed = torch.tensor([space[name][1] for name in RANDAUGMENT_OPS], device=ops.device)
     out = images.clone()
     for slot_ops, slot_negative in zip(ops, negative):
@@ -69,11 +85,63 @@ def apply_rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.
             name = RANDAUGMENT_OPS[key // 2]
             if name == "Identity":
                 continue
-            magnitudes, _ = space[name]
-            value = float(magnitudes[magnitude].item()) if magnitudes.ndim > 0 else 0.0
-            value = -value if key % 2 else value
-            out[idx] = _apply_op(out[idx], name, value, interpolation=InterpolationMode.NEAREST, fill=None)
+            out[idx] = _apply_op(out[idx], name, _op_value(space, name, magnitude, bool(key % 2)),
+                                 interpolation=InterpolationMode.NEAREST, fill=None)
     return out
+
+
+def _rand_augment_select(images, ops, negative, magnitude, space) -> torch.Tensor:
+    """Every op (and sign) on the whole batch, each image keeping the one it drew: no host sync."""
+    out = images
+    for slot_ops, slot_negative in zip(ops, negative):
+        result = out
+        for index, name in enumerate(RANDAUGMENT_OPS):
+            if name == "Identity":
+                continue
+            for sign in (False, True) if space[name][1] else (False,):
+                chosen = slot_ops == index
+                if space[name][1]:
+                    chosen = chosen & (slot_negative == sign)
+                transformed = _batch_op(out, name, _op_value(space, name, magnitude, sign))
+                result = torch.where(chosen[:, None, None, None], transformed, result)
+        out = result
+    return out
+
+
+def _batch_op(images: torch.Tensor, name: str, value: float) -> torch.Tensor:
+    """torchvision's op on a whole batch; Equalize and AutoContrast rewritten without their host syncs
+    (a data-dependent shape and a boolean-mask assignment), with the same outputs."""
+    if name == "Equalize":
+        return equalize(images)
+    if name == "AutoContrast":
+        return autocontrast(images)
+    return _apply_op(images, name, value, interpolation=InterpolationMode.NEAREST, fill=None)
+
+
+def equalize(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's F.equalize on a uint8 batch, each image and channel its own histogram, without a sync."""
+    n, c, h, w = images.shape
+    flat = images.reshape(n * c, h * w).long()
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=images.device).scatter_add_(1, flat, torch.ones_like(flat))
+    last = 255 - hist.flip(1).ne(0).long().argmax(1)  # the last non-empty bin
+    # torchvision: step = sum of the non-empty bins but the last, // 255; a step of 0 leaves the channel as it is
+    step = (hist.sum(1) - hist.gather(1, last[:, None]).squeeze(1)) // 255
+    safe = step.clamp(min=1)
+    lut = (hist.cumsum(1) + (safe // 2)[:, None]) // safe[:, None]
+    lut = torch.nn.functional.pad(lut, [1, 0])[:, :-1].clamp(0, 255)
+    out = lut.gather(1, flat).to(torch.uint8).reshape(n, c, h, w)
+    return torch.where((step == 0).reshape(n, c, 1, 1), images, out)
+
+
+def autocontrast(images: torch.Tensor) -> torch.Tensor:
+    """torchvision's F.autocontrast on a uint8 batch, with torch.where where it assigns through a mask."""
+    minimum = images.amin(dim=(-2, -1), keepdim=True).float()
+    maximum = images.amax(dim=(-2, -1), keepdim=True).float()
+    scale = 255.0 / (maximum - minimum)
+    flat = ~torch.isfinite(scale)  # a one-valued channel: left as it is
+    minimum = torch.where(flat, torch.zeros_like(minimum), minimum)
+    scale = torch.where(flat, torch.ones_like(scale), scale)
+    return ((images - minimum) * scale).clamp(0, 255).to(torch.uint8)
 
 
 def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from kd.figures import plot_curves, plot_top1_by_alpha
+from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
 from kd.table import format_table, table_rows
 
@@ -91,6 +92,8 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
     lines += [format_table(students, metric), "",
               "`*` best cell. Gains = fcra − none per α. Several seeds: mean ± std. "
               "`failed` / `missing`: no result (never counted as 0).", ""]
+    provenance, warnings = sweep_provenance(students)
+    lines += [f"- {line}" for line in provenance] + [f"- **warning:** {w}" for w in warnings] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     md_path = sweep_dir / "gains.md"
     md_path.write_text("\n".join(lines) + "\n")
@@ -135,6 +138,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     written = write_report(students, args.sweep_dir, args.alpha, args.metric)
     print(format_table(students, args.metric))
+    lines, warnings = sweep_provenance(students)
+    print("\n".join(lines))
+    for warning in warnings:
+        print(f"kd-report: warning: {warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     if args.wandb:
         from kd.wandb_report import ReportError, publish  # wandb-workspaces only when asked for

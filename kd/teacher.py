@@ -21,6 +21,7 @@ from torch import nn
 
 from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from kd.config import Stage
+from kd import published_teachers as published
 from kd.data import ImageSplits
 
 log = logging.getLogger(__name__)
@@ -132,26 +133,39 @@ def readable_teacher(path: Path) -> bool:
     return False
 
 
-def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> nn.Module:
-    """Build the configured teacher and load `path` into it, refusing a checkpoint of another shape."""
+def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.Module, str]:
+    """Build the configured teacher and load `path` into it (kd's own format or RepDistiller's); refuse
+    a checkpoint of another shape. Returns the model and the checkpoint's format."""
     fix = ("Point teacher.checkpoint at a checkpoint of that architecture and dataset, or set "
            "teacher.checkpoint=null to train one.")
     ckpt = load_checkpoint(path, "teacher checkpoint", fix)
     want = arch_name(cfg.teacher.arch)
-    missing = [key for key in ("arch", "num_classes", "state_dict") if key not in ckpt]
-    if missing:  # e.g. a bare state_dict from another code base
-        raise CheckpointError(f"teacher checkpoint {path} is not one kd wrote (it lacks {', '.join(missing)}). {fix}")
-    if ckpt["arch"] != want or ckpt["num_classes"] != splits.num_classes:
+    if all(key in ckpt for key in ("arch", "num_classes", "state_dict")):
+        found, classes, state, fmt = ckpt["arch"], ckpt["num_classes"], ckpt["state_dict"], "kd"
+    elif published.is_repdistiller(ckpt):
+        state = published.strip_data_parallel(ckpt["model"])
+        try:
+            found, classes = published.describe(state)
+        except KeyError as err:
+            raise CheckpointError(f"teacher checkpoint {path} looks like RepDistiller's but lacks {err}. {fix}") from None
+        state, fmt = published.to_kd(state), "RepDistiller/mdistiller"
+    else:  # e.g. a bare state_dict from another code base
+        keys = ", ".join(map(str, list(ckpt)[:6])) + (", ..." if len(ckpt) > 6 else "")
         raise CheckpointError(
-            f"teacher checkpoint {path} holds {ckpt['arch']} with {ckpt['num_classes']} classes, "
+            f"teacher checkpoint {path} is not one kd wrote (it lacks arch, num_classes, state_dict) nor a "
+            f"RepDistiller/mdistiller checkpoint (a dict whose 'model' is their CIFAR ResNet's state dict); its "
+            f"top-level keys are: {keys}. {fix}")
+    if found != want or classes != splits.num_classes:
+        raise CheckpointError(
+            f"teacher checkpoint {path} holds {found} with {classes} classes, "
             f"but the config asks for {want} with {splits.num_classes} classes ({splits.name}). {fix}"
         )
     model = instantiate(cfg.teacher.arch, num_classes=splits.num_classes)
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"teacher checkpoint {path} does not fit {want}: {err}. {fix}") from None
-    return model
+    return model, fmt
 
 
 class TeacherTooWeakError(RuntimeError):

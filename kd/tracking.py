@@ -1,7 +1,8 @@
 """Experiment trackers: `logger=none` here; `logger=wandb` in kd/wandb_tracker.py.
 
 A tracker opens one run per job (`run(...)`, a context manager) whose `log` takes a
-metrics dict and an epoch and whose `summary` takes the final numbers.
+metrics dict and an epoch, whose `summary` takes the final numbers and whose `record` adds
+to the run's config (the environment it ran in).
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ class NullRun:
         pass
 
     def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def record(self, config: dict[str, Any]) -> None:
         pass
 
 

@@ -33,6 +33,7 @@ from kd.config import Stage, check_known_keys, defining_config, register_schemas
 from kd.data import ImageSplits
 from kd.engine import Cell, fit, test_top1
 from kd.locking import exclusive_job_dir
+from kd.provenance import environment, now
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
 from kd.targets import check_targets
@@ -205,12 +206,14 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
 
 def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
     """Train the pack, writing every job's results.json however it ends."""
+    env = environment(torch.device("cuda" if torch.cuda.is_available() and cfgs[0].trainer.device != "cpu"
+                                   else "cpu"))
     results = [{**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                "defining_config": defining_config(cfg)} for cfg in cfgs]
+                "defining_config": defining_config(cfg), "environment": env, "started_at": now()} for cfg in cfgs]
     outcomes: list[Union[dict[str, Any], BaseException]] = []
     started = time.time()
     try:
-        outcomes = _train(cfgs)
+        outcomes = _train(cfgs, env)
     except BaseException as err:
         # A signal or Ctrl-C (requeue, preemption) leaves the runs resumable; anything else is a failure.
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
@@ -225,11 +228,12 @@ def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExce
             elif outcome is not None:
                 result.update(outcome, status="completed")
             result["wall_time_s"] = time.time() - started
+            result["ended_at"] = now()
             write_results(Path(cfg.out_dir), result)
     return [outcome if isinstance(outcome, BaseException) else result for outcome, result in zip(outcomes, results)]
 
 
-def _train(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
+def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, Any], BaseException]]:
     cfg = cfgs[0]  # what the pack shares: data, models, aug, optim, trainer, seed
     t = cfg.trainer
     device = resolve_device(t.device)
@@ -250,6 +254,7 @@ def _train(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]
         for c in cfgs:
             run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
                                                                 name=run_name(c)))
+            run.record({"environment": env})
             runs.append(run)
             cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
                               name=run_name(c) if in_multirun() else "",
@@ -263,7 +268,7 @@ def _train(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]
             # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
             result = {**outcome, **(teacher_info if distilled else {"teacher_top1": None})}
             run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"],
-                         "teacher_top1": result["teacher_top1"]})
+                         "teacher_top1": result["teacher_top1"], "teacher_sha256": result.get("teacher_sha256")})
             finished.append(result)
     return finished
 
@@ -271,17 +276,21 @@ def _train(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]
 def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device) -> tuple[Any, dict[str, Any]]:
     """The teacher (trained first if it is not cached), measured on the test split and refused at chance."""
     path = ensure_teacher(cfg, splits, lambda tcfg: fit_teacher(tcfg, splits, device))
-    teacher = load_teacher(path, cfg, splits)
+    teacher, fmt = load_teacher(path, cfg, splits)
     top1 = test_top1(teacher, cfg, splits, device)
-    log.info("teacher %s: test top-1 %.2f%% (%s)", arch_name(cfg.teacher.arch), top1, path)
+    digest = sha256_of(path)
+    log.info("teacher %s: test top-1 %.2f%% (%s, %s format, sha256 %s)", arch_name(cfg.teacher.arch), top1, path,
+             fmt, digest[:12])
     check_teacher_accuracy(top1, cfg, splits.num_classes, path)
-    return teacher, {"teacher_top1": top1, "teacher_checkpoint": str(path), "teacher_sha256": sha256_of(path)}
+    return teacher, {"teacher_top1": top1, "teacher_checkpoint": str(path), "teacher_sha256": digest,
+                     "teacher_format": fmt}
 
 
 def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device) -> dict[str, Any]:
     """Train the teacher from its own recipe (`tcfg`), resuming its work dir whatever the student asks."""
     work_dir = Path(tcfg.out_dir)
     with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
+        run.record({"environment": environment(device)})
         cell = Cell(tcfg, work_dir, teacher_recipe(tcfg), run.log, name="",
                     stale_fix=f"{work_dir} holds the work of another teacher recipe (an older kd?); delete "
                               f"{work_dir} to train this teacher afresh.")

@@ -66,6 +66,9 @@ class WandbRun:
     def summary(self, values: dict[str, Any]) -> None:
         self._call("summary", lambda: self._run.summary.update(values))
 
+    def record(self, config: dict[str, Any]) -> None:
+        self._call("config", lambda: self._run.config.update(config, allow_val_change=True))
+
     def mark_preempting(self) -> None:
         self._call("mark_preempting", self._run.mark_preempting)
 

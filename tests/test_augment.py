@@ -6,6 +6,8 @@ its own draw and that draws are uniform (chi-square p-value above 1e-3).
 """
 from __future__ import annotations
 
+import itertools
+
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from torch import nn
 from kd.augment import (RANDAUGMENT_BINS, RANDAUGMENT_OPS, FlipCrop, FlipCropRandAugment, NoAugment,
                         apply_rand_augment, draw_rand_augment, rand_augment, random_crop, random_flip)
 from kd.data import ImageSplits
-from kd.engine import Cell, autocast_for, fit, make_batches, make_teacher_fn
+from kd.engine import Cell, LoopUpdate, autocast_for, fit, make_batches, make_student, make_teacher_fn, train_one_epoch
 from kd.models import resnet8
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
 from conftest import FAST, compose_config
@@ -72,9 +74,10 @@ def torchvision_rand_augment(image: torch.Tensor, ops: list[int], negative: list
     return out
 
 
+@pytest.mark.parametrize("form", ["grouped", "select"])
 @pytest.mark.parametrize("size", [32, 16])
 @pytest.mark.parametrize("op", RANDAUGMENT_OPS)
-def test_each_rand_augment_op_equals_torchvision_per_image(op: str, size: int, monkeypatch):
+def test_each_rand_augment_op_equals_torchvision_per_image(op: str, size: int, form: str, monkeypatch):
     n = 16
     images = test_images(n, size)
     g = torch.Generator().manual_seed(1)
@@ -83,7 +86,7 @@ def test_each_rand_augment_op_equals_torchvision_per_image(op: str, size: int, m
                       torch.randint(len(RANDAUGMENT_OPS), (n,), generator=g))[None]
     negative = (torch.arange(n) % 4 < 2)[None]  # both signs among the images that drew `op`
     for magnitude in (0, 9, 14, 30):
-        out = apply_rand_augment(images, ops, negative, magnitude)
+        out = apply_rand_augment(images, ops, negative, magnitude, form)
         for i in range(n):
             want = torchvision_rand_augment(images[i], [int(ops[0, i])], [bool(negative[0, i])], magnitude,
                                             monkeypatch)
@@ -92,13 +95,48 @@ def test_each_rand_augment_op_equals_torchvision_per_image(op: str, size: int, m
             assert not torch.equal(out[::2], images[::2]), f"{op} left every image unchanged: the test is vacuous"
 
 
-def test_rand_augment_two_ops_per_image_equals_torchvision(monkeypatch):
+@pytest.mark.parametrize("form", ["grouped", "select"])
+def test_rand_augment_two_ops_per_image_equals_torchvision(monkeypatch, form: str):
     images = test_images(64, 32, seed=2)
     ops, negative = draw_rand_augment(64, 2, images.device, torch.Generator().manual_seed(3))
-    out = apply_rand_augment(images, ops, negative, magnitude=14)
+    out = apply_rand_augment(images, ops, negative, magnitude=14, form=form)
     for i in range(64):
         want = torchvision_rand_augment(images[i], ops[:, i].tolist(), negative[:, i].tolist(), 14, monkeypatch)
         assert torch.equal(out[i], want), f"image {i} (ops {ops[:, i].tolist()}) differs from torchvision"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_sync_free_form_equals_the_grouped_form(seed: int):
+    """The CPU check of the CUDA path: both forms give identical outputs, including the edge cases of
+    Equalize and AutoContrast (a one-valued channel, a channel with a single non-empty bin after the first)."""
+    images = test_images(96, 32, seed=seed)
+    images[0] = 7  # one value everywhere
+    images[1, 0] = torch.where(torch.arange(32) < 16, 3, 200).to(torch.uint8)[None, :].expand(32, 32)
+    ops, negative = draw_rand_augment(96, 3, images.device, torch.Generator().manual_seed(seed))
+    for magnitude in (5, 14, 30):
+        assert torch.equal(apply_rand_augment(images, ops, negative, magnitude, "select"),
+                           apply_rand_augment(images, ops, negative, magnitude, "grouped"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_training_step_on_cuda_never_syncs_with_the_host(tmp_path):
+    cfg = compose_config([*FAST, "aug=fcra", "alpha=0.5", "trainer.device=cuda", "trainer.compile=false"],
+                         out_dir=tmp_path)
+    device = torch.device("cuda")
+    splits = synthetic_splits(n=256, size=32)
+    cell = Cell(cfg, tmp_path, {}, lambda row, step: None, name="", stale_fix="")
+    update = LoopUpdate([make_student(cell, 10, device)])
+    autocast = autocast_for(device, True)
+    teacher = FrozenTeacher(resnet8(num_classes=10).to(device), autocast)
+    batches = make_batches(cfg, splits, True, instantiate(cfg.aug), device, shuffle=True)
+    train_one_epoch(update, 1, itertools.islice(batches, 2), teacher, autocast, 0, set())  # warm up allocations
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for images, labels, indices in itertools.islice(batches, 3):
+            update.step([0], images, labels, teacher(images, indices), autocast)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_rand_augment_applies_its_own_draws():

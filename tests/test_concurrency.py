@@ -117,7 +117,7 @@ def test_a_sweep_killed_at_random_three_times_ends_as_if_never_killed(tmp_path, 
             lock.acquire(timeout=0)
             lock.release()
     print_grid_table(reference)
-    table = capsys.readouterr().out.split("\n", 1)[1]
+    table = capsys.readouterr().out.strip().split("\n", 1)[1]  # without the line naming the sweep dir
     print_grid_table(killed)
-    assert capsys.readouterr().out.split("\n", 1)[1] == table, schedule
+    assert capsys.readouterr().out.strip().split("\n", 1)[1] == table, schedule
     assert read_results(killed / "0" / RESULTS_FILE)["teacher_top1"] is None  # alpha=0

@@ -1,12 +1,13 @@
 """Packing: a grid's cells one at a time vs the cells of a pack (its alphas) trained together.
 
-    python benchmarks/bench_packing.py                    # CPU: the README's digits grid, both ways (~8 min)
+    python benchmarks/bench_packing.py                    # CPU: the README's digits grid, 3 ways (~12 min)
     python benchmarks/bench_packing.py --throughput --device cuda   # a GPU: images/s per cell, x4 pair
     python benchmarks/bench_packing.py --throughput --quick         # the same on a CPU in seconds (CI runs it)
 
---grid (default) runs the README's quickstart command for real, alternating kd's default launcher
-(packed) and `hydra/launcher=basic` (one cell at a time) in fresh sweep dirs, the teacher cached
-first so both reuse it; it reports wall time and the peak memory (max RSS) of each command.
+The default runs the README's quickstart command for real, three ways in alternating order: kd's
+default (packed, loop), packed with trainer.pack_mode=stacked, and hydra/launcher=basic (one cell at
+a time), in fresh sweep dirs, the teacher cached first so all reuse it; it reports wall time and
+the peak memory (max RSS) of each command.
 --throughput times the train step in-process through kd's own functions on CIFAR-shaped random
 uint8 data: one cell alone (alpha=0.5) vs a pack of the 5 alphas, loop and stacked, per aug level.
 """
@@ -33,6 +34,8 @@ from kd.stacking import StackedUpdate
 REPO = Path(__file__).resolve().parents[1]
 GRID = ["alpha=0,0.25,0.5,0.75,1.0", "aug=none,fc,fcra", "data=digits"]  # the README's quickstart
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+WAYS = {"one cell at a time": ["hydra/launcher=basic"], "packed (loop, the default)": [],
+        "packed (stacked)": ["trainer.pack_mode=stacked"]}
 
 
 def run_measured(args: list[str], env: dict) -> tuple[float, float]:
@@ -53,18 +56,20 @@ def bench_grid(rounds: int) -> None:
         print(f"CPU, {os.cpu_count()} cores; torch {torch.__version__}; load average {os.getloadavg()[0]:.1f}")
         teacher_s, _ = run_measured(["stage=teacher", "data=digits", "logger=none", f"hydra.run.dir={tmp}/t"], env)
         print(f"teacher trained and cached first ({teacher_s:.0f} s); both ways reuse it\n")
-        print("| round | launcher | wall s | peak RSS MiB |\n|---|---|---|---|")
-        times: dict[str, list[float]] = {"packed": [], "basic": []}
+        print("| round | how | wall s | peak RSS MiB |\n|---|---|---|---|")
+        times: dict[str, list[float]] = {name: [] for name in WAYS}
         for r in range(rounds):
-            order = ("packed", "basic") if r % 2 == 0 else ("basic", "packed")  # alternate who goes first
-            for launcher in order:
-                wall, rss = run_measured(["-m", *GRID, "logger=none", f"hydra/launcher={launcher}",
-                                          f"hydra.sweep.dir={tmp}/{launcher}{r}"], env)
-                times[launcher].append(wall)
-                print(f"| {r + 1} | {launcher} | {wall:.0f} | {rss:.0f} |", flush=True)
+            order = list(WAYS) if r % 2 == 0 else list(WAYS)[::-1]  # alternate who goes first
+            for name in order:
+                wall, rss = run_measured(["-m", *GRID, "logger=none", *WAYS[name], f"hydra.sweep.dir={tmp}/{r}{name}"],
+                                         env)
+                times[name].append(wall)
+                print(f"| {r + 1} | {name} | {wall:.0f} | {rss:.0f} |", flush=True)
         best = {k: min(v) for k, v in times.items()}
-        print(f"\npacked vs one cell at a time (best of {rounds}): {best['basic']:.0f} s / {best['packed']:.0f} s = "
-              f"{best['basic'] / best['packed']:.2f}x faster; load average at the end {os.getloadavg()[0]:.1f}")
+        print(f"\nbest of {rounds}, against one cell at a time ({best['one cell at a time']:.0f} s):")
+        for name in ("packed (loop, the default)", "packed (stacked)"):
+            print(f"  {name}: {best[name]:.0f} s, {best['one cell at a time'] / best[name]:.2f}x faster")
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 def synthetic_splits(n: int, num_classes: int = 100) -> ImageSplits:

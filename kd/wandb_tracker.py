@@ -120,13 +120,15 @@ class WandbTracker:
         mode, why = None, ""
         try:
             mode, why = self._resolve_mode()
-            run = self._init(cfg, out_dir, job_type, name, mode)
+            run = self._init(cfg, out_dir, job_type, name, mode, self._run_id(out_dir, mode))
         except Exception as err:  # see WandbRun._call
             failure = f"{type(err).__name__}: {err}"
             run = None
             if mode != "offline":  # no network, a server error: keep the run on disk for `wandb sync`
                 with contextlib.suppress(Exception):
-                    run, why = self._init(cfg, out_dir, job_type, name, "offline"), f"online failed: {failure}"
+                    # A new id: wandb's service still holds the one that failed to start online.
+                    run_id = self._run_id(out_dir, "offline", fresh=True)
+                    run, why = self._init(cfg, out_dir, job_type, name, "offline", run_id), f"online failed: {failure}"
             if run is None:
                 log.warning("W&B could not start the %s run %r (%s); training goes on without W&B, "
                             "results.json is written as usual", job_type, name, failure)
@@ -141,18 +143,28 @@ class WandbTracker:
             log.info("W&B run %r: %s", name, run.url)
         return WandbRun(run)
 
-    def _init(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str, mode: Optional[str]) -> Any:
-        previous = read_run_file(out_dir)
+    def _run_id(self, out_dir: Path, mode: Optional[str], fresh: bool = False) -> Optional[str]:
+        """The job's W&B run id: the one it had, or a new one written down before the run starts, so that a job
+        killed while W&B starts resumes that run instead of opening a second one."""
+        previous = None if fresh else read_run_file(out_dir)
+        if previous is not None:
+            return previous["id"]
+        if (mode or os.environ.get("WANDB_MODE")) == "disabled":
+            return None
+        run_id = secrets.token_hex(6)  # W&B takes any [a-z0-9] id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_file(out_dir, {"id": run_id})
+        return run_id
+
+    def _init(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str, mode: Optional[str],
+              run_id: Optional[str]) -> Any:
         wandb_dir = Path(self.dir if self.dir is not None else out_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)  # the teacher's work dir is made later, by its first checkpoint
-        if previous is None:  # the id is chosen and kept before the run starts: a job killed in between resumes it
-            previous = {"id": secrets.token_hex(6)}  # W&B takes any [a-z0-9] id
-            self._write_run_file(out_dir, previous)
         return wandb.init(
             project=self.project, entity=self.entity, job_type=job_type, name=name, tags=self.tags,
             group=self.group if self.group is not None else sweep_group(),
             config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-            dir=str(wandb_dir), mode=mode, id=previous["id"], resume="allow",
+            dir=str(wandb_dir), mode=mode, id=run_id, resume="allow",
             # silent: the one line that _start logs replaces wandb's own banner; create_new: a pack has one run
             # open per cell at once
             settings=wandb.Settings(silent=True, finish_timeout=self.finish_timeout_s, reinit="create_new"),

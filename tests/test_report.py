@@ -147,3 +147,39 @@ def test_wandb_without_server_is_a_clear_error(report, tmp_path):
     assert proc.returncode == 1
     assert "could not publish the W&B report" in proc.stderr and "the local files were written" in proc.stderr
     assert (sweep / "gains.md").is_file()
+
+
+def provenance_sweep(root: Path, torch_versions: list[str], teachers: list[str]) -> Path:
+    """Two completed cells that ran under the given torch versions and teachers (sha256s)."""
+    sweep = root / "sweep"
+    for job, (version, sha) in enumerate(zip(torch_versions, teachers)):
+        env = {"kd_version": "0.1.0", "git_commit": "a" * 40, "git_dirty": False, "python": "3.11.7",
+               "torch": version, "torchvision": "0.29.1", "cuda": "13.0", "cudnn": 91200, "device": "CPU (x86_64)"}
+        (sweep / str(job)).mkdir(parents=True)
+        write_results(sweep / str(job), {
+            "stage": "student", "status": "completed", "aug": "none", "alpha": 0.5 * job, "seed": 0,
+            "model": "resnet8", "teacher": "resnet20", "data": "digits", "epochs": 1, "temperature": 4.0,
+            "final_top1": 90.0, "best_top1": 90.0, "history": [{"epoch": 1, "test/top1": 90.0}],
+            "teacher_top1": 96.11 if sha == "1" * 64 else 95.0, "teacher_sha256": sha, "teacher_format": "kd",
+            "teacher_checkpoint": f"/cache/teachers/{sha[:4]}.pt", "environment": env,
+            "config": {"alpha": 0.5 * job, "aug": {"_target_": TARGET["none"]}}})
+    return sweep
+
+
+def test_the_report_names_the_teacher_and_environment_and_warns_when_cells_differ(tmp_path, capsys):
+    same = provenance_sweep(tmp_path / "same", ["2.14.1", "2.14.1"], ["1" * 64, "1" * 64])
+    assert main([str(same)]) == 0
+    out = capsys.readouterr()
+    assert "teacher resnet20: test top-1 96.11%, sha256 111111111111, kd format, /cache/teachers/1111.pt" in out.out
+    assert "environment: kd_version 0.1.0, git_commit " + "a" * 40 + ", git_dirty False, python 3.11.7, torch 2.14.1" \
+        in out.out
+    assert "warning" not in out.err
+
+    mixed = provenance_sweep(tmp_path / "mixed", ["2.14.1", "2.15.0"], ["1" * 64, "2" * 64])
+    assert main([str(mixed)]) == 0
+    out = capsys.readouterr()
+    assert "kd-report: warning: the cells ran under different torch: 2.14.1, 2.15.0" in out.err
+    assert "kd-report: warning: the cells of this table used 2 different teachers" in out.err
+    gains = (mixed / "gains.md").read_text()
+    assert "**warning:** the cells ran under different torch: 2.14.1, 2.15.0" in gains
+    assert "sha256 222222222222" in gains and "sha256 111111111111" in gains

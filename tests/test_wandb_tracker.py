@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
 from hydra.utils import instantiate
 
@@ -38,8 +39,14 @@ def read_offline_run(run_dir: Path) -> dict:
     for r in records:
         if r["type"] == "summary":
             summary.update(r["summary"].get("update", {}))
+    run = next(r["run"] for r in records if r["type"] == "run")
+    config = dict(run["config"]["update"])  # at start, then what the job added (run.config.update)
+    for r in records:
+        if r["type"] == "config":
+            config.update(r["config"].get("update", {}))
     return {
-        "run": next(r["run"] for r in records if r["type"] == "run"),
+        "run": run,
+        "config": config,
         "history": [r["history"]["item"] for r in records if r["type"] == "history"],
         "summary": summary,
         "exit_code": next(r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"),
@@ -89,15 +96,17 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert wb["run"]["job_type"] == "student"
         assert wb["run"]["run_group"] == group
         assert wb["run"]["run_id"] == json.loads((job_dir / RUN_FILE).read_text())["id"]
-        config = {k: v for k, v in wb["run"]["config"]["update"].items() if k != "_wandb"}
+        config = {k: v for k, v in wb["config"].items() if k not in ("_wandb", "environment")}
         assert config == result["config"]  # the whole resolved config, output dir included
+        assert wb["config"]["environment"] == result["environment"]  # versions, commit, device: where it came from
+        assert result["environment"]["torch"] == torch.__version__ and len(result["environment"]["git_commit"]) == 40
         assert config["out_dir"] == str(job_dir)
         assert [row["epoch"] for row in wb["history"]] == [1]
         for key in ("train/loss", "train/ce", "train/kd", "train/top1", "test/top1", "test/top5", "lr",
                     "epoch_time_s", "images_per_s"):
             assert wb["history"][0][key] == pytest.approx(result["history"][0][key])
-        for key in ("final_top1", "best_top1", "teacher_top1"):
-            assert wb["summary"].get(key) == result[key]
+        for key in ("final_top1", "best_top1", "teacher_top1", "teacher_sha256"):
+            assert wb["summary"].get(key) == result.get(key)
         assert wb["exit_code"] == 0
 
 

@@ -1,12 +1,12 @@
 """The report's figures: top-1 by alpha per augmentation level, and test top-1 per epoch (the paper's Figure 3).
 
-Several seeds are drawn as mean ± std (error bars, shaded bands); a cell without a
+Several seeds are drawn as mean ± the half-width of the 95% interval (error bars, shaded bands;
+none with one seed); a cell without a
 result is listed under the plot, never drawn as a point.
 """
 from __future__ import annotations
 
 import math
-import statistics
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state, PNGs via Agg
 from matplotlib.ticker import MaxNLocator
 
+from kd.stats import estimate
 from kd.table import grid_axes, grid_cells
 
 AUG_STYLE = {  # one color and label per augmentation level, the same in every figure
@@ -28,8 +29,9 @@ def _style(aug: str) -> tuple[str, str]:
     return AUG_STYLE.get(aug, ("tab:purple", aug))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+    e = estimate(values)
+    return e.mean, e.half_width or 0.0
 
 
 def _note_missing(fig: Figure, missing: list[str]) -> None:
@@ -55,10 +57,12 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
                 mean.append(math.nan)
                 std.append(math.nan)
             else:
-                m, s = _mean_std(cell["values"])
+                m, s = _mean_ci(cell["values"])
                 mean.append(m)
                 std.append(s)
-        ax.errorbar(alphas, mean, yerr=std, color=color, label=label, marker="o", capsize=4)
+        several = any(len(c["values"]) > 1 for k, c in cells.items() if k[0] == aug)
+        # No error bars (nor their legend symbol) where no cell has an interval.
+        ax.errorbar(alphas, mean, yerr=std if several else None, color=color, label=label, marker="o", capsize=4)
     teacher = next((r for r in students if r.get("teacher_top1") is not None), None)
     if teacher is not None:
         ax.axhline(teacher["teacher_top1"], color="black", linestyle="--", linewidth=1,
@@ -77,7 +81,7 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
 
 def plot_curves(students: list[dict[str, Any]], alpha: float, augs: list[str], subtitle: str,
                 path: Path) -> Path:
-    """Figure 3: test top-1 per epoch at one alpha, one line (± std band over seeds) per augmentation level."""
+    """Figure 3: test top-1 per epoch at one alpha, one line (± 95% interval band over seeds) per augmentation level."""
     fig = Figure(figsize=(9, 4.8))
     ax = fig.subplots()
     missing = []
@@ -88,7 +92,7 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, augs: list[str], s
             continue
         epochs = min(len(r["history"]) for r in runs)  # the epochs every seed reached
         x = [row["epoch"] for row in runs[0]["history"][:epochs]]
-        stats = [_mean_std([r["history"][i]["test/top1"] for r in runs]) for i in range(epochs)]
+        stats = [_mean_ci([r["history"][i]["test/top1"] for r in runs]) for i in range(epochs)]
         mean = [m for m, _ in stats]
         color, label = _style(aug)
         ax.plot(x, mean, color=color, label=label, marker="o" if epochs < 30 else None, markersize=3)

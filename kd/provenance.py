@@ -55,14 +55,17 @@ def sweep_provenance(students: list[dict[str, Any]]) -> tuple[list[str], list[st
     """(lines naming the sweep's teachers and environment, warnings where its cells differ)."""
     done = [r for r in students if r.get("status") == "completed"]
     teachers: dict[str, dict] = {}
+    per_seed: dict[int, set[str]] = {}
     for r in done:
         if r.get("teacher_sha256"):
             teachers.setdefault(r["teacher_sha256"], r)
-    lines = [f"teacher {r['teacher']}: test top-1 {r['teacher_top1']:.2f}%, sha256 {sha[:12]}, "
+            per_seed.setdefault(int(r["seed"]), set()).add(r["teacher_sha256"])
+    lines = [f"teacher {r['teacher']} (seed {r['seed']}): test top-1 {r['teacher_top1']:.2f}%, sha256 {sha[:12]}, "
              f"{r.get('teacher_format', 'kd')} format, {r['teacher_checkpoint']}" for sha, r in teachers.items()]
     warnings = []
-    if len(teachers) > 1:
-        warnings.append(f"the cells of this table used {len(teachers)} different teachers (above); "
+    mixed = {seed: shas for seed, shas in per_seed.items() if len(shas) > 1}
+    if mixed:  # each seed has its own teacher; within a seed every cell must share it
+        warnings.append(f"the cells of seed {min(mixed)} used {len(mixed[min(mixed)])} different teachers (above); "
                         f"their differences mix the students' with the teachers'")
     envs = [r["environment"] for r in done if "environment" in r]
     if envs:

@@ -4,8 +4,8 @@
     python -m kd.report <sweep dir> --alpha 0.5 --metric best_top1
     python -m kd.report <sweep dir> --wandb                        # also publish a W&B Report
 
-Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv,
-top1_by_alpha.png and test_top1_curves_alpha<α>.png.
+Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv, claims.md
+(the paper's claims with verdicts at 95%), top1_by_alpha.png and test_top1_curves_alpha<α>.png.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Optional
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from kd.claims import write_claims
 from kd.figures import plot_curves, plot_top1_by_alpha
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
@@ -69,7 +70,7 @@ def describe_sweep(students: list[dict[str, Any]]) -> str:
         return f"{seeds} seed(s)"
     teacher = next((s["teacher_top1"] for s in students if s.get("teacher_top1") is not None), None)
     teacher_top1 = f" ({teacher:.2f}%)" if teacher is not None else ""
-    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    spread = f"mean ± 95% interval over {seeds} seeds" if seeds > 1 else "1 seed"
     epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
     return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {r['data']}, {epochs}; {spread}"
 
@@ -90,8 +91,9 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
         "",
     ]
     lines += [format_table(students, metric), "",
-              "`*` best cell. Gains = fcra − none per α. Several seeds: mean ± std. "
-              "`failed` / `missing`: no result (never counted as 0).", ""]
+              "`*` best cell. Gains = fcra − none per α, paired by seed. Several seeds: mean ± half-width of "
+              "the 95% Student-t interval (n = seeds); one seed: no interval. `failed` / `missing`: no result "
+              "(never counted as 0). The paper's claims, checked: [claims.md](claims.md).", ""]
     provenance, warnings = sweep_provenance(students)
     lines += [f"- {line}" for line in provenance] + [f"- **warning:** {w}" for w in warnings] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
@@ -120,7 +122,7 @@ def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, swe
 def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
     """Write the figures and tables into the sweep dir; return the files written."""
     figures = write_figures(students, metric, alpha, sweep_dir)
-    return write_tables(students, metric, sweep_dir, figures) + figures
+    return write_tables(students, metric, sweep_dir, figures) + [write_claims(students, metric, sweep_dir)] + figures
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -1,14 +1,19 @@
-"""The paper's Table 1 from a sweep's results: rows = aug level, columns = alpha, plus Gains (fcra - none)."""
+"""The paper's Table 1 from a sweep's results: rows = aug level, columns = alpha, plus Gains (fcra - none).
+
+With several seeds a cell reads `mean ± half-width of its 95% interval (n=seeds)`, and the Gains
+row is computed from the per-seed differences (paired: kd/stats.py); one seed shows no interval.
+"""
 from __future__ import annotations
 
-import statistics
 from typing import Any
+
+from kd.stats import estimate, paired
 
 AUG_ORDER = ["none", "fc", "fcra"]
 
 
 def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dict[tuple[str, float], dict]:
-    """{(aug, alpha): {"values": [...per seed...], "failed": n, "missing": n}} over the sweep's student jobs.
+    """{(aug, alpha): {"values": [...], "by_seed": {seed: value}, "failed": n, "missing": n}} over the student jobs.
 
     A job whose status is "missing" (started, but it never wrote results) counts as missing; any other
     status that is not "completed" (failed, interrupted) counts as failed.
@@ -17,9 +22,10 @@ def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dic
     for r in results:
         if r.get("stage") != "student":
             continue
-        cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "failed": 0, "missing": 0})
+        cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "by_seed": {}, "failed": 0, "missing": 0})
         if r.get("status") == "completed":
             cell["values"].append(float(r[metric]))
+            cell["by_seed"][int(r["seed"])] = float(r[metric])
         elif r.get("status") == "missing":
             cell["missing"] += 1
         else:
@@ -34,18 +40,12 @@ def grid_axes(cells: dict) -> tuple[list[str], list[float]]:
     return rows, sorted({alpha for _, alpha in cells})
 
 
-def _fmt(values: list[float]) -> str:
-    if len(values) > 1:
-        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-    return f"{values[0]:.2f}"
-
-
 def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tuple[list[str], list[list[str]]]:
     """Header and rows as strings; a missing cell reads 'missing', a failed one 'failed' (never 0)."""
     cells = grid_cells(results, metric)
     rows, alphas = grid_axes(cells)
     header = ["aug \\ alpha"] + [f"{a:g}" for a in alphas]
-    means = {k: statistics.mean(c["values"]) for k, c in cells.items() if c["values"]}
+    means = {k: estimate(c["values"]).mean for k, c in cells.items() if c["values"]}
     best = max(means, key=means.get) if means else None
     body = []
     for aug in rows:
@@ -58,14 +58,15 @@ def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tup
                 line.append("failed" if cell["failed"] > 0 else "missing")
             else:
                 lost = [f"{cell[k]} {k}" for k in ("failed", "missing") if cell[k] > 0]  # seeds left out of the mean
-                line.append(_fmt(cell["values"]) + (" *" if (aug, alpha) == best else "")
+                line.append(estimate(cell["values"]).format() + (" *" if (aug, alpha) == best else "")
                             + (f" ({', '.join(lost)})" if lost else ""))
         body.append(line)
     if "none" in rows and "fcra" in rows:
         gains = ["Gains (fcra - none)"]
         for alpha in alphas:
-            lo, hi = means.get(("none", alpha)), means.get(("fcra", alpha))
-            gains.append(f"{hi - lo:+.2f}" if lo is not None and hi is not None else "n/a")
+            none, fcra = cells.get(("none", alpha)), cells.get(("fcra", alpha))
+            gain = paired(fcra["by_seed"], none["by_seed"]) if none is not None and fcra is not None else None
+            gains.append(gain.format(signed=True) if gain is not None else "n/a")
         body.append(gains)
     return header, body
 

@@ -254,7 +254,7 @@ def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, 
         for c in cfgs:
             run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
                                                                 name=run_name(c)))
-            run.record({"environment": env})
+            run.record({"environment": env, "cell": describe(c)})  # flat keys (cell.aug, cell.seed) to group by
             runs.append(run)
             cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
                               name=run_name(c) if in_multirun() else "",

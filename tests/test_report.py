@@ -73,19 +73,20 @@ def test_gains_table_layout_and_values(report):
     sweep, table = report
     assert list(table) == ["none", "fc", "fcra", "Gains (fcra - none)"]
     assert list(table["none"]) == ["0", "0.25", "0.5", "1"]
-    mean = (top1("fc", 0.25, 0) + top1("fc", 0.25, 1)) / 2
-    assert table["fc"]["0.25"] == f"{mean:.2f} ± 0.35"  # two seeds 0.5 apart: std 0.354
+    a, b = top1("fc", 0.25, 0), top1("fc", 0.25, 1)
+    # two seeds: the 95% interval's half-width is t(0.975, 1) * |a - b| / 2
+    assert table["fc"]["0.25"] == f"{(a + b) / 2:.2f} ± {12.7062047 * abs(a - b) / 2:.2f} (n=2)"
     assert table["fc"]["0.5"] == "failed"
     assert table["fcra"]["1"] == "missing"
     assert table["none"]["1"] == f"{top1('none', 1.0, 0):.2f} (1 failed)"  # the failed seed is not a zero
     marked = [(aug, a) for aug, row in table.items() for a, cell in row.items() if "*" in cell]
     assert marked == [("fcra", "0.5")]  # the best cell with a result
-    gain = top1("fcra", 0.25, 0) - top1("none", 0.25, 0)  # seed offsets cancel
-    assert table["Gains (fcra - none)"]["0.25"] == f"{gain:+.2f}"
+    gain = top1("fcra", 0.25, 0) - top1("none", 0.25, 0)  # paired by seed: the seed offsets cancel
+    assert table["Gains (fcra - none)"]["0.25"] == f"{gain:+.2f} ± 0.00 (n=2)"
     assert table["Gains (fcra - none)"]["1"] == "n/a"
     md = (sweep / "gains.md").read_text()
     assert format_table(load_sweep(sweep)) in md
-    assert "resnet8x4 student, resnet32x4 teacher (79.42%), cifar100, 20 epochs; mean ± std over 2 seeds" in md
+    assert "resnet8x4 student, resnet32x4 teacher (79.42%), cifar100, 20 epochs; mean ± 95% interval over 2 seeds" in md
 
 
 def test_figures_written_and_linked(report):
@@ -170,7 +171,7 @@ def test_the_report_names_the_teacher_and_environment_and_warns_when_cells_diffe
     same = provenance_sweep(tmp_path / "same", ["2.14.1", "2.14.1"], ["1" * 64, "1" * 64])
     assert main([str(same)]) == 0
     out = capsys.readouterr()
-    assert "teacher resnet20: test top-1 96.11%, sha256 111111111111, kd format, /cache/teachers/1111.pt" in out.out
+    assert "teacher resnet20 (seed 0): test top-1 96.11%, sha256 111111111111, kd format, /cache/teachers/1111.pt" in out.out
     assert "environment: kd_version 0.1.0, git_commit " + "a" * 40 + ", git_dirty False, python 3.11.7, torch 2.14.1" \
         in out.out
     assert "warning" not in out.err
@@ -179,7 +180,7 @@ def test_the_report_names_the_teacher_and_environment_and_warns_when_cells_diffe
     assert main([str(mixed)]) == 0
     out = capsys.readouterr()
     assert "kd-report: warning: the cells ran under different torch: 2.14.1, 2.15.0" in out.err
-    assert "kd-report: warning: the cells of this table used 2 different teachers" in out.err
+    assert "kd-report: warning: the cells of seed 0 used 2 different teachers" in out.err
     gains = (mixed / "gains.md").read_text()
     assert "**warning:** the cells ran under different torch: 2.14.1, 2.15.0" in gains
     assert "sha256 222222222222" in gains and "sha256 111111111111" in gains

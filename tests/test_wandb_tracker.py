@@ -96,7 +96,9 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert wb["run"]["job_type"] == "student"
         assert wb["run"]["run_group"] == group
         assert wb["run"]["run_id"] == json.loads((job_dir / RUN_FILE).read_text())["id"]
-        config = {k: v for k, v in wb["config"].items() if k not in ("_wandb", "environment")}
+        config = {k: v for k, v in wb["config"].items() if k not in ("_wandb", "environment", "cell")}
+        assert (wb["config"]["cell"]["aug"], wb["config"]["cell"]["alpha"], wb["config"]["cell"]["seed"]) == (
+            "none", result["alpha"], 0)  # flat keys the W&B UI can group a cell's seeds by
         assert config == result["config"]  # the whole resolved config, output dir included
         assert wb["config"]["environment"] == result["environment"]  # versions, commit, device: where it came from
         assert result["environment"]["torch"] == torch.__version__ and len(result["environment"]["git_commit"]) == 40

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure  # not pyplot: no global backend or figure 
 from matplotlib.ticker import MaxNLocator
 
 from kd.stats import estimate
-from kd.table import grid_axes, grid_cells
+from kd.table import grid_axes, grid_cells, teacher_accuracy
 
 AUG_STYLE = {  # one color and label per augmentation level, the same in every figure
     "none": ("tab:gray", "none"),
@@ -65,8 +65,9 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
         ax.errorbar(alphas, mean, yerr=std if several else None, color=color, label=label, marker="o", capsize=4)
     teacher = next((r for r in students if r.get("teacher_top1") is not None), None)
     if teacher is not None:
-        ax.axhline(teacher["teacher_top1"], color="black", linestyle="--", linewidth=1,
-                   label=f"teacher {teacher['teacher']} ({teacher['teacher_top1']:.2f}%)")
+        per_seed = {r["seed"]: r["teacher_top1"] for r in students if r.get("teacher_top1") is not None}
+        ax.axhline(sum(per_seed.values()) / len(per_seed), color="black", linestyle="--", linewidth=1,
+                   label=f"teacher {teacher['teacher']} ({teacher_accuracy(students)})")
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
     ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
     ax.set_ylabel(METRIC_LABEL.get(metric, metric))

@@ -61,7 +61,8 @@ def sweep_provenance(students: list[dict[str, Any]]) -> tuple[list[str], list[st
             teachers.setdefault(r["teacher_sha256"], r)
             per_seed.setdefault(int(r["seed"]), set()).add(r["teacher_sha256"])
     lines = [f"teacher {r['teacher']} (seed {r['seed']}): test top-1 {r['teacher_top1']:.2f}%, sha256 {sha[:12]}, "
-             f"{r.get('teacher_format', 'kd')} format, {r['teacher_checkpoint']}" for sha, r in teachers.items()]
+             f"{r.get('teacher_format', 'kd')} format, {r['teacher_checkpoint']}"
+             for sha, r in sorted(teachers.items(), key=lambda kv: kv[1]["seed"])]
     warnings = []
     mixed = {seed: shas for seed, shas in per_seed.items() if len(shas) > 1}
     if mixed:  # each seed has its own teacher; within a seed every cell must share it

@@ -22,7 +22,7 @@ from kd.claims import write_claims
 from kd.figures import plot_curves, plot_top1_by_alpha
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
-from kd.table import format_table, table_rows
+from kd.table import format_table, table_rows, teacher_accuracy
 
 CURVE_AUGS = ["none", "fcra"]  # Figure 3 of the paper compares no augmentation with the strongest
 
@@ -68,8 +68,8 @@ def describe_sweep(students: list[dict[str, Any]]) -> str:
     seeds = len({s["seed"] for s in students})
     if r is None:
         return f"{seeds} seed(s)"
-    teacher = next((s["teacher_top1"] for s in students if s.get("teacher_top1") is not None), None)
-    teacher_top1 = f" ({teacher:.2f}%)" if teacher is not None else ""
+    teacher = teacher_accuracy(students)
+    teacher_top1 = f" ({teacher})" if teacher is not None else ""
     spread = f"mean ± 95% interval over {seeds} seeds" if seeds > 1 else "1 seed"
     epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
     return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {r['data']}, {epochs}; {spread}"

@@ -61,8 +61,8 @@ def bench_grid(rounds: int) -> None:
         for r in range(rounds):
             order = list(WAYS) if r % 2 == 0 else list(WAYS)[::-1]  # alternate who goes first
             for name in order:
-                wall, rss = run_measured(["-m", *GRID, "logger=none", *WAYS[name], f"hydra.sweep.dir={tmp}/{r}{name}"],
-                                         env)
+                sweep = f"{tmp}/round{r}-way{list(WAYS).index(name)}"
+                wall, rss = run_measured(["-m", *GRID, "logger=none", *WAYS[name], f"hydra.sweep.dir={sweep}"], env)
                 times[name].append(wall)
                 print(f"| {r + 1} | {name} | {wall:.0f} | {rss:.0f} |", flush=True)
         best = {k: min(v) for k, v in times.items()}

@@ -51,17 +51,13 @@ def draw_rand_augment(n: int, num_ops: int, device: torch.device, generator: tor
 
 def apply_rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor, magnitude: int,
                        form: str | None = None) -> torch.Tensor:
-    """Apply each image's drawn ops in order, as torchvision's RandAugment(magnitude) would.
-
-    Two forms with identical outputs (tested): "grouped" transforms the images that drew the same op
-    together (the least work; it reads group sizes to the host, cheap on a CPU) and "select" computes
-    every op on the whole batch and picks each image's (no host sync, data-independent shapes: for
-    CUDA, where a sync stalls the GPU and 32x32 ops cost little). None: by device.
-    """
-    form = form or ("select" if images.device.type == "cuda" else "grouped")
+    """Apply each image's drawn ops in order, as torchvision's RandAugment(magnitude) would."""
     space = T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, images.shape[-2:])
-    apply = _rand_augment_select if form == "select" else _rand_augment_grouped
-    return apply(images, ops, negative, magnitude, space)
+    # Choice op * 2 + sign: the op at +/- the magnitude; unsigned ops ignore the sign (both keys are the same op).
+    choices = [(name, _op_value(space, name, magnitude, negative=bool(sign) and space[name][1]))
+               for name in RANDAUGMENT_OPS for sign in (0, 1)]
+    signed = torch.tensor([space[name][1] for name in RANDAUGMENT_OPS], device=ops.device)
+    return apply_choices(images, ops * 2 + (negative & signed[ops]).long(), choices, form)
 
 
 def _op_value(space: dict, name: str, magnitude: int, negative: bool) -> float:
@@ -70,42 +66,46 @@ def _op_value(space: dict, name: str, magnitude: int, negative: bool) -> float:
     return -value if negative else value
 
 
-def _rand_augment_grouped(images, ops, negative, magnitude, space) -> torch.Tensor:
-    """Images that drew the same (op, signed magnitude) in a slot go through torchvision's own `_apply_op`
-    together, whose ops treat each image of a batch on its own."""
-    signed = torch.tensor([space[name][1] for name in RANDAUGMENT_OPS], device=ops.device)
-    out = images.clone()
-    for slot_ops, slot_negative in zip(ops, negative):
-        # Unsigned ops ignore the sign, so they form one group. Sorting the keys gives every group's
-        # images at once: two host reads per slot, not one per group.
-        keys = slot_ops * 2 + (slot_negative & signed[slot_ops]).long()
-        uniques, counts = keys.unique(return_counts=True)
-        groups = keys.argsort(stable=True).split(counts.tolist())
-        for key, idx in zip(uniques.tolist(), groups):
-            name = RANDAUGMENT_OPS[key // 2]
-            if name == "Identity":
-                continue
-            out[idx] = _apply_op(out[idx], name, _op_value(space, name, magnitude, bool(key % 2)),
-                                 interpolation=InterpolationMode.NEAREST, fill=None)
-    return out
+Choice = tuple[str, float]  # one of torchvision's `_apply_op` ops and its signed magnitude
 
 
-def _rand_augment_select(images, ops, negative, magnitude, space) -> torch.Tensor:
-    """Every op (and sign) on the whole batch, each image keeping the one it drew: no host sync."""
+def apply_choices(images: torch.Tensor, keys: torch.Tensor, choices: list[Choice], form: str | None = None
+                  ) -> torch.Tensor:
+    """Apply, slot after slot, each image's drawn op: `keys[slot, i]` indexes `choices` for image i.
+
+    Two forms with identical outputs (tested): "grouped" transforms the images that drew the same
+    choice together with torchvision's own `_apply_op` (the least work; it reads group sizes to the
+    host, cheap on a CPU) and "select" computes every choice on the whole batch and picks each image's
+    (no host sync, data-independent shapes: for CUDA, where a sync stalls the GPU and 32x32 ops cost
+    little). None: by device.
+    """
+    form = form or ("select" if images.device.type == "cuda" else "grouped")
     out = images
-    for slot_ops, slot_negative in zip(ops, negative):
-        result = out
-        for index, name in enumerate(RANDAUGMENT_OPS):
-            if name == "Identity":
-                continue
-            for sign in (False, True) if space[name][1] else (False,):
-                chosen = slot_ops == index
-                if space[name][1]:
-                    chosen = chosen & (slot_negative == sign)
-                transformed = _batch_op(out, name, _op_value(space, name, magnitude, sign))
-                result = torch.where(chosen[:, None, None, None], transformed, result)
-        out = result
+    for slot in keys:
+        out = (_select if form == "select" else _grouped)(out, slot, choices)
     return out
+
+
+def _grouped(images: torch.Tensor, keys: torch.Tensor, choices: list[Choice]) -> torch.Tensor:
+    out = images.clone()
+    # Sorting the keys gives every group's images at once: two host reads per slot, not one per group.
+    uniques, counts = keys.unique(return_counts=True)
+    for key, idx in zip(uniques.tolist(), keys.argsort(stable=True).split(counts.tolist())):
+        name, value = choices[key]
+        if name != "Identity":
+            out[idx] = _apply_op(out[idx], name, value, interpolation=InterpolationMode.NEAREST, fill=None)
+    return out
+
+
+def _select(images: torch.Tensor, keys: torch.Tensor, choices: list[Choice]) -> torch.Tensor:
+    result, done = images, {}
+    for key, (name, value) in enumerate(choices):
+        if name == "Identity":
+            continue
+        if (name, value) not in done:  # an unsigned op appears under two keys: compute it once
+            done[name, value] = _batch_op(images, name, value)
+        result = torch.where((keys == key)[:, None, None, None], done[name, value], result)
+    return result
 
 
 def _batch_op(images: torch.Tensor, name: str, value: float) -> torch.Tensor:

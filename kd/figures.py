@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state, PNGs via Agg
 from matplotlib.ticker import MaxNLocator
 
-from kd.stats import estimate
+from kd.stats import estimate, paired
 from kd.table import grid_axes, grid_cells, teacher_accuracy
 
 AUG_STYLE = {  # one color and label per augmentation level, the same in every figure
@@ -107,5 +107,38 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, augs: list[str], s
     ax.legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _note_missing(fig, missing)
     fig.tight_layout(rect=(0, 0.04 if missing else 0, 1, 1))
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def plot_gains(students: list[dict[str, Any]], metric: str, subtitle: str, path: Path) -> Path:
+    """The gains of each augmentation over none by alpha, paired by seed, with their 95% intervals (a zero line:
+    an interval that crosses it is no evidence of a gain)."""
+    cells = grid_cells(students, metric)
+    augs, alphas = grid_axes(cells)
+    fig = Figure(figsize=(9, 4.8))
+    ax = fig.subplots()
+    ax.axhline(0.0, color="black", linewidth=1)
+    for offset, aug in enumerate(a for a in augs if a != "none"):
+        x, mean, half = [], [], []
+        for alpha in alphas:
+            aug_cell, none_cell = cells.get((aug, alpha)), cells.get(("none", alpha))
+            gain = paired(aug_cell["by_seed"], none_cell["by_seed"]) if aug_cell and none_cell else None
+            if gain is not None:
+                x.append(alpha + 0.01 * (offset - 0.5))  # side by side, not on top of each other
+                mean.append(gain.mean)
+                half.append(gain.half_width or 0.0)
+        color, label = _style(aug)
+        several = any(h > 0 for h in half)
+        ax.errorbar(x, mean, yerr=half if several else None, color=color, label=f"{label} − none", marker="o",
+                    capsize=4, linestyle="none")
+    ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
+    ax.set_ylabel("gain over none (points of " + METRIC_LABEL.get(metric, metric) + ")", fontsize=8)
+    ax.set_title("Gain of each augmentation over none, paired by seed (95% intervals)\n" +
+                 textwrap.fill(subtitle, 70), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
     fig.savefig(path, dpi=150)
     return path

@@ -5,7 +5,8 @@
     python -m kd.report <sweep dir> --wandb                        # also publish a W&B Report
 
 Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv, claims.md
-(the paper's claims with verdicts at 95%), top1_by_alpha.png and test_top1_curves_alpha<α>.png.
+(the paper's claims with verdicts at 95%), top1_by_alpha.png, gains_by_alpha.png and
+test_top1_curves_alpha<α>.png.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from kd.claims import write_claims
-from kd.figures import plot_curves, plot_top1_by_alpha
+from kd.figures import plot_curves, plot_gains, plot_top1_by_alpha
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
 from kd.table import format_table, table_rows, teacher_accuracy
@@ -109,6 +110,8 @@ def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, swe
         return []
     subtitle = describe_sweep(students)
     figures = [plot_top1_by_alpha(students, metric, subtitle, sweep_dir / "top1_by_alpha.png")]
+    if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
+        figures.append(plot_gains(students, metric, subtitle, sweep_dir / "gains_by_alpha.png"))
     if any(float(r["alpha"]) == alpha and r["aug"] in CURVE_AUGS for r in completed):
         figures.append(plot_curves(students, alpha, CURVE_AUGS, subtitle,
                                    sweep_dir / f"test_top1_curves_alpha{alpha:g}.png"))

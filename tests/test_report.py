@@ -92,7 +92,7 @@ def test_gains_table_layout_and_values(report):
 def test_figures_written_and_linked(report):
     sweep, _ = report
     md = (sweep / "gains.md").read_text()
-    for name in ("top1_by_alpha.png", "test_top1_curves_alpha0.25.png"):
+    for name in ("top1_by_alpha.png", "gains_by_alpha.png", "test_top1_curves_alpha0.25.png"):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name})" in md
 

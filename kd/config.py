@@ -123,6 +123,40 @@ class CELossConfig:
 
 
 @dataclass
+class FlipCropTrivialAugmentConfig:
+    _target_: str = "kd.augment_ladder.FlipCropTrivialAugment"
+    padding: Optional[int] = None
+    num_magnitude_bins: int = 31
+
+
+@dataclass
+class FlipCropAutoAugmentConfig:
+    _target_: str = "kd.augment_ladder.FlipCropAutoAugment"
+    padding: Optional[int] = None
+
+
+@dataclass
+class FlipCropCutoutConfig:
+    _target_: str = "kd.augment_ladder.FlipCropCutout"
+    padding: Optional[int] = None
+    size: int = 16  # pixels
+
+
+@dataclass
+class FlipCropMixupConfig:
+    _target_: str = "kd.augment_ladder.FlipCropMixup"
+    padding: Optional[int] = None
+    alpha: float = 0.2  # lambda ~ Beta(alpha, alpha)
+
+
+@dataclass
+class FlipCropCutMixConfig:
+    _target_: str = "kd.augment_ladder.FlipCropCutMix"
+    padding: Optional[int] = None
+    alpha: float = 1.0  # lambda ~ Beta(alpha, alpha)
+
+
+@dataclass
 class TeacherConfig:
     """The teacher's own recipe: nothing a student sets (trainer.epochs, optim, loss, aug, alpha) changes it.
 
@@ -202,6 +236,11 @@ def register_schemas() -> None:
     cs.store(group="schema/aug", name="none", node=NoAugConfig)
     cs.store(group="schema/aug", name="fc", node=FlipCropConfig)
     cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)
+    cs.store(group="schema/aug", name="fcta", node=FlipCropTrivialAugmentConfig)
+    cs.store(group="schema/aug", name="fcaa", node=FlipCropAutoAugmentConfig)
+    cs.store(group="schema/aug", name="fccutout", node=FlipCropCutoutConfig)
+    cs.store(group="schema/aug", name="fcmixup", node=FlipCropMixupConfig)
+    cs.store(group="schema/aug", name="fccutmix", node=FlipCropCutMixConfig)
     cs.store(group="schema/loss", name="kd", node=KDLossConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)

@@ -141,8 +141,9 @@ def train_one_epoch(update, n_students: int, batches, teacher_fn: Optional[Teach
     for step, (images, labels, indices) in enumerate(batches):
         teacher_logits = teacher_fn(images, indices) if teacher_fn is not None else None
         n = labels.shape[0]
+        hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
         for i, (parts, logits) in update.step(live, images, labels, teacher_logits, autocast).items():
-            correct = (logits.argmax(1) == labels).sum()
+            correct = (logits.argmax(1) == hard).sum()
             sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
             bad = ~torch.isfinite(parts.total.detach())
             first_bad[i] = torch.where(bad & (first_bad[i] < 0), step, first_bad[i])
@@ -203,9 +204,9 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device:
     if t.pipeline == Pipeline.device:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         return DevicePipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
-                              batch_size, generator, shuffle)
+                              batch_size, generator, shuffle, splits.num_classes)
     return DataLoaderPipeline(images, labels, aug, splits.mean, splits.std, batch_size, device,
-                              t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last)
+                              t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last, splits.num_classes)
 
 
 def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> float:

@@ -21,6 +21,11 @@ AUG_STYLE = {  # one color and label per augmentation level, the same in every f
     "none": ("tab:gray", "none"),
     "fc": ("tab:blue", "fc (flip + crop)"),
     "fcra": ("tab:green", "fcra (fc + RandAugment)"),
+    "fcta": ("tab:olive", "fcta (fc + TrivialAugmentWide)"),
+    "fcaa": ("tab:cyan", "fcaa (fc + AutoAugment)"),
+    "fccutout": ("tab:brown", "fccutout (fc + Cutout)"),
+    "fcmixup": ("tab:pink", "fcmixup (fc + Mixup)"),
+    "fccutmix": ("tab:red", "fccutmix (fc + CutMix)"),
 }
 METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "best_top1": "test top-1 (%), best epoch"}
 

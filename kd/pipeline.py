@@ -1,7 +1,8 @@
 """Batches for training and evaluation: device-resident (fast, default) or a DataLoader (reference).
 
 Both yield (normalized float images, labels, dataset indices); the indices let the
-teacher's logits be looked up when they cannot change between epochs (aug=none).
+teacher's logits be looked up when they cannot change between epochs (aug=none). Where the
+augmentation mixes images (Mixup, CutMix) the labels are soft targets, (N, classes) floats.
 """
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ class DevicePipeline:
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, normalize: Normalize,
-                 batch_size: int, generator: torch.Generator, shuffle: bool) -> None:
+                 batch_size: int, generator: torch.Generator, shuffle: bool, num_classes: int) -> None:
         device = generator.device
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.aug = aug
+        self.num_classes = num_classes
         self.normalize = normalize
         self.batch_size = batch_size
         self.generator = generator
@@ -57,8 +59,11 @@ class DevicePipeline:
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             with one_cpu_thread(device):
-                images = self.aug(self.images[idx], self.generator)
-            yield self.normalize(images), self.labels[idx], idx
+                images = self.normalize(self.aug(self.images[idx], self.generator))
+            labels = self.labels[idx]
+            if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/augment_ladder.py)
+                images, labels = self.aug.mix(images, labels, self.num_classes, self.generator)
+            yield images, labels, idx
 
 
 @contextlib.contextmanager
@@ -99,7 +104,8 @@ class DataLoaderPipeline:
     """The conventional pipeline of the public KD code bases: PIL transforms in DataLoader workers."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, mean, std, batch_size: int,
-                 device: torch.device, num_workers: int, seed: int, shuffle: bool, channels_last: bool) -> None:
+                 device: torch.device, num_workers: int, seed: int, shuffle: bool, channels_last: bool,
+                 num_classes: int) -> None:
         transform = T.Compose(aug.pil_transforms(images.shape[-1]) + [T.ToTensor(), T.Normalize(mean, std)])
         self.loader = DataLoader(
             UInt8ImageDataset(images, labels, transform), batch_size=batch_size, shuffle=shuffle,
@@ -109,11 +115,15 @@ class DataLoaderPipeline:
         self.generator = self.loader.generator  # its state is checkpointed for resume
         self.device = device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # torchvision.transforms.v2's MixUp/CutMix on the collated batch, where the aug mixes
+        self.batch_transform = aug.batch_transform(num_classes) if hasattr(aug, "batch_transform") else None
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
         for x, y, idx in self.loader:
+            if self.batch_transform is not None:
+                x, y = self.batch_transform(x, y)
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             yield x, y.to(self.device, non_blocking=True), idx.to(self.device)

@@ -1,4 +1,5 @@
-"""The paper's Table 1 from a sweep's results: rows = aug level, columns = alpha, plus Gains (fcra - none).
+"""The paper's Table 1 from a sweep's results: rows = aug level, columns = alpha, plus a Gains row per
+augmentation against none (the paper's is fcra - none).
 
 With several seeds a cell reads `mean ± half-width of its 95% interval (n=seeds)`, and the Gains
 row is computed from the per-seed differences (paired: kd/stats.py); one seed shows no interval.
@@ -9,7 +10,7 @@ from typing import Any
 
 from kd.stats import estimate, paired
 
-AUG_ORDER = ["none", "fc", "fcra"]
+AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
 
 
 def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dict[tuple[str, float], dict]:
@@ -61,11 +62,11 @@ def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tup
                 line.append(estimate(cell["values"]).format() + (" *" if (aug, alpha) == best else "")
                             + (f" ({', '.join(lost)})" if lost else ""))
         body.append(line)
-    if "none" in rows and "fcra" in rows:
-        gains = ["Gains (fcra - none)"]
+    for aug in (r for r in rows if r != "none" and "none" in rows):  # every rung against none, paired by seed
+        gains = [f"Gains ({aug} - none)"]
         for alpha in alphas:
-            none, fcra = cells.get(("none", alpha)), cells.get(("fcra", alpha))
-            gain = paired(fcra["by_seed"], none["by_seed"]) if none is not None and fcra is not None else None
+            none, other = cells.get(("none", alpha)), cells.get((aug, alpha))
+            gain = paired(other["by_seed"], none["by_seed"]) if none is not None and other is not None else None
             gains.append(gain.format(signed=True) if gain is not None else "n/a")
         body.append(gains)
     return header, body
@@ -85,6 +86,6 @@ def teacher_accuracy(results: list[dict[str, Any]]) -> str | None:
     per_seed = {int(r["seed"]): float(r["teacher_top1"]) for r in results if r.get("teacher_top1") is not None}
     if not per_seed:
         return None
-    if len(per_seed) == 1:
+    if len(set(per_seed.values())) == 1:  # one teacher (a published one for every seed, say)
         return f"{next(iter(per_seed.values())):.2f}%"
     return f"mean {sum(per_seed.values()) / len(per_seed):.2f}% over {len(per_seed)} seeds"

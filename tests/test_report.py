@@ -71,7 +71,7 @@ def report(tmp_path_factory):
 
 def test_gains_table_layout_and_values(report):
     sweep, table = report
-    assert list(table) == ["none", "fc", "fcra", "Gains (fcra - none)"]
+    assert list(table) == ["none", "fc", "fcra", "Gains (fc - none)", "Gains (fcra - none)"]
     assert list(table["none"]) == ["0", "0.25", "0.5", "1"]
     a, b = top1("fc", 0.25, 0), top1("fc", 0.25, 1)
     # two seeds: the 95% interval's half-width is t(0.975, 1) * |a - b| / 2

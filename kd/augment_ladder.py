@@ -2,7 +2,8 @@
 
 - `fcta`: TrivialAugmentWide; `fcaa`: AutoAugment with torchvision's CIFAR10 policy; per image, with
   torchvision's ops, magnitudes and draws (kd/augment.py's `apply_choices`);
-- `fccutout`: Cutout (DeVries and Taylor 2017): one size x size square zeroed at a uniform centre per image;
+- `fccutout`: Cutout (DeVries and Taylor 2017): one size x size square zeroed at a uniform centre per image
+  (16 on CIFAR);
 - `fcmixup` / `fccutmix`: Mixup / CutMix within the batch, as torchvision.transforms.v2 does them (each image
   mixed with the one before it, one lambda per batch). They also mix the labels: `mix` returns the images
   and soft targets (lambda * one-hot(y) + (1 - lambda) * one-hot(partner's y)), whose cross-entropy is the
@@ -124,21 +125,28 @@ class CutoutPIL:
 
 
 class FlipCropCutout(FlipCrop):
-    """`aug=fccutout`: fc, then Cutout with a `size` x `size` square (16 on 32x32 CIFAR, DeVries and Taylor)."""
+    """`aug=fccutout`: fc, then Cutout with a `size` x `size` square.
+
+    `size=None` is half the image size: 16 on 32x32 CIFAR, DeVries and Taylor's square, and a like-for-like
+    8 on the 16x16 digits (a 16-pixel square would erase a whole digit).
+    """
 
     name = "fccutout"
 
-    def __init__(self, padding: int | None = None, size: int = 16) -> None:
+    def __init__(self, padding: int | None = None, size: int | None = None) -> None:
         super().__init__(padding)
-        if size < 1:
-            raise ValueError(f"aug.size={size} must be >= 1 (pixels)")
+        if size is not None and size < 1:
+            raise ValueError(f"aug.size={size} must be >= 1 (pixels), or null for half the image size")
         self.size = size
 
+    def size_for(self, image_size: int) -> int:
+        return image_size // 2 if self.size is None else self.size
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return cutout(super().__call__(images, generator), self.size, generator)
+        return cutout(super().__call__(images, generator), self.size_for(images.shape[-1]), generator)
 
     def pil_transforms(self, image_size: int) -> list:
-        return super().pil_transforms(image_size) + [CutoutPIL(self.size)]
+        return super().pil_transforms(image_size) + [CutoutPIL(self.size_for(image_size))]
 
 
 def beta_draw(alpha: float, generator: torch.Generator, device: torch.device) -> float:

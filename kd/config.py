@@ -139,7 +139,7 @@ class FlipCropAutoAugmentConfig:
 class FlipCropCutoutConfig:
     _target_: str = "kd.augment_ladder.FlipCropCutout"
     padding: Optional[int] = None
-    size: int = 16  # pixels
+    size: Optional[int] = None  # pixels; None: image size / 2 (16 on CIFAR)
 
 
 @dataclass

@@ -14,7 +14,6 @@ uint8 data: one cell alone (alpha=0.5) vs a pack of the 5 alphas, loop and stack
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import kd.train  # noqa: F401  (registers the config schemas)
 from kd.data import ImageSplits
 from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
 from kd.stacking import StackedUpdate
+from bench_pipeline import TimedBatches, sync  # this script's folder is on sys.path when it runs
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = ["alpha=0,0.25,0.5,0.75,1.0", "aug=none,fc,fcra", "data=digits"]  # the README's quickstart
@@ -100,30 +100,10 @@ class Pack:
         self.batches = make_batches(cfgs[0], splits, True, aug, device, shuffle=True)
 
     def images_per_s_per_cell(self, warmup: int, steps: int) -> float:
-        batches = itertools.islice(self.batches, warmup + steps)
-        timed = Timed(batches, warmup, self.device)
+        timed = TimedBatches(self.batches, warmup, steps, self.device)
         train_one_epoch(self.update, self.k, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
         sync(self.device)
         return self.k * steps * self.batch_size / (time.perf_counter() - timed.started)
-
-
-class Timed:
-    """Batches whose clock starts at batch `warmup` (after compilation and the first allocations)."""
-
-    def __init__(self, batches, warmup: int, device: torch.device) -> None:
-        self.batches, self.warmup, self.device, self.started = batches, warmup, device, float("nan")
-
-    def __iter__(self):
-        for i, batch in enumerate(self.batches):
-            if i == self.warmup:
-                sync(self.device)
-                self.started = time.perf_counter()
-            yield batch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_throughput(device: torch.device, pair: str, steps: int, warmup: int, rounds: int) -> None:

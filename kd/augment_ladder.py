@@ -161,20 +161,28 @@ def soft_targets(labels: torch.Tensor, num_classes: int, lam: float) -> torch.Te
     return one_hot.roll(1, 0).mul_(1.0 - lam).add_(one_hot.mul(lam))
 
 
-class FlipCropMixup(FlipCrop):
-    """`aug=fcmixup`: fc, then Mixup within the batch, lambda ~ Beta(alpha, alpha) per batch."""
+class MixWithinBatch(FlipCrop):
+    """fc, then a mixing of each image with the one before it; `mix` runs on the normalized batch (mixing commutes
+    with the affine normalization) and returns soft targets."""
 
-    name = "fcmixup"
+    default_alpha = 1.0
 
-    def __init__(self, padding: int | None = None, alpha: float = 0.2) -> None:
+    def __init__(self, padding: int | None = None, alpha: float | None = None) -> None:
         super().__init__(padding)
+        alpha = self.default_alpha if alpha is None else alpha
         if not alpha > 0:
             raise ValueError(f"aug.alpha={alpha} must be > 0 (Beta(alpha, alpha))")
         self.alpha = alpha
 
+
+class FlipCropMixup(MixWithinBatch):
+    """`aug=fcmixup`: fc, then Mixup within the batch, lambda ~ Beta(alpha, alpha) per batch (alpha 0.2)."""
+
+    name = "fcmixup"
+    default_alpha = 0.2
+
     def mix(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalized float images and their labels, mixed (after normalization, which is affine: the same)."""
         lam = beta_draw(self.alpha, generator, images.device)
         mixed = images.roll(1, 0).mul(1.0 - lam).add_(images.mul(lam))
         return mixed, soft_targets(labels, num_classes, lam)
@@ -183,17 +191,11 @@ class FlipCropMixup(FlipCrop):
         return v2.MixUp(alpha=self.alpha, num_classes=num_classes)
 
 
-class FlipCropCutMix(FlipCrop):
+class FlipCropCutMix(MixWithinBatch):
     """`aug=fccutmix`: fc, then CutMix within the batch: one box per batch pasted from the previous image,
-    lambda ~ Beta(alpha, alpha) setting its area, the labels mixed by the box's actual share."""
+    lambda ~ Beta(alpha, alpha) (alpha 1) setting its area, the labels mixed by the box's actual share."""
 
     name = "fccutmix"
-
-    def __init__(self, padding: int | None = None, alpha: float = 1.0) -> None:
-        super().__init__(padding)
-        if not alpha > 0:
-            raise ValueError(f"aug.alpha={alpha} must be > 0 (Beta(alpha, alpha))")
-        self.alpha = alpha
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:

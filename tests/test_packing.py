@@ -111,21 +111,26 @@ def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_
     assert ce[(0.2, 0.0)] != ce[(0.0, 0.0)]  # the smoothing reached each cell's own loss
 
 
+def kill_after_checkpoint(args: list[str], checkpoint: Path, epoch: int, log: Path, then: float) -> None:
+    """Start `kd/train.py <args>` and SIGKILL it `then` seconds after `checkpoint` holds `epoch` epochs."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], env={**os.environ, **ONE_THREAD},
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and saved_epoch(checkpoint) < epoch:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    time.sleep(then)
+    proc.kill()  # SIGKILL
+    proc.wait()
+
+
 def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_different_epochs(tmp_path):
     grid = [*CELL, "trainer.epochs=4", ALPHAS, "trainer.deterministic=true", "optim.scheduler.milestones=[2]"]
     reference = sweep(tmp_path, "reference", grid)
     killed = tmp_path / "killed"
     args = ["-m", *grid, f"hydra.sweep.dir={killed}"]
-    with open(tmp_path / "killed.log", "w") as out:
-        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], env={**os.environ, **ONE_THREAD},
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and saved_epoch(killed / "2" / "checkpoint.pt") < 2:
-        assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
-        time.sleep(0.02)
-    time.sleep(0.1)  # into the third epoch
-    proc.kill()  # SIGKILL
-    proc.wait()
+    kill_after_checkpoint(args, killed / "2" / "checkpoint.pt", 2, tmp_path / "killed.log", then=0.1)  # in epoch 3
     assert not (killed / "0" / RESULTS_FILE).exists()
     # Cell 0 loses its checkpoint, as if killed before its first save: the pack restarts from epoch 0
     # for it while the others wait at their own epochs, on the same data stream.
@@ -209,15 +214,7 @@ def test_a_stacked_pack_trains_resumes_and_agrees_with_the_loop(tmp_path):
     stacked_args = [*grid, "trainer.pack_mode=stacked"]
     killed = tmp_path / "stacked"
     args = ["-m", *stacked_args, f"hydra.sweep.dir={killed}"]
-    with open(tmp_path / "killed.log", "w") as out:
-        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], env={**os.environ, **ONE_THREAD},
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and saved_epoch(killed / "2" / "checkpoint.pt") < 1:
-        assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    kill_after_checkpoint(args, killed / "2" / "checkpoint.pt", 1, tmp_path / "killed.log", then=0.0)
     (killed / "1" / "checkpoint.pt").unlink()  # one cell behind the others
     done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]

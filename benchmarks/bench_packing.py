@@ -3,6 +3,7 @@
     python benchmarks/bench_packing.py                    # CPU: the README's digits grid, 3 ways (~12 min)
     python benchmarks/bench_packing.py --throughput --device cuda   # a GPU: images/s per cell, x4 pair
     python benchmarks/bench_packing.py --throughput --quick         # the same on a CPU in seconds (CI runs it)
+    python benchmarks/bench_packing.py --contended                  # a pack alone vs two copies sharing the CPU
 
 The default runs the README's quickstart command for real, three ways in alternating order: kd's
 default (packed, loop), packed with trainer.pack_mode=stacked, and hydra/launcher=basic (one cell at
@@ -14,6 +15,7 @@ uint8 data: one cell alone (alpha=0.5) vs a pack of the 5 alphas, loop and stack
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -70,6 +72,31 @@ def bench_grid(rounds: int) -> None:
         for name in ("packed (loop, the default)", "packed (stacked)"):
             print(f"  {name}: {best[name]:.0f} s, {best['one cell at a time'] / best[name]:.2f}x faster")
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
+
+def bench_contended(rounds: int) -> None:
+    """One fcra pack of the digits grid alone, then two copies at once on the same cores, with torch's default
+    threads (one per core) and with the cores split between the two (OMP_NUM_THREADS=cores/2)."""
+    pack = ["-m", "alpha=0,0.25,0.5,0.75,1.0", "aug=fcra", "data=digits", "logger=none", "trainer.epochs=20"]
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "KD_HOME": f"{tmp}/home", "WANDB_MODE": "disabled"}
+        run_measured(["stage=teacher", "data=digits", "logger=none", f"hydra.run.dir={tmp}/t"], env)
+        print(f"CPU, {cores} cores; torch {torch.__version__}; an fcra pack (5 cells, 20 epochs), teacher cached\n")
+        print("| threads per process | alone s | two at once s | two at once / alone |\n|---|---|---|---|")
+        for label, threads in (("default (one per core)", None), (f"{max(1, cores // 2)} (cores / 2)", cores // 2)):
+            env_t = env if threads is None else {**env, "OMP_NUM_THREADS": str(max(1, threads))}
+            alone = two = math.inf
+            for r in range(rounds):
+                alone = min(alone, run_measured([*pack, f"hydra.sweep.dir={tmp}/alone{label[0]}{r}"], env_t)[0])
+                started = time.perf_counter()
+                procs = [subprocess.Popen([sys.executable, str(REPO / "kd" / "train.py"), *pack,
+                                           f"hydra.sweep.dir={tmp}/two{label[0]}{r}{i}"], env=env_t,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
+                if any(p.wait() != 0 for p in procs):
+                    raise SystemExit("a contended run failed")
+                two = min(two, time.perf_counter() - started)
+            print(f"| {label} | {alone:.1f} | {two:.1f} | {two / alone:.2f}x |", flush=True)
 
 
 def synthetic_splits(n: int, num_classes: int = 100) -> ImageSplits:
@@ -133,6 +160,7 @@ def bench_throughput(device: torch.device, pair: str, steps: int, warmup: int, r
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--throughput", action="store_true", help="in-process images/s instead of the CLI grid")
+    parser.add_argument("--contended", action="store_true", help="a pack alone vs two copies sharing the cores")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--pair", default="resnet32x4:resnet8x4", help="teacher:student for --throughput")
     parser.add_argument("--steps", type=int, default=50)
@@ -140,6 +168,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a CPU smoke run in seconds: resnet8 pair, 2 steps")
     args = parser.parse_args()
+    if args.contended:
+        bench_contended(args.rounds)
+        return
     if not args.throughput:
         bench_grid(args.rounds)
         return

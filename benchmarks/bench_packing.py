@@ -128,7 +128,7 @@ class Pack:
 
     def images_per_s_per_cell(self, warmup: int, steps: int) -> float:
         timed = TimedBatches(self.batches, warmup, steps, self.device)
-        train_one_epoch(self.update, self.k, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
+        train_one_epoch(self.update, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
         sync(self.device)
         return self.k * steps * self.batch_size / (time.perf_counter() - timed.started)
 

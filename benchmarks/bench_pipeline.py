@@ -88,7 +88,7 @@ class Setup:
     def images_per_s(self, warmup: int, steps: int) -> float:
         torch.backends.cudnn.benchmark = self.cfg.trainer.cudnn_benchmark
         timed = TimedBatches(self.batches, warmup, steps, self.device)
-        train_one_epoch(self.update, 1, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
+        train_one_epoch(self.update, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
         sync(self.device)
         return steps * self.cfg.trainer.batch_size / (time.perf_counter() - timed.started)
 

@@ -126,10 +126,11 @@ class LoopUpdate:
         return self.students[i].optimizer.state_dict(), self.students[i].scheduler.state_dict()
 
 
-def train_one_epoch(update, n_students: int, batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
+def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
                     epoch: int, skip: set[int]) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
     that stopped it (None for those skipped: they wait for the pack to reach their epoch)."""
+    n_students = len(update.students)
     device = next(update.students[0].model.parameters()).device
     sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
     first_bad = [torch.tensor(-1, device=device) for _ in range(n_students)]
@@ -285,7 +286,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
         started = time.perf_counter()
         needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
         lrs = [update.lr(i) for i in range(len(students))]
-        stats = train_one_epoch(update, len(students), train_batches, teacher_fn if needs_teacher else None,
+        stats = train_one_epoch(update, train_batches, teacher_fn if needs_teacher else None,
                                 autocast, epoch, waiting)
         update.end_epoch([i for i in range(len(students)) if i not in waiting])
         train_s = time.perf_counter() - started

@@ -129,7 +129,7 @@ def test_a_training_step_on_cuda_never_syncs_with_the_host(tmp_path):
     autocast = autocast_for(device, True)
     teacher = FrozenTeacher(resnet8(num_classes=10).to(device), autocast)
     batches = make_batches(cfg, splits, True, instantiate(cfg.aug), device, shuffle=True)
-    train_one_epoch(update, 1, itertools.islice(batches, 2), teacher, autocast, 0, set())  # warm up allocations
+    train_one_epoch(update, itertools.islice(batches, 2), teacher, autocast, 0, set())  # warm up allocations
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

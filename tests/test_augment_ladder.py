@@ -159,7 +159,7 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
     student_forward = update.students[0].forward
     update.students[0].forward = lambda x: (seen.append(("student", x)), student_forward(x))[1]
     teacher = lambda x, idx: (seen.append(("teacher", x)), torch.zeros(x.shape[0], 10))[1]  # noqa: E731
-    train_one_epoch(update, 1, make_batches(cfg, splits, True, mixing, device, shuffle=True), teacher,
+    train_one_epoch(update, make_batches(cfg, splits, True, mixing, device, shuffle=True), teacher,
                     lambda: torch.autocast("cpu", enabled=False), 0, set())
     assert seen[0][0] == "teacher" and seen[1][0] == "student" and seen[0][1] is seen[1][1]
     assert torch.equal(seen[0][1], first[0])

@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 
 import kd.train  # noqa: F401  (registers the config schemas)
 from kd.data import ImageSplits
-from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
+from kd.capture import plan_compile
+from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teacher_fn, train_one_epoch
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EPOCH_IMAGES = 50_000  # CIFAR-100's training split
@@ -69,28 +70,32 @@ def sync(device: torch.device) -> None:
 
 
 class Setup:
-    """One pipeline's KD train step, built once through kd's own functions and timed in rounds."""
+    """A pack's KD train step (one cell per config; a single cell is a pack of one), built once through kd's
+    own functions as `kd.engine.fit` builds it, and timed in rounds."""
 
-    def __init__(self, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        self.update = LoopUpdate([make_student(Cell(cfg, Path("."), {}, lambda row, step: None, "", ""), NUM_CLASSES,
-                                                 device)])
+    def __init__(self, cfgs: list[DictConfig], splits: ImageSplits, device: torch.device) -> None:
+        cfg = cfgs[0]
+        self.cfg, self.device, self.k = cfg, device, len(cfgs)
+        self.plan = plan_compile(cfg.trainer, device)
+        cells = [Cell(c, Path("unused"), {}, lambda row, step: None, "", "") for c in cfgs]
+        self.update = make_pack(cells, NUM_CLASSES, device, self.plan)
         aug = instantiate(cfg.aug)
         self.autocast = autocast_for(device, cfg.trainer.bf16)
-        teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES) if cfg.alpha > 0 else None
+        teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES) if any(c.alpha > 0 for c in cfgs) else None
         sync(device)
         started = time.perf_counter()
-        self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast)
+        self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast, self.plan)
         sync(device)
         self.cache_s = time.perf_counter() - started  # ~0 unless it built the aug=none logit cache
         self.batches = make_batches(cfg, splits, True, aug, device, shuffle=True)
 
     def images_per_s(self, warmup: int, steps: int) -> float:
+        """Training images per second summed over the pack's cells: the grid's progress rate."""
         torch.backends.cudnn.benchmark = self.cfg.trainer.cudnn_benchmark
         timed = TimedBatches(self.batches, warmup, steps, self.device)
-        train_one_epoch(self.update, timed, self.teacher_fn, self.autocast, epoch=0, skip=set())
+        train_one_epoch(self.update, timed, self.teacher_fn, self.autocast, 0, set(), self.plan)
         sync(self.device)
-        return steps * self.cfg.trainer.batch_size / (time.perf_counter() - timed.started)
+        return self.k * steps * self.cfg.trainer.batch_size / (time.perf_counter() - timed.started)
 
 
 def pipeline_overrides(kind: str, device: str, workers: int, kd_overrides: list[str]) -> list[str]:
@@ -145,8 +150,9 @@ def main() -> None:
         conv_total = kd_total = 0.0
         for aug in args.augs:
             common = [f"model={student}", f"teacher={teacher}", f"aug={aug}", f"trainer.batch_size={args.batch_size}"]
-            setups = {(kind, alpha): Setup(compose_config(
-                common + pipeline_overrides(kind, args.device, args.workers, args.kd_overrides) + [f"alpha={alpha}"]), splits, device)
+            setups = {(kind, alpha): Setup([compose_config(
+                common + pipeline_overrides(kind, args.device, args.workers, args.kd_overrides) + [f"alpha={alpha}"])],
+                splits, device)
                 for kind, alpha in (("conventional", 0.5), ("kd", 0.5), ("kd", 0.0))}
             rates = dict.fromkeys(setups, 0.0)
             for _ in range(args.rounds):  # interleaved, best of: a busy machine slows rounds, never speeds them

@@ -187,7 +187,8 @@ class TrainerConfig:
     num_workers: int = 2  # DataLoader workers, pipeline=dataloader only
     bf16: bool = True  # bf16 autocast; CUDA only
     channels_last: bool = True  # NHWC activations; faster on CUDA and on CPUs
-    compile: bool = True  # torch.compile the student; CUDA only
+    compile: bool = True  # torch.compile the students and the teacher; CUDA only
+    graph_capture: bool = False  # also CUDA graphs (mode=reduce-overhead); needs compile; see kd/capture.py
     cudnn_benchmark: bool = True  # CUDA only; ignored when deterministic
     deterministic: bool = False  # torch.use_deterministic_algorithms
     teacher_logit_cache: bool = True  # aug=none: teacher logits computed once, reused every epoch

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kd.augment import NoAugment
+from kd.capture import EAGER, CompilePlan, float_lrs, log_plan, plan_compile
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from kd.config import PackMode, Pipeline
 from kd.data import ImageSplits
@@ -67,6 +68,7 @@ class Student:
     model: nn.Module
     forward: Callable  # the model, compiled where that is on
     optimizer: torch.optim.Optimizer
+    optimizer_step: Callable[[], None]  # optimizer.step, compiled where graph capture is on
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: Callable
     alpha: float
@@ -110,7 +112,7 @@ class LoopUpdate:
             parts = s.loss_fn(logits, teacher_logits if s.alpha > 0 else None, labels, alpha=s.alpha)
             s.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
-            s.optimizer.step()
+            s.optimizer_step()
             out[i] = (parts, logits)
         return out
 
@@ -119,15 +121,15 @@ class LoopUpdate:
             self.students[i].scheduler.step()
 
     def lr(self, i: int) -> float:
-        return self.students[i].optimizer.param_groups[0]["lr"]
+        return float(self.students[i].optimizer.param_groups[0]["lr"])  # a tensor under graph capture
 
     def states(self, i: int) -> tuple[dict, dict]:
         """Student i's optimizer and scheduler states, as its checkpoint keeps them."""
-        return self.students[i].optimizer.state_dict(), self.students[i].scheduler.state_dict()
+        return float_lrs(self.students[i].optimizer.state_dict()), self.students[i].scheduler.state_dict()
 
 
 def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
-                    epoch: int, skip: set[int]) -> list[Union[dict, NonFiniteLossError, None]]:
+                    epoch: int, skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
     that stopped it (None for those skipped: they wait for the pack to reach their epoch)."""
     n_students = len(update.students)
@@ -140,6 +142,7 @@ def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: 
         s.model.train()
     seen = 0
     for step, (images, labels, indices) in enumerate(batches):
+        plan.begin_step()
         teacher_logits = teacher_fn(images, indices) if teacher_fn is not None else None
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
@@ -218,16 +221,16 @@ def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: to
     return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16))["test/top1"]
 
 
-def make_student(cell: Cell, num_classes: int, device: torch.device) -> Student:
+def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER) -> Student:
     """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack."""
     cfg, t = cell.cfg, cell.cfg.trainer
     seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
-    forward = torch.compile(model) if t.compile and device.type == "cuda" else model
     optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
-    return Student(cell, model, forward, optimizer, scheduler, instantiate(cfg.loss), float(cfg.alpha))
+    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, instantiate(cfg.loss),
+                   float(cfg.alpha))
 
 
 def resume(student: Student) -> None:
@@ -247,12 +250,23 @@ def resume(student: Student) -> None:
              student.cell.cfg.trainer.epochs)
 
 
+def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan
+              ) -> Union[LoopUpdate, StackedUpdate]:
+    """A pack's students, each resumed from its own checkpoint, in the update that trains them."""
+    students = [make_student(cell, num_classes, device, plan) for cell in cells]
+    for s in students:
+        resume(s)
+        s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
+    stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
+    return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
+
+
 def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug,
-                    device: torch.device, autocast: Callable) -> Optional[TeacherFn]:
+                    device: torch.device, autocast: Callable, plan: CompilePlan = EAGER) -> Optional[TeacherFn]:
     """None when no cell needs it (the teacher never runs); cached logits for aug=none; else the live teacher."""
     if teacher is None:
         return None
-    frozen = FrozenTeacher(teacher.to(device), autocast)
+    frozen = FrozenTeacher(teacher.to(device), autocast, plan.model)
     if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache:
         clean = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=False)
         return CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
@@ -264,18 +278,17 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     """Train a pack's students together, each resuming from its own checkpoint; each its results or its error."""
     cfg = cells[0].cfg  # the cells share everything but the loss's settings
     t = cfg.trainer
-    students = [make_student(cell, splits.num_classes, device) for cell in cells]
-    for s in students:
-        resume(s)
-    stacked = t.pack_mode == PackMode.stacked and len(students) > 1
-    update = StackedUpdate(students, cfg.optim) if stacked else LoopUpdate(students)
+    plan = plan_compile(t, device)
+    log_plan(plan)
+    update = make_pack(cells, splits.num_classes, device, plan)
+    students = update.students
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)
     train_batches = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=True)
     test_batches = make_batches(cfg, splits, train=False, aug=NoAugment(), device=device, shuffle=False)
     # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
     distils = any(s.alpha > 0 for s in students)
-    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast)
+    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast, plan)
     # The stream is shared, so the pack restarts at its least advanced cell; cells further on wait there.
     first = min(students, key=lambda s: s.start_epoch)
     if first.rng is not None:
@@ -287,7 +300,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
         needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
         lrs = [update.lr(i) for i in range(len(students))]
         stats = train_one_epoch(update, train_batches, teacher_fn if needs_teacher else None,
-                                autocast, epoch, waiting)
+                                autocast, epoch, waiting, plan)
         update.end_epoch([i for i in range(len(students)) if i not in waiting])
         train_s = time.perf_counter() - started
         for i, (s, st) in enumerate(zip(students, stats)):

@@ -196,13 +196,14 @@ def sha256_of(path: Path) -> str:
 class FrozenTeacher:
     """The teacher in eval mode with no grad, run on the student's exact (augmented) batch."""
 
-    def __init__(self, model: nn.Module, autocast: Callable) -> None:
+    def __init__(self, model: nn.Module, autocast: Callable, compile_fn: Callable = lambda model: model) -> None:
         self.model = model.eval().requires_grad_(False)
+        self.forward = compile_fn(self.model)
         self.autocast = autocast
 
     def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), self.autocast():
-            return self.model(images)
+            return self.forward(images)
 
 
 class CachedTeacherLogits:

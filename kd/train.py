@@ -77,10 +77,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_trainer(t: DictConfig) -> None:
-    """Counts the schema can only type-check: a 0 would fail late (checkpoint_every=0 after a whole epoch)."""
+    """What the schema can only type-check: a 0 would fail late (checkpoint_every=0 after a whole epoch)."""
     for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
         if t[key] < 1:
             raise ValueError(f"trainer.{key}={t[key]} must be >= 1")
+    if t.graph_capture and not t.compile:
+        raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
+                         "set trainer.compile=true, or drop trainer.graph_capture")
 
 
 def unwritable_reason(path: Path) -> str | None:

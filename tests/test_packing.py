@@ -177,7 +177,7 @@ def one_step(update_cls, dtype: torch.dtype, tmp_path: Path):
         s = make_student(Cell(cfg, tmp_path, {}, lambda row, step: None, "", ""), 10, torch.device("cpu"))
         s.model.to(dtype)
         s.optimizer = instantiate(cfg.optim.optimizer)(s.model.parameters())  # on the converted weights
-        s.scheduler = instantiate(cfg.optim.scheduler)(s.optimizer)
+        s.optimizer_step, s.scheduler = s.optimizer.step, instantiate(cfg.optim.scheduler)(s.optimizer)
         students.append(s)
     update = update_cls(students, cfgs[0].optim) if update_cls is StackedUpdate else LoopUpdate(students)
     torch.manual_seed(7)

@@ -1,0 +1,90 @@
+"""Compilation and CUDA graph capture of the step: the same training as eager, and a plain word on where they are off."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import FAST, compose_config, run_cli
+from kd.capture import EAGER, CompilePlan, plan_compile
+from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
+from kd.models import resnet8
+from test_augment import synthetic_splits
+
+# lr drops to exactly 0 after the first epoch: a learning rate baked into a captured graph would keep moving weights.
+# A small lr: on this noise data, float-rounding differences of 1e-6 in the logits grow ~5x per step at lr 0.05.
+RECIPE = [*FAST, "aug=fc", "alpha=0.5", "trainer.batch_size=32", "optim.optimizer.lr=0.01", "optim.scheduler.milestones=[1]",
+          "optim.scheduler.gamma=0", "trainer.compile=true", "trainer.graph_capture=true"]
+
+
+def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path) -> tuple[list[dict], list[dict]]:
+    """(per-epoch stats, the student's parameters after each epoch) for one cell, trained with `plan`."""
+    splits = synthetic_splits(n=128, size=16)
+    student = make_student(Cell(cfg, tmp_path, {}, lambda row, step: None, "", ""), 10, device, plan)
+    student.optimizer_step = plan.optimizer_step(student.optimizer)
+    update = LoopUpdate([student])
+    autocast = autocast_for(device, cfg.trainer.bf16)
+    torch.manual_seed(0)
+    teacher_fn = make_teacher_fn(cfg, resnet8(num_classes=10), splits, instantiate(cfg.aug), device, autocast, plan)
+    batches = make_batches(cfg, splits, True, instantiate(cfg.aug), device, shuffle=True)
+    stats, weights = [], []
+    for epoch in range(2):
+        stats += train_one_epoch(update, batches, teacher_fn, autocast, epoch, set(), plan)
+        update.end_epoch([0])
+        weights.append({k: v.detach().clone().float().cpu() for k, v in student.model.named_parameters()})
+    return stats, weights
+
+
+def assert_trains_alike(eager: tuple, compiled: tuple, rtol: float, atol: float) -> None:
+    (eager_stats, eager_weights), (compiled_stats, compiled_weights) = eager, compiled
+    for a, b in zip(eager_stats, compiled_stats):
+        assert b["train/loss"] == pytest.approx(a["train/loss"], rel=rtol, abs=atol)
+    for name, w in eager_weights[-1].items():
+        torch.testing.assert_close(compiled_weights[-1][name], w, rtol=rtol, atol=atol)
+    # lr 0 in epoch 2: not a single parameter moved, compiled or not.
+    assert all(torch.equal(compiled_weights[0][k], compiled_weights[1][k]) for k in compiled_weights[0])
+
+
+@pytest.mark.slow
+def test_the_compiled_step_with_a_tensor_learning_rate_trains_as_eager_on_the_cpu(tmp_path):
+    """The code path of graph capture (compiled student, teacher and optimizer step, tensor lr under the
+    schedule) run by inductor's CPU backend, where CUDA graphs themselves are skipped: about 30 s of compiling."""
+    cfg = compose_config([*RECIPE, "trainer.device=cpu"], out_dir=tmp_path)
+    device = torch.device("cpu")
+    eager = train_two_epochs(cfg, EAGER, device, tmp_path)
+    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test"), device, tmp_path)
+    assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_capture_on_cuda_trains_as_eager_within_bf16_tolerance(tmp_path):
+    cfg = compose_config([*RECIPE, "trainer.device=cuda"], out_dir=tmp_path)
+    device = torch.device("cuda")
+    plan = plan_compile(cfg.trainer, device)
+    assert plan.captures, plan.why
+    eager = train_two_epochs(cfg, EAGER, device, tmp_path)
+    captured = train_two_epochs(cfg, plan, device, tmp_path)
+    assert_trains_alike(eager, captured, rtol=5e-2, atol=2e-2)
+
+
+def test_where_compilation_is_off_the_plan_says_why():
+    def plan(*overrides: str, device: str = "cuda") -> CompilePlan:
+        return plan_compile(compose_config([*FAST, *overrides]).trainer, torch.device(device))
+
+    assert plan().mode == "default"
+    assert plan("trainer.graph_capture=true").captures
+    assert plan("trainer.graph_capture=true", device="cpu") == EAGER.__class__(
+        None, "torch.compile is used on CUDA only; cpu runs eagerly")
+    assert plan("trainer.compile=false").why == "trainer.compile=false"
+    assert "stacked" in plan("trainer.graph_capture=true", "trainer.pack_mode=stacked").why
+
+
+def test_graph_capture_without_compile_is_refused_before_any_work(tmp_path):
+    proc = run_cli([*FAST, "trainer.graph_capture=true", "trainer.compile=false", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "trainer.graph_capture=true" in proc.stderr and "set trainer.compile=true" in proc.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
+    ok = run_cli([*FAST, "trainer.graph_capture=true", f"hydra.run.dir={tmp_path}/ok"], cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "step: eager (torch.compile is used on CUDA only; cpu runs eagerly)" in ok.stderr + ok.stdout

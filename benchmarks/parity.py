@@ -1,12 +1,16 @@
-"""Accuracy parity: kd's device pipeline vs the conventional DataLoader pipeline on the digits quickstart.
+"""Accuracy parity on the digits recipe: two settings that should not change accuracy, seed by seed.
 
-    python benchmarks/parity.py                      # 3 seeds x 3 aug levels x 2 pipelines, CPU minutes
+    python benchmarks/parity.py                      # pipelines: kd's device pipeline vs DataLoader, CPU minutes
+    python benchmarks/parity.py --compare speed --device cuda    # a GPU: bf16 + compile + channels_last vs fp32
     python benchmarks/parity.py --seeds 0 1 2 3 4 --alpha 0.9 -- trainer.epochs=30   # extra Hydra overrides after --
 
-Both pipelines train the same student from the same cached teacher (one per seed) with
-the digits recipe in conf/data/digits.yaml; only `trainer.pipeline` differs. Their random
-streams differ, so the comparison is of the mean final top-1 over seeds. Exits non-zero if
-a gap exceeds the tolerance.
+`--compare pipeline`: `trainer.pipeline=device` vs `dataloader`. `--compare speed`: kd's GPU
+defaults (bf16 autocast, torch.compile, channels_last) vs all three off (fp32, as the public
+benchmarks train), on CIFAR-shaped 32x32 digits with resnet8x4. Both arms train the same
+student from the same cached teacher (one per seed) with the digits recipe
+(conf/data/digits.yaml). Per aug level it prints each arm's mean final top-1 and the paired
+difference (per seed) with its 95% interval (kd.stats). Exits non-zero if a mean gap exceeds the
+tolerance.
 """
 from __future__ import annotations
 
@@ -19,10 +23,16 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
+from kd.stats import paired
 from kd.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-PIPELINES = ("device", "dataloader")
+ARMS = {  # what is compared: two named override lists, and what both arms share
+    "pipeline": ({"device (kd)": ["trainer.pipeline=device"], "dataloader": ["trainer.pipeline=dataloader"]}, []),
+    "speed": ({"bf16+compile+NHWC": [],
+               "fp32": ["trainer.bf16=false", "trainer.compile=false", "trainer.channels_last=false"]},
+              ["data.image_size=32", "model=resnet8x4"]),
+}
 
 
 def run(overrides: list[str], out_dir: Path) -> float:
@@ -38,6 +48,7 @@ def spread(values: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", choices=list(ARMS), default="pipeline", help="which two settings to compare")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--augs", nargs="+", default=["none", "fc", "fcra"], choices=["none", "fc", "fcra"])
     parser.add_argument("--alpha", type=float, default=0.5, help="KD weight of every run (teacher used if > 0)")
@@ -48,29 +59,33 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="kd-parity-"))
     os.environ["KD_HOME"] = str(work)  # a fresh teacher cache: teachers are trained here, once per seed
-    top1: dict[tuple[str, str], list[float]] = {}
+    arms, shared = ARMS[args.compare]
+    top1: dict[tuple[str, str], dict[int, float]] = {}
     for seed in args.seeds:
         for aug in args.augs:
-            for pipeline in PIPELINES:
-                overrides = [f"aug={aug}", f"alpha={args.alpha}", f"seed={seed}", f"trainer.pipeline={pipeline}",
-                             f"trainer.device={args.device}", *args.overrides]
-                acc = run(overrides, work / f"{aug}-{pipeline}-seed{seed}")
-                top1.setdefault((aug, pipeline), []).append(acc)
-                print(f"seed {seed} aug={aug} pipeline={pipeline}: top-1 {acc:.2f}%", flush=True)
+            for arm, arm_overrides in arms.items():
+                overrides = [f"aug={aug}", f"alpha={args.alpha}", f"seed={seed}", f"trainer.device={args.device}",
+                             *shared, *arm_overrides, *args.overrides]
+                acc = run(overrides, work / f"{aug}-{list(arms).index(arm)}-seed{seed}")
+                top1.setdefault((aug, arm), {})[seed] = acc
+                print(f"seed {seed} aug={aug} {arm}: top-1 {acc:.2f}%", flush=True)
 
-    print(f"\nmean final top-1 (%) over seeds {args.seeds}, alpha={args.alpha}, digits quickstart recipe")
-    print("| aug | device (kd) | dataloader | device - dataloader | within |")
+    first, second = arms
+    print(f"\nfinal top-1 (%) over seeds {args.seeds}, alpha={args.alpha}, digits recipe {' '.join(shared)} "
+          f"{' '.join(args.overrides)}, device {args.device}")
+    print(f"| aug | {first} | {second} | paired difference | mean gap within ±{args.tolerance:g} |")
     print("|---|---|---|---|---|")
     ok = True
     for aug in args.augs:
-        dev, ref = top1[aug, "device"], top1[aug, "dataloader"]
-        gap = statistics.mean(dev) - statistics.mean(ref)
+        a, b = top1[aug, first], top1[aug, second]
+        gap = statistics.mean(a.values()) - statistics.mean(b.values())
         within = abs(gap) <= args.tolerance
         ok &= within
-        print(f"| {aug} | {statistics.mean(dev):.2f} ± {spread(dev):.2f} "
-              f"| {statistics.mean(ref):.2f} ± {spread(ref):.2f} | {gap:+.2f} "
-              f"| {'yes' if within else 'NO'} (±{args.tolerance:g}) |")
-    print(f"(± is the standard deviation over seeds; runs in {work})")
+        print(f"| {aug} | {statistics.mean(a.values()):.2f} ± {spread(list(a.values())):.2f} "
+              f"| {statistics.mean(b.values()):.2f} ± {spread(list(b.values())):.2f} "
+              f"| {paired(a, b).format(signed=True)} | {'yes' if within else 'NO'} |")
+    print(f"(arm columns: mean ± standard deviation over seeds; paired difference: mean ± 95% half-width; "
+          f"runs in {work})")
     return 0 if ok else 1
 
 

@@ -63,23 +63,26 @@ def bench_grid(rounds: int) -> None:
 
 
 def bench_contended(rounds: int) -> None:
-    """One fcra pack of the digits grid alone, then two copies at once on the same cores, with torch's default
-    threads (one per core) and with the cores split between the two (OMP_NUM_THREADS=cores/2)."""
+    """One fcra pack of the digits grid alone, then two copies at once on the same cores: kd's default (one
+    thread per core, idle OpenMP threads sleep), the same threads spinning, and the cores split in two."""
     pack = ["-m", "alpha=0,0.25,0.5,0.75,1.0", "aug=fcra", "data=digits", "logger=none", "trainer.epochs=20"]
     cores = len(os.sched_getaffinity(0))
+    ways = {"one per core, idle threads sleep (kd's default)": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "one per core, idle threads spin (OMP_WAIT_POLICY=ACTIVE)": {"OMP_WAIT_POLICY": "ACTIVE"},
+            f"{max(1, cores // 2)} (OMP_NUM_THREADS = cores / 2)": {"OMP_NUM_THREADS": str(max(1, cores // 2))}}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "KD_HOME": f"{tmp}/home", "WANDB_MODE": "disabled"}
         run_measured(["stage=teacher", "data=digits", "logger=none", f"hydra.run.dir={tmp}/t"], env)
         print(f"CPU, {cores} cores; torch {torch.__version__}; an fcra pack (5 cells, 20 epochs), teacher cached\n")
         print("| threads per process | alone s | two at once s | two at once / alone |\n|---|---|---|---|")
-        for label, threads in (("default (one per core)", None), (f"{max(1, cores // 2)} (cores / 2)", cores // 2)):
-            env_t = env if threads is None else {**env, "OMP_NUM_THREADS": str(max(1, threads))}
+        for w, (label, extra) in enumerate(ways.items()):
+            env_w = {**env, **extra}
             alone = two = math.inf
             for r in range(rounds):
-                alone = min(alone, run_measured([*pack, f"hydra.sweep.dir={tmp}/alone{label[0]}{r}"], env_t)[0])
+                alone = min(alone, run_measured([*pack, f"hydra.sweep.dir={tmp}/alone{w}-{r}"], env_w)[0])
                 started = time.perf_counter()
                 procs = [subprocess.Popen([sys.executable, str(REPO / "kd" / "train.py"), *pack,
-                                           f"hydra.sweep.dir={tmp}/two{label[0]}{r}{i}"], env=env_t,
+                                           f"hydra.sweep.dir={tmp}/two{w}-{r}-{i}"], env=env_w,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(2)]
                 if any(p.wait() != 0 for p in procs):
                     raise SystemExit("a contended run failed")

@@ -21,6 +21,7 @@ from typing import Any, Union
 if __package__ in (None, ""):  # `python kd/train.py`: make the package importable without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import kd  # noqa: F401,E402  (first: it sets OpenMP's wait policy before torch loads OpenMP)
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig

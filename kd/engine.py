@@ -33,6 +33,7 @@ from kd.augment import NoAugment
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from kd.config import PackMode, Pipeline
 from kd.data import ImageSplits
+from kd.device import speed_switches
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.stacking import StackedUpdate
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
@@ -89,7 +90,7 @@ def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> No
 
 def autocast_for(device: torch.device, bf16: bool) -> Callable:
     """bf16 autocast on CUDA when asked; a no-op context elsewhere, so CPU runs the same code."""
-    if bf16 and device.type == "cuda":
+    if bf16 and device.type == "cuda":  # as kd.device.speed_switches records it
         return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -224,7 +225,7 @@ def make_student(cell: Cell, num_classes: int, device: torch.device) -> Student:
     seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
-    forward = torch.compile(model) if t.compile and device.type == "cuda" else model
+    forward = torch.compile(model) if speed_switches(t, device)["compile"] else model
     optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
     return Student(cell, model, forward, optimizer, scheduler, instantiate(cfg.loss), float(cfg.alpha))
@@ -243,6 +244,10 @@ def resume(student: Student) -> None:
     student.optimizer.load_state_dict(state["optimizer"])
     student.scheduler.load_state_dict(state["scheduler"])
     student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
+    # A resumed W&B offline run is a new file, and a killed attempt's may hold nothing (SIGKILL flushes
+    # nothing): log the checkpointed epochs again, so that the run shows its whole history.
+    for row in student.history:
+        student.cell.log_metrics(row, row["epoch"])
     log.info("%sresumed from %s at epoch %d/%d", _prefix(student), path, student.start_epoch,
              student.cell.cfg.trainer.epochs)
 

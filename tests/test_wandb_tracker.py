@@ -85,8 +85,17 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     assert teacher["run"]["job_type"] == "teacher"
     assert teacher["run"]["display_name"] == "teacher resnet8 digits seed=0"
     assert teacher["run"]["run_group"] == group
-    assert teacher["run"]["config"]["update"]["out_dir"] == str(teacher_dir)
+    assert teacher["config"]["config"]["out_dir"] == str(teacher_dir)
+    assert (teacher["config"]["stage"], teacher["config"]["model"], teacher["config"]["data"]) == (
+        "teacher", "resnet8", "digits")
     assert teacher["summary"]["final_top1"] == students[1]["teacher_top1"]
+    assert students[1]["teacher_work_dir"] == str(teacher_dir)  # where kd-sync finds the teacher's run
+
+    # One command lists every offline run of the sweep, the teacher's (under KD_HOME) included
+    listed = subprocess.run([sys.executable, "-m", "kd.sync", str(sweep_dir), "--list"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    expected = [run for job in [*(Path(r["job_dir"]) for r in students), teacher_dir] for run in offline_runs(job)]
+    assert listed == [str(run.absolute()) for run in expected] and len(listed) == 3
 
     for result in students:
         job_dir = Path(result.pop("job_dir"))
@@ -96,11 +105,18 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert wb["run"]["job_type"] == "student"
         assert wb["run"]["run_group"] == group
         assert wb["run"]["run_id"] == json.loads((job_dir / RUN_FILE).read_text())["id"]
-        config = {k: v for k, v in wb["config"].items() if k not in ("_wandb", "environment", "cell")}
-        assert (wb["config"]["cell"]["aug"], wb["config"]["cell"]["alpha"], wb["config"]["cell"]["seed"]) == (
-            "none", result["alpha"], 0)  # flat keys the W&B UI can group a cell's seeds by
+        config = wb["config"]["config"]
+        flat = {k: wb["config"][k] for k in ("aug", "alpha", "seed", "model", "teacher", "data")}
+        # choice names, not class paths: the keys the W&B UI groups a cell's seeds by
+        assert flat == {"aug": "none", "alpha": result["alpha"], "seed": 0, "model": "resnet8",
+                        "teacher": "resnet8", "data": "digits"}
         assert config == result["config"]  # the whole resolved config, output dir included
         assert wb["config"]["environment"] == result["environment"]  # versions, commit, device: where it came from
+        # the speed switches as they took effect: bf16 and compile are asked for (the defaults) but CUDA-only
+        assert (config["trainer"]["bf16"], config["trainer"]["compile"]) == (True, True)
+        assert wb["config"]["speed"] == result["speed"] == {"bf16": False, "compile": False, "channels_last": True,
+                                                            "cudnn_benchmark": False}
+        assert wb["config"]["device_choice"] == result["device_choice"]
         assert result["environment"]["torch"] == torch.__version__ and len(result["environment"]["git_commit"]) == 40
         assert config["out_dir"] == str(job_dir)
         assert [row["epoch"] for row in wb["history"]] == [1]

@@ -6,6 +6,7 @@ import re
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import torch
 import wandb
 from hydra.utils import instantiate
 
-from conftest import FAST, compose_config, run_cli
+from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from reliability import saved_epoch
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.train import train
 from kd.wandb_tracker import RUN_FILE, WandbTracker
@@ -126,6 +128,33 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         for key in ("final_top1", "best_top1", "teacher_top1", "teacher_sha256"):
             assert wb["summary"].get(key) == result.get(key)
         assert wb["exit_code"] == 0
+
+
+def test_killed_and_resumed_job_shows_its_whole_history(tmp_path):
+    """SIGKILL flushes nothing: the killed attempt's offline file may hold no epoch; the resumed one holds them all."""
+    epochs, run_dir = 12, tmp_path / "job"
+    args = [*FAST, "logger=wandb", "alpha=0", f"trainer.epochs={epochs}", f"hydra.run.dir={run_dir}"]
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and saved_epoch(run_dir / "checkpoint.pt") < 2:
+        assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    killed_at = saved_epoch(run_dir / "checkpoint.pt")
+    assert killed_at < epochs
+
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed, resumed = offline_runs(run_dir)  # one offline run dir per attempt, the same W&B run
+    wb = read_offline_run(resumed)
+    run_id = json.loads((run_dir / RUN_FILE).read_text())["id"]
+    assert wb["run"]["run_id"] == run_id and killed.name.endswith(run_id)
+    assert [row["epoch"] for row in wb["history"]] == list(range(1, epochs + 1))
+    history = read_results(run_dir / RESULTS_FILE)["history"]
+    assert [row["test/top1"] for row in wb["history"]] == pytest.approx([row["test/top1"] for row in history])
 
 
 def single_run(tmp_path: Path, *overrides: str) -> dict:

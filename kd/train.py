@@ -264,7 +264,8 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
                 finished.append(outcome)
                 continue
             # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
-            result = {**outcome, **(teacher_info if distilled else {"teacher_top1": None})}
+            result = {**outcome, "test_images": len(splits.test_labels),  # one image is 100 / test_images points
+                      **(teacher_info if distilled else {"teacher_top1": None})}
             run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"],
                          "teacher_top1": result["teacher_top1"], "teacher_sha256": result.get("teacher_sha256")})
             finished.append(result)

@@ -37,7 +37,7 @@ def _cuda_unavailable_reason() -> str | None:
         return "; ".join(said)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return f"no GPU visible with CUDA_VISIBLE_DEVICES={visible!r}"
+        return f"no usable GPU among CUDA_VISIBLE_DEVICES {visible!r}"
     return "no NVIDIA driver or GPU found"
 
 

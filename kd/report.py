@@ -131,14 +131,21 @@ def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, 
     return write_tables(students, metric, sweep_dir, figures) + [write_claims(students, metric, sweep_dir)] + figures
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0],
+                                     epilog="Offline W&B runs (the teachers' too) upload with: kd-sync <sweep dir>")
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
     parser.add_argument("--alpha", type=float, default=0.25, help="alpha of the per-epoch curves (default 0.25)")
-    parser.add_argument("--metric", choices=["final_top1", "best_top1"], default="final_top1")
+    parser.add_argument("--metric", choices=["final_top1", "best_top1"], default="final_top1",
+                        help="which test top-1 of each cell: final_top1, the last epoch's (default), or best_top1, "
+                             "the best epoch's (chosen on the test set, so it flatters every cell)")
     parser.add_argument("--wandb", action="store_true", help="also publish a W&B Report over the sweep's runs")
     parser.add_argument("--entity", help="W&B entity of the report (default: the runs', else your default)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         students = load_sweep(args.sweep_dir)
     except NotASweepError as err:

@@ -16,6 +16,8 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 
@@ -229,7 +231,18 @@ class Config:
     out_dir: str = MISSING
 
 
+def job_dir() -> str:
+    """`out_dir`: the running job's output dir (hydra.runtime.output_dir). Hydra sets that only when a job
+    runs; before (`--cfg job --resolve`) it is where a single run would write, or the sweep dir of a grid."""
+    hydra_cfg = HydraConfig.get()
+    runtime = hydra_cfg.runtime
+    if not OmegaConf.is_missing(runtime, "output_dir") and runtime.output_dir is not None:
+        return runtime.output_dir
+    return hydra_cfg.sweep.dir if hydra_cfg.mode == RunMode.MULTIRUN else hydra_cfg.run.dir
+
+
 def register_schemas() -> None:
+    OmegaConf.register_new_resolver("kd.job_dir", job_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     cs.store(group="schema/data", name="cifar", node=CifarDataConfig)

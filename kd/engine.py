@@ -91,7 +91,7 @@ def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> No
 
 def autocast_for(device: torch.device, bf16: bool) -> Callable:
     """bf16 autocast on CUDA when asked; a no-op context elsewhere, so CPU runs the same code."""
-    if bf16 and device.type == "cuda":
+    if bf16 and device.type == "cuda":  # as kd.device.speed_switches records it
         return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -246,6 +246,10 @@ def resume(student: Student) -> None:
     student.optimizer.load_state_dict(state["optimizer"])
     student.scheduler.load_state_dict(state["scheduler"])
     student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
+    # A resumed W&B offline run is a new file, and a killed attempt's may hold nothing (SIGKILL flushes
+    # nothing): log the checkpointed epochs again, so that the run shows its whole history.
+    for row in student.history:
+        student.cell.log_metrics(row, row["epoch"])
     log.info("%sresumed from %s at epoch %d/%d", _prefix(student), path, student.start_epoch,
              student.cell.cfg.trainer.epochs)
 

@@ -20,12 +20,10 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from kd.claims import write_claims
-from kd.figures import plot_curves, plot_gains, plot_top1_by_alpha
+from kd.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
-from kd.table import format_table, table_rows, teacher_accuracy
-
-CURVE_AUGS = ["none", "fcra"]  # Figure 3 of the paper compares no augmentation with the strongest
+from kd.table import CSV_COLUMNS, format_table, table_records, teacher_accuracy
 
 
 class NotASweepError(ValueError):
@@ -64,7 +62,8 @@ def load_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def describe_sweep(students: list[dict[str, Any]]) -> str:
-    """'resnet8x4 student, resnet32x4 teacher (79.42%), cifar100, 240 epochs; 3 seeds' for titles and captions."""
+    """'resnet8x4 student, resnet32x4 teacher (79.42%), cifar100 (10000 test images), 240 epochs; 3 seeds' for titles
+    and captions."""
     r = next((s for s in students if "model" in s), None)  # a 'missing' job has only its grid position
     seeds = len({s["seed"] for s in students})
     if r is None:
@@ -73,15 +72,18 @@ def describe_sweep(students: list[dict[str, Any]]) -> str:
     teacher_top1 = f" ({teacher})" if teacher is not None else ""
     spread = f"mean ± 95% interval over {seeds} seeds" if seeds > 1 else "1 seed"
     epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
-    return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {r['data']}, {epochs}; {spread}"
+    n_test = test_images(students)
+    data = f"{r['data']} ({n_test} test images)" if n_test is not None else r["data"]
+    return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {data}, {epochs}; {spread}"
 
 
 def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, figures: list[Path]) -> list[Path]:
-    """gains.csv (the table's cells as printed) and gains.md (the table, a legend, the figures)."""
-    header, body = table_rows(students, metric)
+    """gains.csv (the table's numbers, one row per cell and per gain) and gains.md (the table, a legend, the figures)."""
     csv_path = sweep_dir / "gains.csv"
     with open(csv_path, "w", newline="") as f:
-        csv.writer(f).writerows([header, *body])
+        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(table_records(students, metric))
     lines = [
         f"# Knowledge distillation x augmentation: sweep `{sweep_dir}`",
         "",
@@ -109,17 +111,18 @@ def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, swe
     if not completed:
         return []
     subtitle = describe_sweep(students)
-    figures = [plot_top1_by_alpha(students, metric, subtitle, sweep_dir / "top1_by_alpha.png")]
+    figures = {"top1_by_alpha.png": plot_top1_by_alpha(students, metric, subtitle)}
     if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
-        figures.append(plot_gains(students, metric, subtitle, sweep_dir / "gains_by_alpha.png"))
-    if any(float(r["alpha"]) == alpha and r["aug"] in CURVE_AUGS for r in completed):
-        figures.append(plot_curves(students, alpha, CURVE_AUGS, subtitle,
-                                   sweep_dir / f"test_top1_curves_alpha{alpha:g}.png"))
+        figures["gains_by_alpha.png"] = plot_gains(students, metric, subtitle)
+    if any(float(r["alpha"]) == alpha for r in completed):
+        figures[f"test_top1_curves_alpha{alpha:g}.png"] = plot_curves(students, alpha, subtitle)
     else:
         alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
-        print(f"no curves figure: no completed none/fcra job at alpha={alpha:g} (completed alphas: {alphas}); "
+        print(f"no curves figure: no completed job at alpha={alpha:g} (completed alphas: {alphas}); "
               f"pick one with --alpha")
-    return figures
+    for name, fig in figures.items():
+        fig.savefig(sweep_dir / name, dpi=150)
+    return [sweep_dir / name for name in figures]
 
 
 def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
@@ -128,14 +131,21 @@ def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, 
     return write_tables(students, metric, sweep_dir, figures) + [write_claims(students, metric, sweep_dir)] + figures
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0],
+                                     epilog="Offline W&B runs (the teachers' too) upload with: kd-sync <sweep dir>")
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
     parser.add_argument("--alpha", type=float, default=0.25, help="alpha of the per-epoch curves (default 0.25)")
-    parser.add_argument("--metric", choices=["final_top1", "best_top1"], default="final_top1")
+    parser.add_argument("--metric", choices=["final_top1", "best_top1"], default="final_top1",
+                        help="which test top-1 of each cell: final_top1, the last epoch's (default), or best_top1, "
+                             "the best epoch's (chosen on the test set, so it flatters every cell)")
     parser.add_argument("--wandb", action="store_true", help="also publish a W&B Report over the sweep's runs")
     parser.add_argument("--entity", help="W&B entity of the report (default: the runs', else your default)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         students = load_sweep(args.sweep_dir)
     except NotASweepError as err:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kd.stats import estimate, paired
+from kd.stats import Estimate, estimate, paired
 
 AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
 
@@ -42,34 +42,53 @@ def grid_axes(cells: dict) -> tuple[list[str], list[float]]:
 
 
 def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tuple[list[str], list[list[str]]]:
-    """Header and rows as strings; a missing cell reads 'missing', a failed one 'failed' (never 0)."""
+    """Header and rows as strings, from table_records; a missing cell reads 'missing', a failed one 'failed'
+    (never 0), '*' marks the best cell."""
+    records = table_records(results, metric)
+    alphas = sorted({r["alpha"] for r in records})
+    header = ["aug \\ alpha"] + [f"{a:g}" for a in alphas]
+    lines: dict[str, list[str]] = {}
+    for r in records:
+        gain = r["quantity"] != metric
+        label = f"Gains ({r['aug']} - none)" if gain else r["aug"]
+        if r["mean"] is None:
+            text = "n/a" if gain else "failed" if r["failed"] > 0 else "missing"
+        else:
+            lost = [] if gain else [f"{r[k]} {k}" for k in ("failed", "missing") if r[k] > 0]  # left out of the mean
+            text = (Estimate(r["mean"], r["ci95_half_width"], r["n"]).format(signed=gain) + (" *" if r["best"] else "")
+                    + (f" ({', '.join(lost)})" if lost else ""))
+        lines.setdefault(label, [label]).append(text)
+    return header, list(lines.values())
+
+
+CSV_COLUMNS = ["quantity", "aug", "alpha", "mean", "ci95_half_width", "n", "failed", "missing", "best"]
+
+
+def table_records(results: list[dict[str, Any]], metric: str = "final_top1") -> list[dict[str, Any]]:
+    """The table as numbers, one record per cell (quantity `metric`) and per gain over none (quantity
+    `<metric> gain over none`, paired by seed): gains.csv. No number where there is none: an empty mean
+    for a cell without a result, an empty half-width with one seed; `best` marks the best cell."""
     cells = grid_cells(results, metric)
     rows, alphas = grid_axes(cells)
-    header = ["aug \\ alpha"] + [f"{a:g}" for a in alphas]
     means = {k: estimate(c["values"]).mean for k, c in cells.items() if c["values"]}
     best = max(means, key=means.get) if means else None
-    body = []
+    records = []
     for aug in rows:
-        line = [aug]
         for alpha in alphas:
-            cell = cells.get((aug, alpha))
-            if cell is None:
-                line.append("missing")
-            elif not cell["values"]:
-                line.append("failed" if cell["failed"] > 0 else "missing")
-            else:
-                lost = [f"{cell[k]} {k}" for k in ("failed", "missing") if cell[k] > 0]  # seeds left out of the mean
-                line.append(estimate(cell["values"]).format() + (" *" if (aug, alpha) == best else "")
-                            + (f" ({', '.join(lost)})" if lost else ""))
-        body.append(line)
-    for aug in (r for r in rows if r != "none" and "none" in rows):  # every rung against none, paired by seed
-        gains = [f"Gains ({aug} - none)"]
+            cell = cells.get((aug, alpha), {"values": [], "failed": 0, "missing": 1})
+            e = estimate(cell["values"]) if cell["values"] else None
+            records.append({"quantity": metric, "aug": aug, "alpha": alpha, "mean": None if e is None else e.mean,
+                            "ci95_half_width": None if e is None else e.half_width, "n": len(cell["values"]),
+                            "failed": cell["failed"], "missing": cell["missing"], "best": (aug, alpha) == best})
+    for aug in (r for r in rows if r != "none" and "none" in rows):
         for alpha in alphas:
             none, other = cells.get(("none", alpha)), cells.get((aug, alpha))
             gain = paired(other["by_seed"], none["by_seed"]) if none is not None and other is not None else None
-            gains.append(gain.format(signed=True) if gain is not None else "n/a")
-        body.append(gains)
-    return header, body
+            records.append({"quantity": f"{metric} gain over none", "aug": aug, "alpha": alpha,
+                            "mean": None if gain is None else gain.mean,
+                            "ci95_half_width": None if gain is None else gain.half_width,
+                            "n": 0 if gain is None else gain.n, "failed": None, "missing": None, "best": False})
+    return records
 
 
 def format_table(results: list[dict[str, Any]], metric: str = "final_top1") -> str:

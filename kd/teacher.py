@@ -78,6 +78,11 @@ def teacher_training_config(cfg: DictConfig, work_dir: Path) -> DictConfig:
     return tcfg
 
 
+def teacher_work_dir(path: Path) -> Path:
+    """Where the teacher cached at `path` trains: its checkpoints, its own log and W&B run (outside any sweep)."""
+    return path.with_name(path.stem + ".work")
+
+
 def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[DictConfig], dict]) -> Path:
     """Return the teacher checkpoint, training it first (once, under a lock) if it is not cached."""
     path = teacher_checkpoint_path(cfg, splits.name)
@@ -96,7 +101,7 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
         if cfg.teacher.batch_size > len(splits.train_labels):
             raise ValueError(f"teacher.batch_size={cfg.teacher.batch_size} is larger than the "
                              f"{len(splits.train_labels)} training images of {splits.name}; lower teacher.batch_size")
-        work_dir = path.with_name(path.stem + ".work")
+        work_dir = teacher_work_dir(path)
         log.info("teacher: training %s for %d epochs (its own recipe; checkpoints in %s)",
                  path.name, cfg.teacher.epochs, work_dir)
         result = fit_teacher(teacher_training_config(cfg, work_dir))

@@ -32,13 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd.config import Stage, check_known_keys, defining_config, register_schemas
 from kd.data import ImageSplits
+from kd.device import check_device, resolve_device, speed_switches
 from kd.engine import Cell, fit, test_top1
 from kd.locking import exclusive_job_dir
 from kd.provenance import environment, now
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
 from kd.targets import check_targets
-from kd.teacher import arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe
+from kd.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
+                        teacher_work_dir)
 
 log = logging.getLogger("kd.train")
 register_schemas()
@@ -66,15 +68,6 @@ def run_name(cfg: DictConfig) -> str:
     if d["stage"] == Stage.teacher.value:
         return f"teacher {d['teacher']} {d['data']} seed={d['seed']}"
     return f"aug={d['aug']} alpha={d['alpha']:g} seed={d['seed']}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"trainer.device={name} but no CUDA device is visible; use trainer.device=cpu or auto")
-    return device
 
 
 def check_trainer(t: DictConfig) -> None:
@@ -164,6 +157,7 @@ def check_cell(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
     check_trainer(cfg.trainer)
+    check_device(cfg.trainer.device)
     check_targets(cfg)
 
 
@@ -210,14 +204,17 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
 
 def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
     """Train the pack, writing every job's results.json however it ends."""
-    env = environment(torch.device("cuda" if torch.cuda.is_available() and cfgs[0].trainer.device != "cpu"
-                                   else "cpu"))
+    device, device_choice = resolve_device(cfgs[0].trainer.device)  # the pack shares its trainer settings
+    env = environment(device)
+    # What ran, beside what was asked for (config.trainer): bf16 and compile are CUDA-only.
+    ran_with = {"device_choice": device_choice, "speed": speed_switches(cfgs[0].trainer, device)}
     results = [{**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-                "defining_config": defining_config(cfg), "environment": env, "started_at": now()} for cfg in cfgs]
+                "defining_config": defining_config(cfg), "environment": env, **ran_with, "started_at": now()}
+               for cfg in cfgs]
     outcomes: list[Union[dict[str, Any], BaseException]] = []
     started = time.time()
     try:
-        outcomes = _train(cfgs, env)
+        outcomes = _train(cfgs, device, {"environment": env, **ran_with})
     except BaseException as err:
         # A signal or Ctrl-C (requeue, preemption) leaves the runs resumable; anything else is a failure.
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
@@ -237,10 +234,11 @@ def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExce
     return [outcome if isinstance(outcome, BaseException) else result for outcome, result in zip(outcomes, results)]
 
 
-def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, Any], BaseException]]:
+def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any]
+           ) -> list[Union[dict[str, Any], BaseException]]:
+    """Train the pack on `device`; `ran_with` (environment, device choice, speed switches) goes to each W&B run."""
     cfg = cfgs[0]  # what the pack shares: data, models, aug, optim, trainer, seed
     t = cfg.trainer
-    device = resolve_device(t.device)
     splits = instantiate(cfg.data)
     if t.batch_size > len(splits.train_labels):
         raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
@@ -249,7 +247,7 @@ def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, 
     distils = [c.alpha > 0 for c in cfgs]
     teacher, teacher_info = None, {}
     if stage == Stage.teacher or any(distils):
-        teacher, teacher_info = prepare_teacher(cfg, splits, device)
+        teacher, teacher_info = prepare_teacher(cfg, splits, device, ran_with)
     if stage == Stage.teacher:
         return [dict(teacher_info) for _ in cfgs]
 
@@ -258,7 +256,7 @@ def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, 
         for c in cfgs:
             run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
                                                                 name=run_name(c)))
-            run.record({"environment": env, "cell": describe(c)})  # flat keys (cell.aug, cell.seed) to group by
+            run.record({**describe(c), **ran_with})  # flat keys (aug: fcra, alpha, seed, ...) the UI groups by
             runs.append(run)
             cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
                               name=run_name(c) if in_multirun() else "",
@@ -270,31 +268,35 @@ def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, 
                 finished.append(outcome)
                 continue
             # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
-            result = {**outcome, **(teacher_info if distilled else {"teacher_top1": None})}
+            result = {**outcome, "test_images": len(splits.test_labels),  # one image is 100 / test_images points
+                      **(teacher_info if distilled else {"teacher_top1": None})}
             run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"],
                          "teacher_top1": result["teacher_top1"], "teacher_sha256": result.get("teacher_sha256")})
             finished.append(result)
     return finished
 
 
-def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device) -> tuple[Any, dict[str, Any]]:
+def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
+                    ) -> tuple[Any, dict[str, Any]]:
     """The teacher (trained first if it is not cached), measured on the test split and refused at chance."""
-    path = ensure_teacher(cfg, splits, lambda tcfg: fit_teacher(tcfg, splits, device))
+    path = ensure_teacher(cfg, splits, lambda tcfg: fit_teacher(tcfg, splits, device, ran_with))
     teacher, fmt = load_teacher(path, cfg, splits)
     top1 = test_top1(teacher, cfg, splits, device)
     digest = sha256_of(path)
     log.info("teacher %s: test top-1 %.2f%% (%s, %s format, sha256 %s)", arch_name(cfg.teacher.arch), top1, path,
              fmt, digest[:12])
     check_teacher_accuracy(top1, cfg, splits.num_classes, path)
+    work_dir = teacher_work_dir(path)  # kd-sync finds the teacher's W&B run there; none for a given checkpoint
     return teacher, {"teacher_top1": top1, "teacher_checkpoint": str(path), "teacher_sha256": digest,
-                     "teacher_format": fmt}
+                     "teacher_format": fmt, "teacher_work_dir": str(work_dir) if work_dir.is_dir() else None}
 
 
-def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device) -> dict[str, Any]:
+def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
+                ) -> dict[str, Any]:
     """Train the teacher from its own recipe (`tcfg`), resuming its work dir whatever the student asks."""
     work_dir = Path(tcfg.out_dir)
     with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
-        run.record({"environment": environment(device)})
+        run.record({**describe(tcfg), **ran_with})
         cell = Cell(tcfg, work_dir, teacher_recipe(tcfg), run.log, name="",
                     stale_fix=f"{work_dir} holds the work of another teacher recipe (an older kd?); delete "
                               f"{work_dir} to train this teacher afresh.")

@@ -13,9 +13,8 @@ import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
 from kd.table import format_table
-from kd.wandb_tracker import read_run_file
+from kd.wandb_tracker import is_synced, offline_run_dirs, read_run_file
 
-CURVE_AUGS = ("none", "fcra")
 API_TIMEOUT_S = 30  # fail fast without a reachable server instead of retrying
 
 
@@ -33,20 +32,18 @@ def sweep_runs(students: list[dict[str, Any]]) -> dict[str, Any]:
         raise ReportError(f"the sweep's runs are in several W&B projects: {sorted(map(str, projects))}")
     [(project, entity)] = projects
     return {"project": project, "entity": entity, "groups": sorted({info["group"] for info in runs}),
-            "offline": sorted(str(d) for r in students for d in Path(r["job_dir"]).glob("wandb/offline-run-*")
-                              if not any(d.glob("*.wandb.synced")))}
+            "offline": sorted(str(d) for r in students for d in offline_run_dirs(Path(r["job_dir"])) if not is_synced(d))}
 
 
 def build_report(students: list[dict[str, Any]], sweep_dir: Path, project: str, entity: str, groups: list[str],
                  alpha: float, metric: str) -> wr.Report:
     """The Report object: the gains table, top-1 by aug and alpha, and the per-epoch curves at `alpha`."""
     cells = [expr.Metric("Group").isin(groups), expr.Metric("JobType") == "student"]
-    targets = sorted({r["config"]["aug"]["_target_"] for r in students if r["aug"] in CURVE_AUGS and "config" in r})
+    # Grouped by the flat config keys kd.train records beside the whole config (aug: fcra, alpha: 0.5)
     by_cell = wr.Runset(entity=entity, project=project, name="grid cells", filters=cells,
-                        groupby=["config.aug._target_", "config.alpha"])  # seeds of a cell form one group
-    curves = wr.Runset(entity=entity, project=project, name=f"none vs fcra at alpha={alpha:g}",
-                       filters=[*cells, expr.Config("alpha") == alpha, expr.Config("aug._target_").isin(targets)],
-                       groupby=["config.aug._target_"])
+                        groupby=["config.aug", "config.alpha"])  # seeds of a cell form one group
+    curves = wr.Runset(entity=entity, project=project, name=f"every augmentation at alpha={alpha:g}",
+                       filters=[*cells, expr.Config("alpha") == alpha], groupby=["config.aug"])
     return wr.Report(
         project=project, entity=entity, title=f"KD x augmentation gains: {sweep_dir.name}"[:128],
         description=f"kd sweep {sweep_dir}",
@@ -59,7 +56,7 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, project: str, 
                            metrics=[wr.SummaryMetric(metric)], groupby_aggfunc="mean", groupby_rangefunc="stddev"),
                 wr.ScatterPlot(title=f"{metric} by alpha", x=wr.Config("alpha"), y=wr.SummaryMetric(metric)),
             ]),
-            wr.H2(f"Test top-1 per epoch at alpha={alpha:g}: none vs fcra"),
+            wr.H2(f"Test top-1 per epoch at alpha={alpha:g}, per augmentation"),
             wr.PanelGrid(runsets=[curves], panels=[
                 wr.LinePlot(title=f"test top-1 per epoch, alpha={alpha:g}", x="epoch", y=["test/top1"],
                             title_x="epoch", title_y="test top-1 (%)", groupby_aggfunc="mean",
@@ -75,7 +72,7 @@ def publish(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metri
     runs = sweep_runs(students)
     if runs["offline"]:
         print(f"note: {len(runs['offline'])} runs of this sweep were logged offline; the report shows them once "
-              f"uploaded: wandb sync {sweep_dir}/*/wandb/offline-run-*")
+              f"uploaded: kd-sync {sweep_dir}")
     try:
         default_entity = wandb.Api(timeout=API_TIMEOUT_S).default_entity  # also proves the server reachable
         if entity is None:

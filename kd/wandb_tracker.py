@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Union
@@ -37,9 +38,22 @@ def sweep_group() -> Optional[str]:
 
 
 def read_run_file(job_dir: Path) -> Optional[dict[str, Any]]:
-    """What the tracker recorded about a job's W&B run (id, project, entity, group), if anything."""
+    """What the tracker recorded about a job's W&B run (id, project, entity, group, sync_dir), if anything."""
     path = Path(job_dir) / RUN_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def offline_run_dirs(job_dir: Path) -> list[Path]:
+    """Every offline W&B run dir of a job: one per attempt (a resumed job starts a new one, same run id)."""
+    info = read_run_file(job_dir)
+    if info is None or "sync_dir" not in info:  # W&B never started for it (an id is written before the start)
+        return []
+    attempt = re.compile(rf"offline-run-\d+_\d+-{re.escape(info['id'])}(-\d+)?")  # wandb adds -N within a second
+    return sorted(p for p in Path(info["sync_dir"]).parent.iterdir() if attempt.fullmatch(p.name))
+
+
+def is_synced(run_dir: Path) -> bool:
+    return any(run_dir.glob("*.wandb.synced"))  # the marker `wandb sync` leaves
 
 
 class WandbRun:
@@ -61,6 +75,10 @@ class WandbRun:
             self._broken = True
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        # A resumed job logs its checkpointed epochs again (kd.engine.resume); an online run resumed on the
+        # server already holds those before its starting_step (an offline one starts at 0 and takes them).
+        if step < self._run.starting_step:
+            return
         self._call("log", lambda: self._run.log(metrics, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
@@ -78,7 +96,7 @@ class WandbRun:
 
 
 class WandbTracker:
-    """Opens one W&B run per job with the whole resolved config, grouped by sweep."""
+    """Opens one W&B run per job with the whole resolved config (under `config`), grouped by sweep."""
 
     def __init__(self, project: str, entity: Optional[str], group: Optional[str], tags: list[str],
                  mode: Union[WandbMode, str], dir: Optional[str], finish_timeout_s: float) -> None:
@@ -163,7 +181,9 @@ class WandbTracker:
         return wandb.init(
             project=self.project, entity=self.entity, job_type=job_type, name=name, tags=self.tags,
             group=self.group if self.group is not None else sweep_group(),
-            config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+            # Under "config": the top level is for the flat keys the job records (aug: fcra, alpha: 0.5, ...),
+            # which the UI can group by; the whole config's nodes (aug._target_) cannot be grouped on.
+            config={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
             dir=str(wandb_dir), mode=mode, id=run_id, resume="allow",
             # silent: the one line that _start logs replaces wandb's own banner; create_new: a pack has one run
             # open per cell at once
@@ -171,9 +191,11 @@ class WandbTracker:
         )
 
     def _record(self, run: Any, out_dir: Path, job_type: str, name: str) -> None:
-        """Write RUN_FILE: the id to resume after a requeue, and where `kd.report --wandb` finds the sweep."""
+        """Write RUN_FILE: the id to resume after a requeue, where `kd.report --wandb` finds the sweep, and where
+        this attempt's files are (kd-sync finds every attempt's beside it)."""
         self._write_run_file(out_dir, {"id": run.id, "project": run.project, "entity": run.entity or self.entity,
-                                       "group": run.group, "job_type": job_type, "name": name})
+                                       "group": run.group, "job_type": job_type, "name": name,
+                                       "sync_dir": str(Path(run.settings.sync_dir).absolute())})
 
     @staticmethod
     def _write_run_file(out_dir: Path, record: dict[str, Any]) -> None:

@@ -42,6 +42,11 @@ def metrics(results: dict) -> dict:
     return {**{k: results[k] for k in keys}, "history": history}
 
 
+def saved_epoch(checkpoint: Path) -> int:
+    """The epoch a run's checkpoint.pt holds (0 before the first); replaced by an atomic rename, never half read."""
+    return torch.load(checkpoint, weights_only=True)["epoch"] if checkpoint.is_file() else 0
+
+
 def same_weights(a: Path, b: Path) -> bool:
     """Whether two checkpoints hold bit-identical model weights."""
     sa, sb = (torch.load(p, weights_only=True)["model"] for p in (a, b))

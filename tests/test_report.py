@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
 import wandb_workspaces.reports.v2 as wr
 
+from kd.figures import MIN_SPAN_IMAGES, plot_curves, plot_gains, plot_top1_by_alpha, y_range
 from kd.report import load_sweep, main
 from kd.results import write_results
-from kd.table import format_table
+from kd.table import CSV_COLUMNS, format_table, table_rows
 from kd.wandb_report import build_report, sweep_runs
 from kd.wandb_tracker import RUN_FILE
 
@@ -48,7 +51,7 @@ def make_sweep(root: Path) -> Path:
                 history = [{"epoch": e, "test/top1": top1(aug, alpha, seed, e)} for e in range(1, EPOCHS + 1)]
                 result = {"stage": "student", "aug": aug, "alpha": alpha, "seed": seed, "model": "resnet8x4",
                           "teacher": "resnet32x4", "data": "cifar100", "epochs": EPOCHS, "temperature": 4.0,
-                          "teacher_top1": 79.42, "config": {"alpha": alpha, "aug": {"_target_": TARGET[aug]}}}
+                          "teacher_top1": 79.42, "test_images": 10000, "config": {"alpha": alpha, "aug": {"_target_": TARGET[aug]}}}
                 if failed:
                     result.update(status="failed", error="NonFiniteLossError: loss is NaN")
                 else:
@@ -64,9 +67,8 @@ def make_sweep(root: Path) -> Path:
 def report(tmp_path_factory):
     sweep = make_sweep(tmp_path_factory.mktemp("report"))
     assert main([str(sweep)]) == 0
-    with open(sweep / "gains.csv") as f:
-        rows = list(csv.reader(f))
-    return sweep, {row[0]: dict(zip(rows[0][1:], row[1:])) for row in rows[1:]}
+    header, body = table_rows(load_sweep(sweep))
+    return sweep, {row[0]: dict(zip(header[1:], row[1:])) for row in body}
 
 
 def test_gains_table_layout_and_values(report):
@@ -86,7 +88,68 @@ def test_gains_table_layout_and_values(report):
     assert table["Gains (fcra - none)"]["1"] == "n/a"
     md = (sweep / "gains.md").read_text()
     assert format_table(load_sweep(sweep)) in md
-    assert "resnet8x4 student, resnet32x4 teacher (79.42%), cifar100, 20 epochs; mean ± 95% interval over 2 seeds" in md
+    assert ("resnet8x4 student, resnet32x4 teacher (79.42%), cifar100 (10000 test images), 20 epochs; "
+            "mean ± 95% interval over 2 seeds") in md
+
+
+def test_gains_csv_loads_as_numbers(report):
+    sweep, _ = report
+    table = np.genfromtxt(sweep / "gains.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    assert table.dtype.names == tuple(CSV_COLUMNS)
+    numeric = ("alpha", "mean", "ci95_half_width", "n", "failed", "missing")
+    assert all(np.issubdtype(table.dtype[k], np.number) for k in numeric) and table.dtype["best"] == np.bool_
+    cells = table[table["quantity"] == "final_top1"]
+    assert len(cells) == 12 and table["best"].sum() == 1
+    (best,) = table[table["best"]]
+    assert (best["aug"], best["alpha"]) == ("fcra", 0.5)  # the marker beside the number, not in it
+    assert best["mean"] == pytest.approx((top1("fcra", 0.5, 0) + top1("fcra", 0.5, 1)) / 2)  # over the two seeds
+    (failed,) = cells[(cells["aug"] == "fc") & (cells["alpha"] == 0.5)]
+    assert np.isnan(failed["mean"]) and (failed["n"], failed["failed"]) == (0, 2)  # no number, never a 0
+    gains = table[table["quantity"] == "final_top1 gain over none"]
+    (gain,) = gains[(gains["aug"] == "fcra") & (gains["alpha"] == 0.25)]
+    assert gain["mean"] == pytest.approx(top1("fcra", 0.25, 0) - top1("none", 0.25, 0)) and gain["n"] == 2
+    with open(sweep / "gains.csv") as f:  # the csv module: every number cell parses as a float
+        rows = list(csv.DictReader(f))
+    assert all(float(row[k]) == float(row[k]) for row in rows for k in numeric if row[k] != "")
+
+
+def legend_error_bars(fig) -> list[bool]:
+    """For each legend entry of the figure's last axes: whether it draws error bars."""
+    handles, _ = fig.axes[-1].get_legend_handles_labels()
+    return [isinstance(h, ErrorbarContainer) and h.has_yerr for h in handles]
+
+
+def test_figures_draw_intervals_only_with_several_seeds(report):
+    sweep, _ = report
+    students = load_sweep(sweep)
+    one_seed = [r for r in students if r["seed"] == 0]
+    for plot in (plot_top1_by_alpha, plot_gains):
+        assert not any(legend_error_bars(plot(one_seed, "final_top1", "")))
+        assert any(legend_error_bars(plot(students, "final_top1", "")))
+    assert "95% intervals" not in plot_gains(one_seed, "final_top1", "").axes[0].get_title()
+
+
+def test_curves_show_every_aug_and_the_final_gap(report):
+    sweep, _ = report
+    fig = plot_curves(load_sweep(sweep), 0.25, "")
+    whole, last = fig.axes
+    assert whole.get_legend_handles_labels()[1] == ["none", "fc (flip + crop)", "fcra (fc + RandAugment)"]
+    finals = [top1(aug, 0.25, seed) for aug in ("none", "fcra") for seed in (0, 1)]
+    low, high = last.get_ylim()
+    assert low < min(finals) and max(finals) < high
+    # the last epochs' panel spans about the final values, not the whole run's climb from epoch 1
+    assert high - low < 0.25 * (whole.get_ylim()[1] - whole.get_ylim()[0])
+    assert any("test set: n = 10000 images" in t.get_text() for t in fig.texts)
+
+
+def test_y_range_never_blows_up_one_image():
+    one_image = 100 / 360
+    # two values one image apart: the axis spans 20 images (plus its margin), shifted to stay below 100%
+    low, high = y_range([97.0, 97.0 + one_image], 360)
+    assert (low, high) == pytest.approx((100.0 - 1.2 * MIN_SPAN_IMAGES * one_image, 100.0))
+    assert one_image / (high - low) < 1 / MIN_SPAN_IMAGES
+    low, high = y_range([60.0, 73.0], 10000)
+    assert (low, high) == pytest.approx((66.5 - 0.6 * 13.0, 66.5 + 0.6 * 13.0))  # wide data: just a margin
 
 
 def test_figures_written_and_linked(report):
@@ -100,7 +163,7 @@ def test_figures_written_and_linked(report):
 def test_curves_alpha_not_in_sweep_is_said(report, capsys):
     sweep, _ = report
     assert main([str(sweep), "--alpha", "0.75"]) == 0
-    assert "no curves figure: no completed none/fcra job at alpha=0.75" in capsys.readouterr().out
+    assert "no curves figure: no completed job at alpha=0.75" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("where", ["missing", "empty", "single_job"])
@@ -129,12 +192,11 @@ def test_wandb_report_object(report):
     cells, curves = [b for b in built.blocks if isinstance(b, wr.PanelGrid)]
     (by_cell,) = cells.runsets
     assert GROUP in by_cell.filters and "'student'" in by_cell.filters
-    assert by_cell.groupby == ["config.aug._target_", "config.alpha"]
+    assert by_cell.groupby == ["config.aug", "config.alpha"]  # the flat keys kd.train records
     assert {type(p) for p in cells.panels} == {wr.BarPlot, wr.ScatterPlot}
     (curve_runs,) = curves.runsets
     assert GROUP in curve_runs.filters and 'Config("alpha") == 0.25' in curve_runs.filters
-    assert TARGET["none"] in curve_runs.filters and TARGET["fcra"] in curve_runs.filters
-    assert TARGET["fc"] not in curve_runs.filters.replace(TARGET["fcra"], "")
+    assert curve_runs.groupby == ["config.aug"]  # every augmentation of the sweep
     (line,) = curves.panels
     assert isinstance(line, wr.LinePlot) and line.y == ["test/top1"]
 

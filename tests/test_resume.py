@@ -15,18 +15,13 @@ from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from kd.checkpoint import CheckpointError
 from kd.results import RESULTS_FILE, read_results
 from kd.train import train
-from reliability import ONE_THREAD, metrics, one_torch_thread, same_weights  # noqa: F401 (a fixture)
+from reliability import ONE_THREAD, metrics, one_torch_thread, same_weights, saved_epoch  # noqa: F401 (a fixture)
 
 EPOCHS = 3  # the teacher's and then the student's, in the same process
 # Every kind of state in play: a teacher trained first, the generator-driven fcra augmentation,
 # an lr step after epoch 2 (the scheduler's state), and PyTorch's deterministic algorithms on the CPU.
 KILLED_RUN = [*FAST, f"trainer.epochs={EPOCHS}", f"teacher.epochs={EPOCHS}", "alpha=0.5", "teacher=resnet8", "aug=fcra",
               "optim.scheduler.milestones=[2]", "trainer.deterministic=true"]
-
-
-def saved_epoch(checkpoint: Path) -> int:
-    # Checkpoints are replaced by an atomic rename, so this never reads half a file.
-    return torch.load(checkpoint, weights_only=True)["epoch"] if checkpoint.is_file() else 0
 
 
 def epochs_done(kd_home: Path, run_dir: Path) -> int:

@@ -2,7 +2,6 @@
 real two-seed multirun."""
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from kd.claims import write_claims
 from kd.report import load_sweep, main
 from kd.results import write_results
 from kd.stats import estimate, paired
+from kd.table import table_rows
 
 TARGET = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment"}
 ALPHAS = [0.0, 0.5, 1.0]
@@ -86,8 +86,7 @@ def verdicts(claims: str) -> list[str]:
 def test_table_shows_mean_interval_and_n_and_paired_gains(tmp_path):
     sweep = synthetic_sweep(tmp_path, clear_paper)
     assert main([str(sweep)]) == 0
-    with open(sweep / "gains.csv") as f:
-        rows = {row[0]: row[1:] for row in csv.reader(f)}
+    rows = {row[0]: row[1:] for row in table_rows(load_sweep(sweep))[1]}
     values = [clear_paper("fc", 0.5, s) for s in (0, 1, 2)]
     mean, hw = independent_ci(values)
     assert rows["fc"][1] == f"{mean:.2f} ± {hw:.2f} (n=3)"
@@ -117,16 +116,14 @@ def test_alpha_matters_little_is_supported_when_alpha_is_flat(tmp_path):
 def test_one_seed_gives_no_interval_and_a_missing_seed_is_reported(tmp_path):
     single = synthetic_sweep(tmp_path / "single", clear_paper, seeds=(0,))
     assert main([str(single)]) == 0
-    with open(single / "gains.csv") as f:
-        rows = {row[0]: row[1:] for row in csv.reader(f)}
+    rows = {row[0]: row[1:] for row in table_rows(load_sweep(single))[1]}
     assert rows["fc"][0] == f"{clear_paper('fc', 0.0, 0):.2f}" and "±" not in "".join(rows["fc"])
     assert set(verdicts((single / "claims.md").read_text())) == {"inconclusive"}
     assert "one seed: no interval" in (single / "claims.md").read_text()
 
     gap = synthetic_sweep(tmp_path / "gap", clear_paper, skip={("fc", 0.5, 2)})
     assert main([str(gap)]) == 0
-    with open(gap / "gains.csv") as f:
-        rows = {row[0]: row[1:] for row in csv.reader(f)}
+    rows = {row[0]: row[1:] for row in table_rows(load_sweep(gap))[1]}
     assert rows["fc"][1].endswith("(n=2) (1 missing)")
 
 

@@ -6,6 +6,7 @@ import re
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import torch
 import wandb
 from hydra.utils import instantiate
 
-from conftest import FAST, compose_config, run_cli
+from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from reliability import saved_epoch
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.train import train
 from kd.wandb_tracker import RUN_FILE, WandbTracker
@@ -85,8 +87,17 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     assert teacher["run"]["job_type"] == "teacher"
     assert teacher["run"]["display_name"] == "teacher resnet8 digits seed=0"
     assert teacher["run"]["run_group"] == group
-    assert teacher["run"]["config"]["update"]["out_dir"] == str(teacher_dir)
+    assert teacher["config"]["config"]["out_dir"] == str(teacher_dir)
+    assert (teacher["config"]["stage"], teacher["config"]["model"], teacher["config"]["data"]) == (
+        "teacher", "resnet8", "digits")
     assert teacher["summary"]["final_top1"] == students[1]["teacher_top1"]
+    assert students[1]["teacher_work_dir"] == str(teacher_dir)  # where kd-sync finds the teacher's run
+
+    # One command lists every offline run of the sweep, the teacher's (under KD_HOME) included
+    listed = subprocess.run([sys.executable, "-m", "kd.sync", str(sweep_dir), "--list"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    expected = [run for job in [*(Path(r["job_dir"]) for r in students), teacher_dir] for run in offline_runs(job)]
+    assert listed == [str(run.absolute()) for run in expected] and len(listed) == 3
 
     for result in students:
         job_dir = Path(result.pop("job_dir"))
@@ -96,11 +107,18 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert wb["run"]["job_type"] == "student"
         assert wb["run"]["run_group"] == group
         assert wb["run"]["run_id"] == json.loads((job_dir / RUN_FILE).read_text())["id"]
-        config = {k: v for k, v in wb["config"].items() if k not in ("_wandb", "environment", "cell")}
-        assert (wb["config"]["cell"]["aug"], wb["config"]["cell"]["alpha"], wb["config"]["cell"]["seed"]) == (
-            "none", result["alpha"], 0)  # flat keys the W&B UI can group a cell's seeds by
+        config = wb["config"]["config"]
+        flat = {k: wb["config"][k] for k in ("aug", "alpha", "seed", "model", "teacher", "data")}
+        # choice names, not class paths: the keys the W&B UI groups a cell's seeds by
+        assert flat == {"aug": "none", "alpha": result["alpha"], "seed": 0, "model": "resnet8",
+                        "teacher": "resnet8", "data": "digits"}
         assert config == result["config"]  # the whole resolved config, output dir included
         assert wb["config"]["environment"] == result["environment"]  # versions, commit, device: where it came from
+        # the speed switches as they took effect: bf16 and compile are asked for (the defaults) but CUDA-only
+        assert (config["trainer"]["bf16"], config["trainer"]["compile"]) == (True, True)
+        assert wb["config"]["speed"] == result["speed"] == {"bf16": False, "compile": False, "graph_capture": False,
+                                                            "channels_last": True, "cudnn_benchmark": False}
+        assert wb["config"]["device_choice"] == result["device_choice"]
         assert result["environment"]["torch"] == torch.__version__ and len(result["environment"]["git_commit"]) == 40
         assert config["out_dir"] == str(job_dir)
         assert [row["epoch"] for row in wb["history"]] == [1]
@@ -110,6 +128,33 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         for key in ("final_top1", "best_top1", "teacher_top1", "teacher_sha256"):
             assert wb["summary"].get(key) == result.get(key)
         assert wb["exit_code"] == 0
+
+
+def test_killed_and_resumed_job_shows_its_whole_history(tmp_path):
+    """SIGKILL flushes nothing: the killed attempt's offline file may hold no epoch; the resumed one holds them all."""
+    epochs, run_dir = 12, tmp_path / "job"
+    args = [*FAST, "logger=wandb", "alpha=0", f"trainer.epochs={epochs}", f"hydra.run.dir={run_dir}"]
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and saved_epoch(run_dir / "checkpoint.pt") < 2:
+        assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.kill()
+    proc.wait()
+    killed_at = saved_epoch(run_dir / "checkpoint.pt")
+    assert killed_at < epochs
+
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed, resumed = offline_runs(run_dir)  # one offline run dir per attempt, the same W&B run
+    wb = read_offline_run(resumed)
+    run_id = json.loads((run_dir / RUN_FILE).read_text())["id"]
+    assert wb["run"]["run_id"] == run_id and killed.name.endswith(run_id)
+    assert [row["epoch"] for row in wb["history"]] == list(range(1, epochs + 1))
+    history = read_results(run_dir / RESULTS_FILE)["history"]
+    assert [row["test/top1"] for row in wb["history"]] == pytest.approx([row["test/top1"] for row in history])
 
 
 def single_run(tmp_path: Path, *overrides: str) -> dict:

@@ -24,6 +24,7 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 class Stage(Enum):
     student = "student"  # distill the student (trains the teacher first if it is not cached)
     teacher = "teacher"  # only train or verify the cached teacher
+    data = "data"  # only download (if allowed) and verify the dataset: for clusters whose nodes have no internet
 
 
 class Pipeline(Enum):

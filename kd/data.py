@@ -6,10 +6,13 @@ on-disk format); digits is bundled with scikit-learn and needs no download.
 """
 from __future__ import annotations
 
+import importlib.resources
 import os
+import shutil
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,6 +33,24 @@ class ImageSplits:
     num_classes: int
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale
     std: tuple[float, ...]
+    location: Optional[Path] = None  # where the files are: CIFAR's extracted folder, the file scikit-learn bundles
+
+
+def on_disk(splits: ImageSplits) -> dict[str, object]:
+    """Where a loaded dataset lives and how big it is, for `stage=data` to report."""
+    assert splits.location is not None, f"{splits.name} was not read from files"
+    files = [p for p in splits.location.rglob("*") if p.is_file()] if splits.location.is_dir() else [splits.location]
+    return {"data_location": str(splits.location), "data_bytes": sum(p.stat().st_size for p in files),
+            "data_files": len(files), "train_images": len(splits.train_labels),
+            "test_images": len(splits.test_labels), "num_classes": splits.num_classes}
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost dir of `path` that does not exist yet (None if `path` exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
 
 
 def _cifar(cls: type, name: str, root: str, mean: list[float], std: list[float], download: bool) -> ImageSplits:
@@ -47,10 +68,13 @@ def _cifar(cls: type, name: str, root: str, mean: list[float], std: list[float],
                 f"{problem} ({missing}). Put a complete extracted '{cls.base_folder}' folder in {path}, "
                 f"or set data.download=true."
             ) from None
+        created = _first_missing(path)
         try:
             train = cls(str(path), train=True, download=True)
             test = cls(str(path), train=False, download=True)
         except (urllib.error.URLError, OSError, RuntimeError) as err:
+            if created is not None:  # torchvision made these dirs for the download: a failure leaves no trace
+                shutil.rmtree(created, ignore_errors=True)
             raise DataUnavailableError(
                 f"{problem} and could not be downloaded ({err}). "
                 f"Fix: on a machine with internet run the same command once to fill {path} "
@@ -66,6 +90,7 @@ def _cifar(cls: type, name: str, root: str, mean: list[float], std: list[float],
         num_classes=len(train.classes),
         mean=tuple(mean),
         std=tuple(std),
+        location=path / cls.base_folder,
     )
 
 
@@ -113,4 +138,5 @@ def digits(
         num_classes=10,
         mean=tuple(mean),
         std=tuple(std),
+        location=Path(str(importlib.resources.files("sklearn.datasets.data") / "digits.csv.gz")),
     )

@@ -23,6 +23,7 @@ from kd.claims import write_claims
 from kd.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
+from kd.sweep_dir import cell_dir_name
 from kd.table import CSV_COLUMNS, format_table, table_records, teacher_accuracy
 
 
@@ -43,6 +44,31 @@ def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict
         aug = aug_names[target] if target in aug_names else get_class(target).name  # imports torch: only if needed
         found.append({"stage": "student", "status": "missing", "aug": aug, "alpha": float(cfg.alpha),
                       "seed": cfg.seed, "job_dir": str(job_dir)})
+    return found + not_started_jobs(sweep_dir, aug_names)
+
+
+def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[str, Any]]:
+    """Student jobs of the sweep's grid (its multirun.yaml) that have no dir yet: queued on SLURM, or never reached."""
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return []
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    master = OmegaConf.load(saved)
+    parsed = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
+    (cells,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion of the grid, in job order
+    target = master.aug._target_
+    default_aug = aug_names[target] if target in aug_names else get_class(target).name
+    found = []
+    for num, overrides in enumerate(cells):
+        if (sweep_dir / cell_dir_name(overrides, num)).exists():
+            continue
+        cell = {**{"stage": master.stage, "alpha": master.alpha, "seed": master.seed, "aug": default_aug},
+                **dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in ("stage", "alpha", "seed", "aug"))}
+        if cell["stage"] == "student":  # a swept aug is named by its option, which is kd's aug name
+            found.append({"stage": "student", "status": "missing", "aug": cell["aug"], "alpha": float(cell["alpha"]),
+                          "seed": int(cell["seed"]), "job_dir": str(sweep_dir / cell_dir_name(overrides, num))})
     return found
 
 

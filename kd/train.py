@@ -4,6 +4,7 @@
     python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra   # the paper's grid
     python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra data=digits   # in minutes, on a CPU
     python kd/train.py stage=teacher                     # only train (or verify) the cached teacher
+    python kd/train.py stage=data data=cifar100          # only download (if allowed) and verify the data
 """
 from __future__ import annotations
 
@@ -31,19 +32,21 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import Stage, check_known_keys, defining_config, register_schemas
-from kd.data import ImageSplits
+from kd.data import ImageSplits, on_disk
 from kd.device import check_device, resolve_device, speed_switches
 from kd.engine import Cell, fit, test_top1
 from kd.locking import exclusive_job_dir
 from kd.provenance import environment, now
 from kd.losses import check_kd_params
 from kd.results import RESULTS_FILE, read_results, write_results
+from kd.sweep_dir import register_resolvers
 from kd.targets import check_targets
 from kd.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
                         teacher_work_dir)
 
 log = logging.getLogger("kd.train")
 register_schemas()
+register_resolvers()
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -239,11 +242,17 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
     """Train the pack on `device`; `ran_with` (environment, device choice, speed switches) goes to each W&B run."""
     cfg = cfgs[0]  # what the pack shares: data, models, aug, optim, trainer, seed
     t = cfg.trainer
-    splits = instantiate(cfg.data)
+    splits = instantiate(cfg.data)  # downloads if allowed; torchvision checks every file's md5
+    stage = Stage(cfg.stage)
+    if stage == Stage.data:
+        found = on_disk(splits)
+        log.info("data %s ready: %d training and %d test images, %d classes, in %s (%d files, %.1f MB)",
+                 splits.name, found["train_images"], found["test_images"], found["num_classes"],
+                 found["data_location"], found["data_files"], found["data_bytes"] / 1e6)
+        return [dict(found) for _ in cfgs]
     if t.batch_size > len(splits.train_labels):
         raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
                          f"training images of {splits.name}; lower trainer.batch_size")
-    stage = Stage(cfg.stage)
     distils = [c.alpha > 0 for c in cfgs]
     teacher, teacher_info = None, {}
     if stage == Stage.teacher or any(distils):

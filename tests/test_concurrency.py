@@ -11,7 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from conftest import FAST, TRAIN_SCRIPT, run_cli
+from conftest import FAST, TRAIN_SCRIPT, cell_dir, run_cli
 from kd.locking import LOCK_FILE
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.sweep import print_grid_table
@@ -120,4 +120,4 @@ def test_a_sweep_killed_at_random_three_times_ends_as_if_never_killed(tmp_path, 
     table = capsys.readouterr().out.strip().split("\n", 1)[1]  # without the line naming the sweep dir
     print_grid_table(killed)
     assert capsys.readouterr().out.strip().split("\n", 1)[1] == table, schedule
-    assert read_results(killed / "0" / RESULTS_FILE)["teacher_top1"] is None  # alpha=0
+    assert read_results(cell_dir(killed, args, "alpha=0", "aug=none") / RESULTS_FILE)["teacher_top1"] is None

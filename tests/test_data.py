@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from hydra.errors import InstantiationException
 
+from conftest import compose_config, run_cli
 from kd.data import DataUnavailableError, cifar10, cifar100, digits
+from kd.results import read_results
+from kd.train import train
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 
@@ -59,6 +63,7 @@ def test_cifar_offline_without_files_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(DataUnavailableError) as err:
         cifar10(str(root), MEAN, STD, download=False)
     assert str(root) in str(err.value) and "data.download" in str(err.value)
+    assert not root.exists()
 
 
 def test_cifar_download_failure_is_a_clear_error_not_a_urllib_traceback(tmp_path, monkeypatch):
@@ -69,11 +74,12 @@ def test_cifar_download_failure_is_a_clear_error_not_a_urllib_traceback(tmp_path
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     monkeypatch.setattr(urllib.request.OpenerDirector, "open", offline)
-    root = tmp_path / "cache"
+    root = tmp_path / "nonexistent" / "cifar"
     with pytest.raises(DataUnavailableError) as err:
         cifar100(str(root), MEAN, STD, download=True)
     message = str(err.value)
     assert str(root) in message and "could not be downloaded" in message and "KD_DATA_DIR" in message
+    assert not (tmp_path / "nonexistent").exists()  # the failed download left no dirs behind
 
 
 def test_corrupt_cifar_files_are_reported(cifar100_fixture):
@@ -90,3 +96,37 @@ def test_digits_split_is_deterministic_stratified_and_cifar_shaped():
     assert len(a.train_labels) + len(a.test_labels) == 1797
     assert a.test_labels.bincount().min() >= 30  # every digit is in the test split
     assert digits(MEAN, STD, image_size=32).train_images.shape[1:] == (3, 32, 32)
+
+
+def test_the_data_step_loads_and_reports_the_digits_without_training(tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(["stage=data", "data=digits", "logger=none", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data digits ready: 300 training and 360 test images, 10 classes, in " in proc.stdout
+    result = read_results(run / "results.json")
+    assert result["status"] == "completed" and result["data_location"].endswith("digits.csv.gz")
+    assert result["data_bytes"] > 0 and "history" not in result and not (run / "checkpoint.pt").exists()
+
+
+def test_the_data_step_verifies_cifar_on_disk(cifar100_fixture, tmp_path):
+    root, _ = cifar100_fixture
+    cfg = compose_config(["stage=data", "data=cifar100", f"data.root={root}", "data.download=false", "logger=none"],
+                         out_dir=tmp_path / "run")
+    found = train(cfg)
+    folder = root / "cifar-100-python"
+    assert found["data_location"] == str(folder) and found["data_files"] == 3
+    assert found["data_bytes"] == sum(p.stat().st_size for p in folder.iterdir())
+    assert (found["train_images"], found["test_images"], found["num_classes"]) == (6, 4, 100)
+    (folder / "test").write_bytes(b"truncated")
+    with pytest.raises(InstantiationException, match="incomplete or corrupt"):  # torchvision's md5 check
+        train(compose_config(["stage=data", "data=cifar100", f"data.root={root}", "data.download=false",
+                              "logger=none"], out_dir=tmp_path / "run2"))
+
+
+def test_the_data_step_on_a_missing_root_fails_clearly_and_creates_nothing(tmp_path):
+    root = tmp_path / "nonexistent" / "cifar"
+    proc = run_cli(["stage=data", "data=cifar100", f"data.root={root}", "data.download=false", "logger=none",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"cifar100 is not under {root}" in proc.stderr and "set data.download=true" in proc.stderr, proc.stderr
+    assert not (tmp_path / "nonexistent").exists()

@@ -11,10 +11,11 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.plugins import Plugins
 
-from conftest import CONF_DIR, FAST, REPO, run_cli
+from conftest import CONF_DIR, FAST, REPO, cell_dir, run_cli
 from hydra_plugins.kd_launcher.launcher import device_slots
 from kd.results import read_results
 from kd.submit import commands, teacher_overrides
@@ -80,13 +81,27 @@ def test_teacher_step_keeps_only_what_changes_the_teacher(tmp_path):
 def test_local_launcher_runs_cells_on_their_own_gpus_and_reports_a_failed_cell(tmp_path):
     sweep = tmp_path / "sweep"
     # GPU ids 5 and 7 exist nowhere, so the cells train on CPU; what matters is who was given which GPU.
-    out = run_cli(["-m", "alpha=0", "aug=none", "trainer.batch_size=64,100000", *FAST, "hydra/launcher=local_gpus",
-                   "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
-                  env={"CUDA_VISIBLE_DEVICES": "5,7"}, timeout=120)
+    args = ["-m", "alpha=0", "aug=none", "trainer.batch_size=64,100000", *FAST, "hydra/launcher=local_gpus",
+            "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}"]
+    out = run_cli(args, cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": "5,7"}, timeout=120)
     assert out.returncode == 1, out.stderr[-3000:]
-    assert read_results(sweep / "0" / "results.json")["status"] == "completed"
-    assert read_results(sweep / "1" / "results.json")["status"] == "failed"
+    assert read_results(cell_dir(sweep, args, "trainer.batch_size=64") / "results.json")["status"] == "completed"
+    assert read_results(cell_dir(sweep, args, "trainer.batch_size=100000") / "results.json")["status"] == "failed"
     assert re.search(r"1 of 2 cells failed.*\n  #1 .*trainer\.batch_size=100000.*ValueError", out.stderr)
     assert "| none" in out.stdout  # the table still shows the cells that completed
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out"))
     assert sorted(re.findall(r"CUDA_VISIBLE_DEVICES=(\S*)", logs)) == ["5", "7"]
+
+
+def test_a_cluster_preset_kept_outside_the_repository_is_found_with_config_dir(tmp_path):
+    presets = tmp_path / "kd-cluster" / "hydra" / "launcher"
+    presets.mkdir(parents=True)
+    (presets / "mycl.yaml").write_text("defaults:\n  - slurm\npartition: gpu_long\naccount: my_lab\n")
+    out = subprocess.run([sys.executable, str(REPO / "kd" / "train.py"), "--config-dir", str(tmp_path / "kd-cluster"),
+                          "hydra/launcher=mycl", "--cfg", "hydra", "-p", "hydra.launcher"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    launcher = yaml.safe_load(out.stdout)
+    assert launcher["_target_"] == "hydra_plugins.kd_launcher.launcher.KdSlurmLauncher"
+    assert (launcher["partition"], launcher["account"], launcher["timeout_min"]) == ("gpu_long", "my_lab", 360)
+    assert launcher["detach"] is False

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
 from kd.engine import Cell, LoopUpdate, make_batches, make_student
 from kd.packs import group_packs, pack_key
 from kd.results import RESULTS_FILE, collect_sweep, read_results
@@ -83,7 +83,7 @@ def test_packed_cells_are_bit_identical_to_the_same_cells_run_alone(tmp_path):
     grid = [*CELL, ALPHAS, "aug=none,fcra"]
     packed = sweep(tmp_path, "packed", grid)
     alone = sweep(tmp_path, "alone", [*grid, "hydra/launcher=basic"])
-    log = (packed / "0" / "train.log").read_text()
+    log = cell_dir(packed, grid, "alpha=0", "aug=none").joinpath("train.log").read_text()
     assert "[aug=none alpha=0.5 seed=0] epoch 2/2" in log  # one process trained the pack, into each cell's log
     packed_cells, alone_cells = by_cell(packed), by_cell(alone)
     assert packed_cells.keys() == alone_cells.keys() and len(packed_cells) == 6
@@ -105,7 +105,7 @@ def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_
     assert len(results) == 4 and all(r["status"] == "completed" for r in results)
     assert len({r["config"]["loss"]["smoothing"] for r in results}) == 2
     # One pack: its log is every cell's, so each cell's log names all four.
-    log = (out / "0" / "train.log").read_text()
+    log = cell_dir(out, grid, "alpha=0", "loss.smoothing=0").joinpath("train.log").read_text()
     assert log.count("epoch 2/2") == 4
     ce = {(r["config"]["loss"]["smoothing"], r["alpha"]): r["history"][0]["train/ce"] for r in results}
     assert ce[(0.2, 0.0)] != ce[(0.0, 0.0)]  # the smoothing reached each cell's own loss
@@ -130,15 +130,16 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_di
     reference = sweep(tmp_path, "reference", grid)
     killed = tmp_path / "killed"
     args = ["-m", *grid, f"hydra.sweep.dir={killed}"]
-    kill_after_checkpoint(args, killed / "2" / "checkpoint.pt", 2, tmp_path / "killed.log", then=0.1)  # in epoch 3
-    assert not (killed / "0" / RESULTS_FILE).exists()
-    # Cell 0 loses its checkpoint, as if killed before its first save: the pack restarts from epoch 0
+    jobs = [cell_dir(killed, grid, alpha).name for alpha in ("alpha=0", "alpha=0.5", "alpha=1.0")]
+    kill_after_checkpoint(args, killed / jobs[2] / "checkpoint.pt", 2, tmp_path / "killed.log", then=0.1)  # in epoch 3
+    assert not (killed / jobs[0] / RESULTS_FILE).exists()
+    # Cell alpha=0 loses its checkpoint, as if killed before its first save: the pack restarts from epoch 0
     # for it while the others wait at their own epochs, on the same data stream.
-    (killed / "0" / "checkpoint.pt").unlink()
+    (killed / jobs[0] / "checkpoint.pt").unlink()
     done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("resumed from") == 2, done.stdout[-3000:]
-    for job in ("0", "1", "2"):
+    for job in jobs:
         resumed, uninterrupted = read_results(killed / job / RESULTS_FILE), read_results(reference / job / RESULTS_FILE)
         assert metrics(resumed) == metrics(uninterrupted), job
         assert same_weights(killed / job / "checkpoint.pt", reference / job / "checkpoint.pt"), job
@@ -146,19 +147,21 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_di
 
 def test_a_pack_skips_its_completed_cells_and_trains_only_the_others(tmp_path):
     grid = sweep(tmp_path, "grid", [*CELL, "alpha=0,0.5"])
-    before = {job: (grid / job / RESULTS_FILE).read_bytes() for job in ("0", "1")}
+    old = [cell_dir(grid, CELL, alpha).name for alpha in ("alpha=0", "alpha=0.5")]
+    before = {job: (grid / job / RESULTS_FILE).read_bytes() for job in old}
     done = run_cli(["-m", *CELL, ALPHAS, f"hydra.sweep.dir={grid}"], cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("already completed with this config (skipped") == 2
-    assert {job: (grid / job / RESULTS_FILE).read_bytes() for job in ("0", "1")} == before
-    assert read_results(grid / "2" / RESULTS_FILE)["status"] == "completed"
+    assert {job: (grid / job / RESULTS_FILE).read_bytes() for job in old} == before
+    assert read_results(cell_dir(grid, CELL, "alpha=1.0") / RESULTS_FILE)["status"] == "completed"
     assert "[aug=fcra alpha=1 seed=0] epoch 2/2" in done.stdout  # what is left of the pack trains
 
 
 @pytest.mark.parametrize("mode", ["offline"])
 def test_each_cell_of_a_pack_has_its_own_wandb_run(tmp_path, mode):
     out = sweep(tmp_path, "wandb", [*CELL, "alpha=0,0.5", "logger=wandb", f"logger.mode={mode}"])
-    for job, alpha in (("0", 0.0), ("1", 0.5)):
+    for alpha in (0.0, 0.5):
+        job = cell_dir(out, CELL, f"alpha={alpha:g}").name
         (run_dir,) = offline_runs(out / job)
         run = read_offline_run(run_dir)
         assert [row["epoch"] for row in run["history"]] == [1, 2]
@@ -214,14 +217,15 @@ def test_a_stacked_pack_trains_resumes_and_agrees_with_the_loop(tmp_path):
     stacked_args = [*grid, "trainer.pack_mode=stacked"]
     killed = tmp_path / "stacked"
     args = ["-m", *stacked_args, f"hydra.sweep.dir={killed}"]
-    kill_after_checkpoint(args, killed / "2" / "checkpoint.pt", 1, tmp_path / "killed.log", then=0.0)
-    (killed / "1" / "checkpoint.pt").unlink()  # one cell behind the others
+    jobs = [cell_dir(killed, stacked_args, alpha).name for alpha in ("alpha=0", "alpha=0.5", "alpha=1.0")]
+    kill_after_checkpoint(args, killed / jobs[2] / "checkpoint.pt", 1, tmp_path / "killed.log", then=0.0)
+    (killed / jobs[1] / "checkpoint.pt").unlink()  # one cell behind the others
     done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     uninterrupted = sweep(tmp_path, "stacked_reference", stacked_args)
-    for job in ("0", "1", "2"):
+    for alpha, job in zip(("alpha=0", "alpha=0.5", "alpha=1.0"), jobs):
         resumed, ref = read_results(killed / job / RESULTS_FILE), read_results(uninterrupted / job / RESULTS_FILE)
         assert metrics(resumed) == metrics(ref), job  # stacked is deterministic too, resume included
-        a, b = ref["history"], read_results(loop / job / RESULTS_FILE)["history"]
+        a, b = ref["history"], read_results(cell_dir(loop, grid, alpha) / RESULTS_FILE)["history"]
         # Float reassociation in the batched kernels grows over epochs; one step agrees to 1e-5 (above).
         assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-2), job

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
 from kd.checkpoint import CheckpointError
 from kd.results import RESULTS_FILE, read_results
 from kd.train import train
@@ -109,12 +109,13 @@ def test_rerun_sweep_skips_completed_cells_and_resumes_the_killed_one(tmp_path):
         proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while proc.poll() is None and saved_epoch(sweep / "1" / "checkpoint.pt") < 1:
+    first, second = cell_dir(sweep, args, "aug=none"), cell_dir(sweep, args, "aug=fc")
+    while proc.poll() is None and saved_epoch(second / "checkpoint.pt") < 1:
         assert time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-3000:]
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    completed, interrupted = sweep / "0" / RESULTS_FILE, sweep / "1" / RESULTS_FILE
+    completed, interrupted = first / RESULTS_FILE, second / RESULTS_FILE
     assert read_results(completed)["status"] == "completed" and not interrupted.exists()
     before = (completed.stat().st_mtime_ns, completed.read_bytes())
 
@@ -122,7 +123,7 @@ def test_rerun_sweep_skips_completed_cells_and_resumes_the_killed_one(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     log = rerun.stdout + rerun.stderr
     assert log.count("already completed with this config (skipped") == 1, log
-    assert f"resumed from {sweep / '1' / 'checkpoint.pt'} at epoch" in log, log
+    assert f"resumed from {second / 'checkpoint.pt'} at epoch" in log, log
     assert (completed.stat().st_mtime_ns, completed.read_bytes()) == before  # not retrained, not rewritten
     resumed = read_results(interrupted)
     assert resumed["status"] == "completed" and [row["epoch"] for row in resumed["history"]] == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ Skipped (with the reason) unless KD_TEST_SLURM=1 is set and we are root (.ci/run
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from typing import Iterator
 import pytest
 import torch
 
-from conftest import TRAIN_SCRIPT, run_cli
+from conftest import TRAIN_SCRIPT, cell_dir, run_cli
 from kd.results import collect_sweep, read_results
 from slurm_cluster import LocalSlurm, local_slurm, unavailable_reason
 
@@ -94,7 +95,7 @@ def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_pa
                                    "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
                                   env=slurm.env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        checkpoint = sweep / "0" / "checkpoint.pt"
+        checkpoint = cell_dir(sweep, cell, "alpha=0.5") / "checkpoint.pt"
 
         def epochs_done() -> int:
             try:
@@ -115,10 +116,10 @@ def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_pa
             master.kill()
     assert master.returncode == 0, output.read_text()[-4000:]
 
-    log = (sweep / "0" / "train.log").read_text()
+    log = (checkpoint.parent / "train.log").read_text()
     assert "resumed from" in log
     assert "Requeued job" in "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.*"))
-    resumed, reference = read_results(sweep / "0" / "results.json"), read_results(tmp_path / "student" / "results.json")
+    resumed, reference = read_results(checkpoint.parent / "results.json"), read_results(tmp_path / "student" / "results.json")
     assert resumed["status"] == "completed"
 
     def curve(history: list[dict]) -> list[tuple]:
@@ -130,16 +131,18 @@ def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_pa
 
 def test_failed_cell_fails_its_job_and_the_sweep(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    out = run_cli(["-m", "alpha=0", "aug=none", "trainer.batch_size=64,100000", "trainer.epochs=1", *ON_SLURM,
-                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, timeout=300)
+    args = ["-m", "alpha=0", "aug=none", "trainer.batch_size=64,100000", "trainer.epochs=1", *ON_SLURM,
+            f"hydra.sweep.dir={sweep}"]
+    out = run_cli(args, cwd=tmp_path, env=slurm.env, timeout=300)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "1 of 2 cells failed" in out.stderr
     assert re.search(r"#1 .*trainer\.batch_size=100000.*ValueError: trainer\.batch_size=100000", out.stderr)
 
-    good, bad = read_results(sweep / "0" / "results.json"), read_results(sweep / "1" / "results.json")
+    good_dir, bad_dir = (cell_dir(sweep, args, f"trainer.batch_size={n}") for n in (64, 100000))
+    good, bad = read_results(good_dir / "results.json"), read_results(bad_dir / "results.json")
     assert good["status"] == "completed"
     assert bad["status"] == "failed" and "Traceback" in bad["traceback"]
-    assert "ValueError" in (sweep / "1" / "train.log").read_text()
+    assert "ValueError" in (bad_dir / "train.log").read_text()
     (err_log,) = (sweep / ".submitit").glob("*_1/*_1_0_log.err")
     assert "Traceback" in err_log.read_text() and "ValueError" in err_log.read_text()
     array_id = err_log.parent.name.split("_")[0]
@@ -147,3 +150,27 @@ def test_failed_cell_fails_its_job_and_the_sweep(slurm, tmp_path):
     final = {"0": "COMPLETED", "1": "FAILED"}
     wait_for(lambda: all(job_field(slurm, f"{array_id}_{i}", "JobState") == state for i, state in final.items()),
              30, f"SLURM to record {final}")
+
+
+def test_detached_submit_returns_at_once_and_the_grid_follows_the_teacher(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "-m", "kd.submit", "--detach", "alpha=0,0.5", "aug=none", "trainer.epochs=1",
+                          *ON_SLURM, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    teacher = json.loads((sweep / "teacher" / "submitted.json").read_text())
+    grid = json.loads((sweep / "submitted.json").read_text())
+    assert f"squeue --me -j {teacher['array']},{grid['array']}" in out.stdout
+    assert f"kd-report {sweep}" in out.stdout
+    assert not list(sweep.glob("*/results.json"))  # returned before any cell ran: they wait for the teacher
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    assert f"#SBATCH --dependency=afterok:{teacher['array']}" in script.read_text()
+    assert "#SBATCH --kill-on-invalid-dep=yes" in script.read_text()
+
+    wait_for(lambda: len(list(sweep.glob("*/results.json"))) == 2, 240, "the grid's two cells")
+    (teacher_result,) = collect_sweep(sweep / "teacher")
+    cells = collect_sweep(sweep)
+    assert teacher_result["status"] == "completed" and all(r["status"] == "completed" for r in cells)
+    assert min(r["started_at"] for r in cells) >= teacher_result["ended_at"]  # afterok: the teacher first
+    report = subprocess.run([sys.executable, "-m", "kd.report", str(sweep)], capture_output=True, text=True)
+    assert report.returncode == 0 and "missing" not in report.stdout, report.stdout + report.stderr

@@ -11,10 +11,11 @@ Selected by the presets in launchers/hydra/launcher/ (see launchers/README.md). 
   and gives each the same first GPUs (CUDA_VISIBLE_DEVICES=0..gpus_per_node-1);
 - make a cell use the CPU threads it reserved (cpus_per_task), not every core of the node.
 Requeue on preemption or timeout is submitit's own: `checkpoint` resubmits the same pack
-(same job numbers, so the same output dirs), and kd's `fit` resumes each cell from its checkpoint.pt.
+(the same cells, so the same output dirs, named by their overrides), and kd's `fit` resumes each cell from its checkpoint.pt.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -196,13 +197,38 @@ class _GridCells:
         return returns
 
 
+SUBMITTED_FILE = "submitted.json"  # in the sweep dir: what a detached launch submitted
+
+
 class KdSlurmLauncher(_GridCells, SlurmLauncher):
     """The grid as one SLURM job array, one task per pack (at most `array_parallelism` packs running at once)."""
+
+    def __init__(self, detach: bool, **params: Any) -> None:
+        super().__init__(**params)
+        self.detach = detach
 
     def _run(self, executor: Any, args: list[JobArgs]) -> list[Any]:
         jobs = executor.map_array(self, *zip(*args))
         log.info("kd slurm launcher: submitted job array %s (%d packs)", jobs[0].job_id.split("_")[0], len(jobs))
         return jobs
+
+    def _collect(self, jobs: list[Any], args: list[JobArgs], job_overrides: Sequence[Sequence[str]],
+                 initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
+        """Wait for every pack, or with `detach`, record what was submitted (sweep_dir/submitted.json) and return."""
+        if not self.detach:
+            return super()._collect(jobs, args, job_overrides, initial_job_idx, sweep_dir)
+        names = cell_names(job_overrides)
+        submitted = {"array": jobs[0].job_id.split("_")[0],
+                     "packs": {job.job_id: [names[num - initial_job_idx] for _, num in cells]
+                               for job, (cells, _) in zip(jobs, args)},
+                     "logs": str(Path(jobs[0].paths.stdout).parent.parent)}
+        (sweep_dir / SUBMITTED_FILE).write_text(json.dumps(submitted, indent=2))
+        returns = []
+        for overrides in job_overrides:
+            ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            ret.return_value = submitted["array"]
+            returns.append(ret)
+        return returns
 
 
 class KdLocalLauncher(_GridCells, LocalLauncher):

@@ -2,21 +2,24 @@
 
 A pack is the cells that differ only in the loss's settings (kd/packs.py): they train together,
 sharing each augmented batch and the teacher's forward. Every cell still gets what Hydra gives a
-job (its own numbered dir with .hydra/, its log file, its JobReturn) and kd's per-cell outputs
+job (its own dir, named by its overrides, with .hydra/, its log file, its JobReturn) and kd's per-cell outputs
 (results.json, checkpoint.pt, W&B run). `hydra/launcher=basic` runs one cell at a time instead.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from kd.packs import group_packs
+from kd.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,37 @@ def with_output_dir(task_cfg: DictConfig) -> DictConfig:
     with open_dict(task_cfg):
         task_cfg.out_dir = str(task_cfg.out_dir)
     return task_cfg
+
+
+def finished_job(config: DictConfig) -> Optional[JobReturn]:
+    """The JobReturn of a cell whose results.json says it completed with this config (or that it holds another
+    config's results), without touching its dir; None for a cell that has work to do.
+
+    Hydra's run_job would rewrite the finished cell's .hydra/ files and log before kd saw it was done.
+    """
+    from kd.train import completed_results
+
+    HydraConfig.instance().set_config(config)  # the subdir interpolates the job's overrides and number
+    out_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+    if not (out_dir / RESULTS_FILE).is_file():
+        return None
+    with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+        config.hydra.runtime.output_dir = str(out_dir.absolute())
+    HydraConfig.instance().set_config(config)
+    cfg = with_output_dir(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
+    try:
+        previous = completed_results(out_dir, cfg)
+    except ValueError as err:  # another config's results: the cell fails, its results stay as they are
+        previous = err
+    if previous is None:
+        return None
+    ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=cfg, hydra_cfg=config, working_dir=os.getcwd())
+    ret.status = JobStatus.FAILED if isinstance(previous, ValueError) else JobStatus.COMPLETED
+    ret.return_value = previous
+    if ret.status == JobStatus.COMPLETED:
+        log.info("%s already completed with this config (skipped; delete its %s to run it again)", out_dir,
+                 RESULTS_FILE)
+    return ret
 
 
 def prepare_jobs(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -> list[JobReturn]:
@@ -51,15 +85,20 @@ def run_pack(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -> li
     """Train one pack's cells together; one JobReturn per cell, FAILED with its own error where it failed."""
     from kd.train import train_pack  # lazy: Hydra imports launchers while scanning plugins
 
-    returns = prepare_jobs(hydra_context, sweep_configs)
+    returns = [finished_job(config) for config in sweep_configs]
+    todo = [i for i, ret in enumerate(returns) if ret is None]
+    if not todo:
+        return returns  # type: ignore[return-value]
+    prepared = prepare_jobs(hydra_context, [sweep_configs[i] for i in todo])
     try:
-        outcomes = train_pack([ret.return_value for ret in returns])
+        outcomes = train_pack([ret.return_value for ret in prepared])
     except Exception as err:  # the whole pack stopped (data, teacher): every cell failed with it
-        outcomes = [err] * len(returns)
-    for ret, outcome in zip(returns, outcomes):
+        outcomes = [err] * len(prepared)
+    for i, ret, outcome in zip(todo, prepared, outcomes):
         ret.return_value = outcome
         ret.status = JobStatus.FAILED if isinstance(outcome, BaseException) else JobStatus.COMPLETED
-    return returns
+        returns[i] = ret
+    return returns  # type: ignore[return-value]
 
 
 class KdPackedLauncher(Launcher):

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from conftest import CONF_DIR, REPO, run_cli
+from kd.config import Stage
 from kd.report import build_parser
 
 
@@ -36,6 +37,8 @@ def test_help_describes_every_config_group_with_all_its_options_and_every_launch
     presets = sorted([p.stem for p in (REPO / "launchers" / "hydra" / "launcher").glob("*.yaml")] + ["basic"])
     listed = re.findall(r"^  (\w+) {2,}\S", help_text.split("Launcher presets")[1], re.M)
     assert sorted(listed) == presets
+    top_level = help_text.split("Top-level keys")[1].split("Launcher presets")[0]
+    assert all(stage.value in top_level for stage in Stage)
 
 
 def test_cfg_job_resolve_shows_the_config_with_its_output_dir(tmp_path):

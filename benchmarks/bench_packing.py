@@ -124,7 +124,7 @@ class Pack:
         aug = instantiate(cfgs[0].aug)
         teacher = instantiate(cfgs[0].teacher.arch, num_classes=100)
         self.teacher_fn = make_teacher_fn(cfgs[0], teacher, splits, aug, device, self.autocast)
-        self.batches = make_batches(cfgs[0], splits, True, aug, device, shuffle=True)
+        self.batches = make_batches(cfgs[0], splits, "train", aug, device, shuffle=True)
 
     def images_per_s_per_cell(self, warmup: int, steps: int) -> float:
         timed = TimedBatches(self.batches, warmup, steps, self.device)

@@ -27,7 +27,8 @@ AUG_STYLE = {  # one color and label per augmentation level, the same in every f
     "fcmixup": ("tab:pink", "fcmixup (fc + Mixup)"),
     "fccutmix": ("tab:red", "fccutmix (fc + CutMix)"),
 }
-METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "best_top1": "test top-1 (%), best epoch"}
+METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "test_top1_at_best_val": "test top-1 (%), best-val epoch",
+                "best_top1": "test top-1 (%), epoch picked on test"}
 
 
 def _style(aug: str) -> tuple[str, str]:
@@ -75,7 +76,7 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
                    label=f"teacher {teacher['teacher']} ({teacher_accuracy(students)})")
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
     ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
-    ax.set_ylabel(METRIC_LABEL.get(metric, metric))
+    ax.set_ylabel(METRIC_LABEL[metric])
     ax.set_title("Student top-1 by α per augmentation\n" + textwrap.fill(subtitle, 70), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -139,7 +140,7 @@ def plot_gains(students: list[dict[str, Any]], metric: str, subtitle: str, path:
                     capsize=4, linestyle="none")
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
     ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
-    ax.set_ylabel("gain over none (points of " + METRIC_LABEL.get(metric, metric) + ")", fontsize=8)
+    ax.set_ylabel("gain over none (points of " + METRIC_LABEL[metric] + ")", fontsize=8)
     ax.set_title("Gain of each augmentation over none, paired by seed (95% intervals)\n" +
                  textwrap.fill(subtitle, 70), fontsize=10)
     ax.grid(alpha=0.3)

@@ -267,10 +267,19 @@ def _train(cfgs: list[DictConfig], env: dict[str, Any]) -> list[Union[dict[str, 
                 continue
             # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
             result = {**outcome, **(teacher_info if distilled else {"teacher_top1": None})}
-            run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"],
-                         "teacher_top1": result["teacher_top1"], "teacher_sha256": result.get("teacher_sha256")})
+            run.summary({**summary_metrics(result), "teacher_top1": result["teacher_top1"],
+                         "teacher_sha256": result.get("teacher_sha256")})
             finished.append(result)
     return finished
+
+
+# What a run's W&B summary shows: the final epoch's test top-1 and, with a val split, the epoch picked on val.
+# Never best_top1: an epoch picked on the test set is no result (it stays in results.json, named as such).
+SUMMARY_KEYS = ("final_top1", "best_val_top1", "test_top1_at_best_val", "best_epoch")
+
+
+def summary_metrics(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {key: outcome[key] for key in SUMMARY_KEYS if key in outcome}
 
 
 def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device) -> tuple[Any, dict[str, Any]]:
@@ -291,13 +300,13 @@ def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device) -> 
     work_dir = Path(tcfg.out_dir)
     with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
         run.record({"environment": environment(device)})
-        cell = Cell(tcfg, work_dir, teacher_recipe(tcfg), run.log, name="",
+        cell = Cell(tcfg, work_dir, teacher_recipe(tcfg, splits.content_digest), run.log, name="",
                     stale_fix=f"{work_dir} holds the work of another teacher recipe (an older kd?); delete "
                               f"{work_dir} to train this teacher afresh.")
         (outcome,) = fit([cell], splits, device, None)
         if isinstance(outcome, BaseException):
             raise outcome
-        run.summary({"final_top1": outcome["final_top1"], "best_top1": outcome["best_top1"]})
+        run.summary(summary_metrics(outcome))
         return outcome
 
 

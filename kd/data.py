@@ -73,6 +73,12 @@ def split_training(labels: np.ndarray, num_classes: int, name: str, train_size: 
         if train_size < num_classes:
             raise SplitSizeError(f"data.train_size={train_size} is smaller than the {num_classes} classes of {name}: "
                                  f"a class-balanced subset needs at least one image per class; raise it.")
+        if 0 < rest - train_size < num_classes:  # a stratified split needs a class's share on both sides
+            after = f" after data.val_size={val_size}" if val_size is not None else ""
+            raise SplitSizeError(f"data.train_size={train_size} leaves {rest - train_size} of the {rest} training "
+                                 f"images of {name}{after} unused, fewer than its {num_classes} classes, so the subset "
+                                 f"cannot be class-balanced; set data.train_size to {rest} (all) or at most "
+                                 f"{rest - num_classes}.")
     positions, val = np.arange(n), None
     if val_size is not None:
         positions, val = train_test_split(positions, test_size=val_size, random_state=seed, stratify=labels)

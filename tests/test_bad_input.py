@@ -192,6 +192,10 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
         [*STUDENT, "data.train_size=300", "data.val_size=1200"], InstantiationException,
         r"data.train_size=300 \+ data.val_size=1200 = 1500 is more than the 1437 training images of digits; "
         r"lower one of them"),
+    "train_size leaving fewer images out than classes": lambda d: (
+        [*STUDENT, "data.train_size=1430"], InstantiationException,
+        r"data.train_size=1430 leaves 7 of the 1437 training images of digits unused, fewer than its 10 classes, so "
+        r"the subset cannot be class-balanced; set data.train_size to 1437 \(all\) or at most 1427"),
     "val_size with the folder's own val/": lambda d: (
         folder(pets(d, val=2), "data.val_size=3"), InstantiationException,
         r"data.val_size=3, but .*pets/val exists and is the validation split"),

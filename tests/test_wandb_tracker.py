@@ -68,7 +68,8 @@ def no_credentials(monkeypatch, tmp_path: Path) -> None:
 
 def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_home):
     no_credentials(monkeypatch, tmp_path)
-    proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5", "data.val_size=50"], cwd=tmp_path)
+    proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5", "data.train_size=280",
+                    "data.val_size=50"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep_dir = next((tmp_path / "multirun").glob("*/*"))
     students = collect_sweep(sweep_dir)

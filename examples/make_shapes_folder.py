@@ -1,7 +1,7 @@
 """Write a small image folder to try `data=folder` offline: 10 classes of shapes, PNG and JPEG, 32x32.
 
-    python examples/make_shapes_folder.py ~/shapes            # 60 train, 10 val, 20 test images per class
-    python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra data=folder data.root=~/shapes ...
+    python examples/make_shapes_folder.py shapes            # ./shapes: 60 train, 10 val, 20 test images per class
+    python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra data=folder data.root=shapes ...
 
 Each image is one shape of random size, position, color and rotation on a noisy background. Every
 class keeps its label under a horizontal flip and a small shift, so flip + crop is a fair augmentation

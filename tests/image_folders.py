@@ -1,4 +1,4 @@
-"""Image folders written with Pillow for the tests: PNG and JPEG, RGB, grayscale, RGBA and palette images, mixed sizes."""
+"""Image folders written with Pillow for the tests: PNG and JPEG; RGB, grayscale, RGBA and palette; mixed sizes."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -76,8 +76,8 @@ STUDENT_ONLY_CHANGES = ["alpha=0.25", "loss.temperature=2", "optim.optimizer.lr=
                         "out_dir=/elsewhere"]
 TEACHER_CHANGES = ["teacher.epochs=2", "teacher.batch_size=16", "teacher.optim.optimizer.lr=0.1",
                    "teacher.optim.scheduler.milestones=[1]", "teacher.aug.padding=1", "teacher=resnet14", "seed=1",
-                   "teacher.seed=5", "data.image_size=16", "data.train_size=200", "data.val_size=100", "data.split_seed=1",
-                   "teacher.loss._target_=kd.losses.kd_loss", "aug@teacher.aug=none"]
+                   "teacher.seed=5", "data.image_size=16", "data.train_size=200", "data.val_size=100",
+                   "data.split_seed=1", "teacher.loss._target_=kd.losses.kd_loss", "aug@teacher.aug=none"]
 
 
 def digest(overrides: list[str]) -> str:

@@ -159,8 +159,9 @@ def check_cell(cfg: DictConfig) -> None:
     """Bad input that the schemas cannot see, caught before any work."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:  # e.g. data=folder without data.root
-        raise ValueError(f"{', '.join(missing)} must be set: add {missing[0]}=... to the command "
-                         f"(data.root: the folder holding train/<class>/<image> and test/<class>/<image>).")
+        hint = (" (data.root: the folder holding train/<class>/<image> and test/<class>/<image>)"
+                if "data.root" in missing else "")
+        raise ValueError(f"{', '.join(missing)} must be set: add {missing[0]}=... to the command{hint}.")
     check_known_keys(cfg)
     check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
     check_trainer(cfg.trainer)

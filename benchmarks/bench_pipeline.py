@@ -87,7 +87,7 @@ class Setup:
         self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast, self.plan)
         sync(device)
         self.cache_s = time.perf_counter() - started  # ~0 unless it built the aug=none logit cache
-        self.batches = make_batches(cfg, splits, True, aug, device, shuffle=True)
+        self.batches = make_batches(cfg, splits, "train", aug, device, shuffle=True)
 
     def images_per_s(self, warmup: int, steps: int) -> float:
         """Training images per second summed over the pack's cells: the grid's progress rate."""

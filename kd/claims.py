@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kd.stats import Estimate, estimate, paired
+from kd.table import METRICS
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
-METRIC_WORDS = {"final_top1": "test top-1 at the final epoch",
-                "best_top1": "test top-1 at the best epoch (picked on the test set: optimistic)"}
 
 
 def seed_values(students: list[dict[str, Any]], metric: str) -> dict[tuple[str, float], dict[int, float]]:
@@ -110,7 +109,7 @@ def write_claims(students: list[dict[str, Any]], metric: str, sweep_dir: Path, m
         ("3. α = 1 (pure KD) gains least from augmentation", pure_kd_gains_least(cells, alphas)),
     ]
     lines = [f"# The paper's claims, checked on sweep `{sweep_dir}`", "",
-             f"Metric: {METRIC_WORDS.get(metric, metric)}. Seeds: {', '.join(map(str, seeds))} (n={len(seeds)}). "
+             f"Metric: {METRICS[metric]}. Seeds: {', '.join(map(str, seeds))} (n={len(seeds)}). "
              f"Intervals: 95% Student t over seeds, each difference paired by seed. A claim is *supported* when "
              f"its intervals lie wholly on its side, *contradicted* when one lies wholly on the other, "
              f"*inconclusive* otherwise (one seed gives no interval, so it is always inconclusive).", ""]

@@ -56,6 +56,22 @@ class CifarDataConfig:
     download: bool = True
     mean: list[float] = MISSING
     std: list[float] = MISSING
+    train_size: Optional[int] = None  # a class-balanced subset of the training split; None: all of it
+    val_size: Optional[int] = None  # a class-balanced hold-out of the training split to pick epochs on; None: none
+    split_seed: int = 0  # fixes both
+
+
+@dataclass
+class FolderDataConfig:
+    _target_: str = "kd.data.folder"
+    root: str = MISSING  # holds train/<class>/<image>, test/<class>/<image>, optionally val/<class>/<image>
+    image_size: int = 32  # pixels: shorter side resized to it (bilinear, antialiased), then center-cropped
+    mean: Optional[list[float]] = None  # None: computed from the train/ images
+    std: Optional[list[float]] = None
+    train_size: Optional[int] = None
+    val_size: Optional[int] = None  # must stay None when the folder has a val/ split
+    split_seed: int = 0
+    cache_dir: str = MISSING  # where the decoded images are cached
 
 
 @dataclass
@@ -65,6 +81,7 @@ class DigitsDataConfig:
     test_fraction: float = 0.2
     split_seed: int = 0
     train_size: Optional[int] = None  # a stratified subset of the training split; None: all of it
+    val_size: Optional[int] = None  # a stratified hold-out of the training split; None: none
     mean: list[float] = MISSING
     std: list[float] = MISSING
 
@@ -248,6 +265,7 @@ def register_schemas() -> None:
     cs.store(name="schema", node=Config)
     cs.store(group="schema/data", name="cifar", node=CifarDataConfig)
     cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
+    cs.store(group="schema/data", name="folder", node=FolderDataConfig)
     cs.store(group="schema/aug", name="none", node=NoAugConfig)
     cs.store(group="schema/aug", name="fc", node=FlipCropConfig)
     cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)
@@ -289,7 +307,7 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
 
 # Keys that say where things live or how they are tracked, not what is trained: a finished
 # or interrupted job may be resumed with other values of these.
-NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download")
+NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download", "data.cache_dir")
 
 
 def defining_config(cfg: DictConfig) -> dict:

@@ -183,8 +183,8 @@ def _drop_nonfinite(live: list[int], first_bad: list[torch.Tensor], errors: dict
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, autocast: Callable) -> dict[str, float]:
-    """Top-1 and top-5 accuracy (%) on the test split, read from the device once."""
+def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test") -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) on `split` ("test" or "val"), read from the device once."""
     model.eval()
     device = next(model.parameters()).device
     counts = torch.zeros(3, device=device)  # top1, top5, images
@@ -195,14 +195,14 @@ def evaluate(model: nn.Module, batches, autocast: Callable) -> dict[str, float]:
         hits = top5 == labels[:, None]
         counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.shape[0], device=device)])
     top1, top5, n = counts.tolist()
-    return {"test/top1": 100.0 * top1 / n, "test/top5": 100.0 * top5 / n}
+    return {f"{split}/top1": 100.0 * top1 / n, f"{split}/top5": 100.0 * top5 / n}
 
 
-def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device: torch.device,
+def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: torch.device,
                  shuffle: bool):
-    """Batches of the train or test split from the configured pipeline."""
+    """Batches of the "train", "val" or "test" split from the configured pipeline."""
     t = cfg.trainer
-    images, labels = (splits.train_images, splits.train_labels) if train else (splits.test_images, splits.test_labels)
+    images, labels = splits.split(split)
     batch_size = t.batch_size if shuffle else t.eval_batch_size
     channels_last = t.channels_last  # faster on CPUs too (oneDNN convolutions), not only with cuDNN
     if t.pipeline == Pipeline.device:
@@ -215,7 +215,7 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, train: bool, aug, device:
 
 def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> float:
     """A model's test top-1 (%), as `fit` measures it: how a teacher is checked before it teaches."""
-    batches = make_batches(cfg, splits, train=False, aug=NoAugment(), device=device, shuffle=False)
+    batches = make_batches(cfg, splits, "test", aug=NoAugment(), device=device, shuffle=False)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16))["test/top1"]
@@ -272,7 +272,7 @@ def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: Image
         return None
     frozen = FrozenTeacher(teacher.to(device), autocast, plan.model)
     if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache:
-        clean = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=False)
+        clean = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=False)
         return CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
     return frozen
 
@@ -288,8 +288,10 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     students = update.students
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)
-    train_batches = make_batches(cfg, splits, train=True, aug=aug, device=device, shuffle=True)
-    test_batches = make_batches(cfg, splits, train=False, aug=NoAugment(), device=device, shuffle=False)
+    train_batches = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=True)
+    # Every epoch is measured on test and, where there is one, on val: "best" is picked on val only.
+    eval_batches = {split: make_batches(cfg, splits, split, aug=NoAugment(), device=device, shuffle=False)
+                    for split in ("val", "test") if splits.split(split)[0] is not None}
     # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
     distils = any(s.alpha > 0 for s in students)
     teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast, plan)
@@ -315,11 +317,14 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 log.error("%s%s", _prefix(s), st)
                 continue
             images_per_s = st.pop("images") / train_s
-            row = {"epoch": epoch + 1, "lr": lrs[i], **st, **evaluate(s.model, test_batches, autocast),
-                   "epoch_time_s": time.perf_counter() - started, "images_per_s": images_per_s}
+            row = {"epoch": epoch + 1, "lr": lrs[i], **st}
+            for split, batches in eval_batches.items():
+                row.update(evaluate(s.model, batches, autocast, split))
+            row.update(epoch_time_s=time.perf_counter() - started, images_per_s=images_per_s)
             s.history.append(row)
-            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  test top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
-                     _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"],
+            val = f"val top-1 {row['val/top1']:.2f}%  " if "val/top1" in row else ""
+            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  %stest top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
+                     _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"], val,
                      row["test/top1"], row["test/top5"], row["lr"], row["epoch_time_s"])
             s.cell.log_metrics(row, epoch + 1)
             if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
@@ -333,14 +338,22 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
 
 
 def summarize(history: list[dict], epochs: int) -> dict:
+    """The final epoch's test accuracy and, with a val split, the test top-1 at the epoch best on val (the
+    earliest on a tie). `best_top1`, the best test top-1, picks the epoch on the test set itself: kept for
+    comparison with code bases that report it, never kd's result."""
     if not history:
         raise ValueError(f"trainer.epochs={epochs}: nothing to train; set trainer.epochs >= 1")
-    return {
+    summary = {
         "final_top1": history[-1]["test/top1"],
         "final_top5": history[-1]["test/top5"],
         "best_top1": max(row["test/top1"] for row in history),
         "history": history,
     }
+    if "val/top1" in history[0]:
+        best = max(history, key=lambda row: row["val/top1"])  # max keeps the first of equal values
+        summary.update(best_val_top1=best["val/top1"], test_top1_at_best_val=best["test/top1"],
+                       best_epoch=best["epoch"])
+    return summary
 
 
 def _prefix(student: Student) -> str:

@@ -34,7 +34,8 @@ AUG_STYLE = {  # one color and label per augmentation level, the same in every f
 }
 MIN_SPAN_IMAGES = 20  # a top-1 axis spans at least this many test images' worth: one image <= 1/20 of its height
 ZOOM_EPOCHS = 0.25  # the curves' second panel: the last quarter of the epochs
-METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "best_top1": "test top-1 (%), best epoch"}
+METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "test_top1_at_best_val": "test top-1 (%), best-val epoch",
+                "best_top1": "test top-1 (%), epoch picked on test"}
 
 
 def _style(aug: str) -> tuple[str, str]:
@@ -114,7 +115,7 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
     ax.set_ylim(*y_range(drawn, n_test))
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
     ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
-    ax.set_ylabel(METRIC_LABEL.get(metric, metric))
+    ax.set_ylabel(METRIC_LABEL[metric])
     ax.set_title("Student top-1 by α per augmentation\n" + textwrap.fill(subtitle, 70), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
@@ -191,7 +192,7 @@ def plot_gains(students: list[dict[str, Any]], metric: str, subtitle: str) -> Fi
     ax.set_ylim(*y_range(drawn, n_test, floor=-100.0))
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
     ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
-    ax.set_ylabel("gain over none (points of " + METRIC_LABEL.get(metric, metric) + ")", fontsize=8)
+    ax.set_ylabel("gain over none (points of " + METRIC_LABEL[metric] + ")", fontsize=8)
     ax.set_title("Gain of each augmentation over none, paired by seed" + (" (95% intervals)" if intervals else "")
                  + "\n" + textwrap.fill(subtitle, 70), fontsize=10)
     ax.grid(alpha=0.3)

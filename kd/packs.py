@@ -19,7 +19,10 @@ UNRESOLVED_KEYS = ("hydra", "out_dir")  # per-job values that are not known befo
 def pack_key(cfg: DictConfig) -> str:
     """Cells with equal keys form one pack."""
     kept = [key for key in cfg if key not in PACK_FREE_KEYS + UNRESOLVED_KEYS]
-    return json.dumps(defining_config(OmegaConf.masked_copy(cfg, kept)), sort_keys=True)
+    # The whole data node, paths included: a job may resume from a moved copy of its data (data.root is not
+    # defining), but cells reading two folders cannot share one data stream.
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return json.dumps({**defining_config(OmegaConf.masked_copy(cfg, kept)), "data": data}, sort_keys=True)
 
 
 def group_packs(cfgs: Sequence[DictConfig]) -> list[list[int]]:

@@ -1,7 +1,7 @@
 """Turn a finished sweep into the paper's comparison: the Table 1 gains and the Figure 3 curves.
 
     python -m kd.report multirun/2025-01-01/12-00-00              # or: kd-report <sweep dir>
-    python -m kd.report <sweep dir> --alpha 0.5 --metric best_top1
+    python -m kd.report <sweep dir> --alpha 0.5 --metric test_top1_at_best_val   # needs data.val_size
     python -m kd.report <sweep dir> --wandb                        # also publish a W&B Report
 
 Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv, claims.md
@@ -24,7 +24,8 @@ from kd.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
 from kd.sweep_dir import cell_dir_name
-from kd.table import CSV_COLUMNS, format_table, table_records, teacher_accuracy
+from kd.table import (CSV_COLUMNS, METRICS, MetricUnavailableError, check_metric, format_table, table_records,
+                      teacher_accuracy)
 
 
 class NotASweepError(ValueError):
@@ -113,7 +114,7 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
     lines = [
         f"# Knowledge distillation x augmentation: sweep `{sweep_dir}`",
         "",
-        f"Test top-1 (%) of the students ({metric}); rows: the augmentation of the student's training data; "
+        f"Students' {METRICS[metric]} (%, `{metric}`); rows: the augmentation of the student's training data; "
         f"columns: α in (1 − α)·CE + α·T²·KL.",
         "",
         describe_sweep(students) + ".",
@@ -162,9 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog="Offline W&B runs (the teachers' too) upload with: kd-sync <sweep dir>")
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
     parser.add_argument("--alpha", type=float, default=0.25, help="alpha of the per-epoch curves (default 0.25)")
-    parser.add_argument("--metric", choices=["final_top1", "best_top1"], default="final_top1",
-                        help="which test top-1 of each cell: final_top1, the last epoch's (default), or best_top1, "
-                             "the best epoch's (chosen on the test set, so it flatters every cell)")
+    parser.add_argument("--metric", choices=list(METRICS), default="final_top1",
+                        help="final_top1 (default); test_top1_at_best_val (the epoch picked on val: needs a sweep "
+                             "with data.val_size or a folder's val/); best_top1 (picked on test: optimistic)")
     parser.add_argument("--wandb", action="store_true", help="also publish a W&B Report over the sweep's runs")
     parser.add_argument("--entity", help="W&B entity of the report (default: the runs', else your default)")
     return parser
@@ -174,10 +175,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         students = load_sweep(args.sweep_dir)
-    except NotASweepError as err:
+        check_metric(students, args.metric, str(args.sweep_dir))
+    except (NotASweepError, MetricUnavailableError) as err:
         print(f"kd-report: error: {err}", file=sys.stderr)
         return 2
     written = write_report(students, args.sweep_dir, args.alpha, args.metric)
+    print(f"Students' {METRICS[args.metric]} (%):")
     print(format_table(students, args.metric))
     lines, warnings = sweep_provenance(students)
     print("\n".join(lines))

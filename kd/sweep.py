@@ -8,7 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kd.results import collect_sweep
-from kd.table import format_table
+from kd.table import METRICS, VAL_METRICS, format_table
 
 
 class PrintGridTable(Callback):
@@ -28,3 +28,8 @@ def print_grid_table(sweep_dir: Path) -> None:
     if teachers:
         print(f"teacher: {', '.join(teachers)}")
     print(format_table(students))
+    completed = [r for r in students if r.get("status") == "completed"]
+    for metric in VAL_METRICS:  # with a val split, also the epoch picked honestly
+        if completed and all(metric in r for r in completed):
+            print(f"\nStudents' {METRICS[metric]} (%)")
+            print(format_table(students, metric))

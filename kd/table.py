@@ -11,6 +11,31 @@ from typing import Any
 from kd.stats import Estimate, estimate, paired
 
 AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
+# The metrics a table can show (results.json keys), in words. Only a validation split can pick an epoch
+# honestly; best_top1 picks it on the test set, as the public KD code bases do, and flatters every cell.
+METRICS = {
+    "final_top1": "test top-1 at the final epoch",
+    "test_top1_at_best_val": "test top-1 at the epoch with the best val top-1",
+    "best_top1": "best test top-1 over the epochs (picked on the test set itself: optimistic, not a result)",
+}
+VAL_METRICS = ("test_top1_at_best_val",)
+
+
+class MetricUnavailableError(ValueError):
+    """The sweep's jobs did not record the asked-for metric."""
+
+
+def check_metric(results: list[dict[str, Any]], metric: str, sweep: str) -> None:
+    """Refuse a metric that a completed student job lacks (an epoch picked on val needs a val split)."""
+    lacking = [r for r in results if r.get("stage") == "student" and r.get("status") == "completed" and metric not in r]
+    if not lacking:
+        return
+    if metric in VAL_METRICS:
+        raise MetricUnavailableError(
+            f"--metric {metric} needs a validation split, and {len(lacking)} job(s) of {sweep} ran without one "
+            f"(e.g. {lacking[0]['job_dir']}). Rerun the grid with data.val_size=N (or a folder with a val/ split), "
+            f"or use --metric final_top1.")
+    raise MetricUnavailableError(f"{len(lacking)} job(s) of {sweep} have no {metric} (e.g. {lacking[0]['job_dir']}).")
 
 
 def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dict[tuple[str, float], dict]:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from filelock import FileLock
@@ -32,10 +32,16 @@ def arch_name(model_cfg: DictConfig) -> str:
     return model_cfg._target_.rsplit(".", 1)[-1]
 
 
-def teacher_recipe(cfg: DictConfig) -> dict:
+def teacher_recipe(cfg: DictConfig, data_content: Optional[str]) -> dict:
     """Everything that defines the trained teacher, and nothing else (not paths, device, speed switches,
-    nor any student setting): the cache name hashes it and the work dir resumes under it."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k not in ("root", "download")}
+    nor any student setting): the cache name hashes it and the work dir resumes under it.
+
+    `data_content` is the digest of data the config only points at (ImageSplits.content_digest: a
+    folder's files), so a teacher is never reused for another folder, wherever either lies."""
+    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+            if k not in ("root", "download", "cache_dir")}
+    if data_content is not None:
+        data["content"] = data_content
     t = cfg.teacher
     return {
         "data": data,
@@ -49,15 +55,16 @@ def teacher_recipe(cfg: DictConfig) -> dict:
     }
 
 
-def recipe_digest(cfg: DictConfig) -> str:
-    return hashlib.sha256(json.dumps(teacher_recipe(cfg), sort_keys=True).encode()).hexdigest()[:10]
+def recipe_digest(cfg: DictConfig, data_content: Optional[str]) -> str:
+    return hashlib.sha256(json.dumps(teacher_recipe(cfg, data_content), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def teacher_checkpoint_path(cfg: DictConfig, data_name: str) -> Path:
+def teacher_checkpoint_path(cfg: DictConfig, splits: ImageSplits) -> Path:
     """The configured checkpoint, or a cache file named after the recipe."""
     if cfg.teacher.checkpoint is not None:
         return Path(os.path.expanduser(cfg.teacher.checkpoint))
-    name = f"{data_name}-{arch_name(cfg.teacher.arch)}-seed{cfg.teacher.seed}-{recipe_digest(cfg)}.pt"
+    digest = recipe_digest(cfg, splits.content_digest)
+    name = f"{splits.name}-{arch_name(cfg.teacher.arch)}-seed{cfg.teacher.seed}-{digest}.pt"
     return Path(os.path.expanduser(cfg.teacher.cache_dir)) / name
 
 
@@ -85,7 +92,7 @@ def teacher_work_dir(path: Path) -> Path:
 
 def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[DictConfig], dict]) -> Path:
     """Return the teacher checkpoint, training it first (once, under a lock) if it is not cached."""
-    path = teacher_checkpoint_path(cfg, splits.name)
+    path = teacher_checkpoint_path(cfg, splits)
     if cfg.teacher.checkpoint is not None:
         if not path.is_file():
             raise CheckpointError(
@@ -113,7 +120,7 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
                 "data": splits.name,
                 "state_dict": model_state,
                 "test_top1": result["final_top1"],
-                "recipe": json.dumps(teacher_recipe(cfg), sort_keys=True),
+                "recipe": json.dumps(teacher_recipe(cfg, splits.content_digest), sort_keys=True),
             },
             path,
         )

@@ -157,6 +157,11 @@ def in_multirun() -> bool:
 
 def check_cell(cfg: DictConfig) -> None:
     """Bad input that the schemas cannot see, caught before any work."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # e.g. data=folder without data.root
+        hint = (" (data.root: the folder holding train/<class>/<image> and test/<class>/<image>)"
+                if "data.root" in missing else "")
+        raise ValueError(f"{', '.join(missing)} must be set: add {missing[0]}=... to the command{hint}.")
     check_known_keys(cfg)
     check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
     check_trainer(cfg.trainer)
@@ -279,10 +284,19 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
             # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
             result = {**outcome, "test_images": len(splits.test_labels),  # one image is 100 / test_images points
                       **(teacher_info if distilled else {"teacher_top1": None})}
-            run.summary({"final_top1": result["final_top1"], "best_top1": result["best_top1"],
-                         "teacher_top1": result["teacher_top1"], "teacher_sha256": result.get("teacher_sha256")})
+            run.summary({**summary_metrics(result), "teacher_top1": result["teacher_top1"],
+                         "teacher_sha256": result.get("teacher_sha256")})
             finished.append(result)
     return finished
+
+
+# What a run's W&B summary shows: the final epoch's test top-1 and, with a val split, the epoch picked on val.
+# Never best_top1: an epoch picked on the test set is no result (it stays in results.json, named as such).
+SUMMARY_KEYS = ("final_top1", "best_val_top1", "test_top1_at_best_val", "best_epoch")
+
+
+def summary_metrics(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {key: outcome[key] for key in SUMMARY_KEYS if key in outcome}
 
 
 def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
@@ -306,13 +320,13 @@ def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran
     work_dir = Path(tcfg.out_dir)
     with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
         run.record({**describe(tcfg), **ran_with})
-        cell = Cell(tcfg, work_dir, teacher_recipe(tcfg), run.log, name="",
+        cell = Cell(tcfg, work_dir, teacher_recipe(tcfg, splits.content_digest), run.log, name="",
                     stale_fix=f"{work_dir} holds the work of another teacher recipe (an older kd?); delete "
                               f"{work_dir} to train this teacher afresh.")
         (outcome,) = fit([cell], splits, device, None)
         if isinstance(outcome, BaseException):
             raise outcome
-        run.summary({"final_top1": outcome["final_top1"], "best_top1": outcome["best_top1"]})
+        run.summary(summary_metrics(outcome))
         return outcome
 
 

@@ -12,7 +12,7 @@ import wandb
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
-from kd.table import format_table
+from kd.table import METRICS, format_table
 from kd.wandb_tracker import is_synced, offline_run_dirs, read_run_file
 
 API_TIMEOUT_S = 30  # fail fast without a reachable server instead of retrying
@@ -48,7 +48,7 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, project: str, 
         project=project, entity=entity, title=f"KD x augmentation gains: {sweep_dir.name}"[:128],
         description=f"kd sweep {sweep_dir}",
         blocks=[
-            wr.H2(f"Test top-1 (%) by augmentation and alpha ({metric})"),
+            wr.H2(f"Students' {METRICS[metric]} (%) by augmentation and alpha ({metric})"),
             wr.MarkdownBlock(text=format_table(students, metric)
                              + "\n\n`*` best cell; Gains = fcra - none; several seeds: mean ± std."),
             wr.PanelGrid(runsets=[by_cell], panels=[

@@ -128,7 +128,7 @@ def test_a_training_step_on_cuda_never_syncs_with_the_host(tmp_path):
     update = LoopUpdate([make_student(cell, 10, device)])
     autocast = autocast_for(device, True)
     teacher = FrozenTeacher(resnet8(num_classes=10).to(device), autocast)
-    batches = make_batches(cfg, splits, True, instantiate(cfg.aug), device, shuffle=True)
+    batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), device, shuffle=True)
     train_one_epoch(update, itertools.islice(batches, 2), teacher, autocast, 0, set())  # warm up allocations
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -226,9 +226,9 @@ def test_augmentations_keep_dtype_and_shape():
 
 def test_device_pipeline_normalizes_like_the_dataloader_pipeline():
     cfg = compose_config([*FAST, "trainer.pipeline=device"])
-    device_batches = make_batches(cfg, synthetic_splits(), False, NoAugment(), torch.device("cpu"), shuffle=False)
+    device_batches = make_batches(cfg, synthetic_splits(), "test", NoAugment(), torch.device("cpu"), shuffle=False)
     cfg = compose_config([*FAST, "trainer.pipeline=dataloader"])
-    loader_batches = make_batches(cfg, synthetic_splits(), False, NoAugment(), torch.device("cpu"), shuffle=False)
+    loader_batches = make_batches(cfg, synthetic_splits(), "test", NoAugment(), torch.device("cpu"), shuffle=False)
     for (x, y, i), (x2, y2, i2) in zip(device_batches, loader_batches, strict=True):
         assert torch.equal(x, x2) and torch.equal(y, y2) and torch.equal(i, i2)
 
@@ -256,7 +256,7 @@ def test_cached_teacher_logits_equal_running_the_teacher(pipeline: str):
     teacher_fn = make_teacher_fn(cfg, teacher, splits, NoAugment(), device, autocast_for(device, False))
     assert isinstance(teacher_fn, CachedTeacherLogits)
     frozen = FrozenTeacher(teacher, autocast_for(device, False))
-    for images, _, indices in make_batches(cfg, splits, True, NoAugment(), device, shuffle=True):
+    for images, _, indices in make_batches(cfg, splits, "train", NoAugment(), device, shuffle=True):
         assert torch.equal(teacher_fn(images, indices), frozen(images, indices))
 
 

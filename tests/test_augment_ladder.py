@@ -146,8 +146,8 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
     cfg = compose_config([*FAST, f"aug={aug}", "trainer.batch_size=32"])
     splits, device = synthetic_splits(), torch.device("cpu")
     mixing = instantiate(cfg.aug)
-    first = next(iter(make_batches(cfg, splits, True, mixing, device, shuffle=True)))
-    plain = next(iter(make_batches(cfg, splits, True, instantiate(compose_config([*FAST, "aug=fc",
+    first = next(iter(make_batches(cfg, splits, "train", mixing, device, shuffle=True)))
+    plain = next(iter(make_batches(cfg, splits, "train", instantiate(compose_config([*FAST, "aug=fc",
                                    "trainer.batch_size=32"]).aug), device, shuffle=True)))
     assert first[1].shape == (32, 10) and first[1].dtype == torch.float32  # soft targets
     assert torch.equal(first[2], plain[2]) and not torch.equal(first[0], plain[0])  # same images, mixed
@@ -159,7 +159,7 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
     student_forward = update.students[0].forward
     update.students[0].forward = lambda x: (seen.append(("student", x)), student_forward(x))[1]
     teacher = lambda x, idx: (seen.append(("teacher", x)), torch.zeros(x.shape[0], 10))[1]  # noqa: E731
-    train_one_epoch(update, make_batches(cfg, splits, True, mixing, device, shuffle=True), teacher,
+    train_one_epoch(update, make_batches(cfg, splits, "train", mixing, device, shuffle=True), teacher,
                     lambda: torch.autocast("cpu", enabled=False), 0, set())
     assert seen[0][0] == "teacher" and seen[1][0] == "student" and seen[0][1] is seen[1][1]
     assert torch.equal(seen[0][1], first[0])
@@ -169,7 +169,7 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
 def test_the_dataloader_reference_pipeline_runs_each_new_option(aug):
     cfg = compose_config([*FAST, f"aug={aug}", "trainer.pipeline=dataloader", "trainer.num_workers=0",
                           "trainer.batch_size=32"])
-    images, labels, _ = next(iter(make_batches(cfg, synthetic_splits(size=32), True, instantiate(cfg.aug),
+    images, labels, _ = next(iter(make_batches(cfg, synthetic_splits(size=32), "train", instantiate(cfg.aug),
                                                torch.device("cpu"), shuffle=True)))
     assert images.shape == (32, 3, 32, 32) and labels.shape[0] == 32
 

@@ -23,6 +23,7 @@ from kd import models
 from kd.checkpoint import CheckpointError, load_checkpoint
 from kd.results import RESULTS_FILE, read_results
 from kd.train import CheckOutputDir, train, unwritable_reason
+from image_folders import write_folder, write_image
 from reliability import (ONE_THREAD, last_lines, metrics, no_training, one_torch_thread,  # noqa: F401 (fixtures)
                          snapshot)
 
@@ -108,6 +109,33 @@ def with_teacher(path: Path, teacher: str = "resnet8") -> list[str]:
     return [*FAST, "alpha=0.5", f"teacher={teacher}", f"teacher.checkpoint={path}"]
 
 
+def folder(root: Path, *overrides: str) -> list[str]:
+    return ["data=folder", f"data.root={root}", "data.image_size=8", "trainer.epochs=1", "logger=none", "alpha=0",
+            *overrides]
+
+
+def pets(d: Path, **kwargs) -> Path:
+    """A 3-class fixture folder: 8 train and 4 test images per class."""
+    return write_folder(d / "pets", **kwargs)
+
+
+def without(root: Path, path: str) -> Path:
+    shutil.rmtree(root / path)
+    return root
+
+
+def with_class(root: Path, split: str, name: str, images: int) -> Path:
+    (root / split / name).mkdir()
+    for i in range(images):
+        write_image(root / split / name / str(i), i)
+    return root
+
+
+def corrupt(root: Path) -> Path:
+    (root / "train" / "apple" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not an image")
+    return root
+
+
 # name: inputs dir -> (overrides, error, message); instantiate wraps the data loader's DataUnavailableError
 BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
     "batch size larger than the dataset": lambda d: (
@@ -124,6 +152,53 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
         cifar(cifar_root(d / "data", corrupt=True), download=True), InstantiationException,
         r"cifar10 in .*cifar-10-batches-py is incomplete or corrupt and could not be downloaded .* Fix: on a "
         r"machine with internet"),
+    "folder root missing": lambda d: (
+        folder(d / "nowhere"), InstantiationException,
+        r"data.root=.*nowhere does not exist or is not a directory. Point data.root at a folder laid out as "
+        r"ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"),
+    "folder without train/": lambda d: (
+        folder(without(pets(d), "train")), InstantiationException,
+        r"pets has no train/ folder. kd reads .*pets/train/<class>/<image> and .*pets/test/<class>/<image> .*add "
+        r".*pets/train or point data.root at the folder that holds it"),
+    "folder without test/": lambda d: (
+        folder(without(pets(d), "test")), InstantiationException, r"pets has no test/ folder"),
+    "folder with a class in test that train lacks": lambda d: (
+        folder(with_class(pets(d), "test", "kiwi", 2)), InstantiationException,
+        r"pets/test has class folder\(s\) kiwi that .*pets/train lacks: add their training images to train/, or "
+        r"remove them from test/"),
+    "folder with an empty class folder": lambda d: (
+        folder(with_class(pets(d), "train", "kiwi", 0)), InstantiationException,
+        r"pets/train/kiwi holds no image \(kd reads files ending in .jpg, .jpeg, .png.*\): add images or remove "
+        r"the empty class folder"),
+    "folder with a corrupt image": lambda d: (
+        folder(corrupt(pets(d))), InstantiationException,
+        r"cannot read image .*pets/train/apple/broken.png \(UnidentifiedImageError: .*\). Replace or delete the "
+        r"file; nothing was cached"),
+    "train_size larger than the split": lambda d: (
+        folder(pets(d), "data.train_size=25"), InstantiationException,
+        r"data.train_size=25 is larger than the 24 training images of pets; lower it, or set data.train_size=null"),
+    "train_size smaller than the classes": lambda d: (
+        folder(pets(d), "data.train_size=2"), InstantiationException,
+        r"data.train_size=2 is smaller than the 3 classes of pets: a class-balanced subset needs at least one "
+        r"image per class; raise it"),
+    "val_size larger than the split": lambda d: (
+        folder(pets(d), "data.val_size=22"), InstantiationException,
+        r"data.val_size=22 must be between 3 \(one image per class of pets\) and 21 \(its 24 training images less "
+        r"one per class to train on\)"),
+    "val_size smaller than the classes": lambda d: (
+        [*STUDENT, "data.val_size=5"], InstantiationException,
+        r"data.val_size=5 must be between 10 \(one image per class of digits\) and 1427"),
+    "train_size + val_size larger than the split": lambda d: (
+        [*STUDENT, "data.train_size=300", "data.val_size=1200"], InstantiationException,
+        r"data.train_size=300 \+ data.val_size=1200 = 1500 is more than the 1437 training images of digits; "
+        r"lower one of them"),
+    "train_size leaving fewer images out than classes": lambda d: (
+        [*STUDENT, "data.train_size=1430"], InstantiationException,
+        r"data.train_size=1430 leaves 7 of the 1437 training images of digits unused, fewer than its 10 classes, so "
+        r"the subset cannot be class-balanced; set data.train_size to 1437 \(all\) or at most 1427"),
+    "val_size with the folder's own val/": lambda d: (
+        folder(pets(d, val=2), "data.val_size=3"), InstantiationException,
+        r"data.val_size=3, but .*pets/val exists and is the validation split"),
     "teacher checkpoint missing": lambda d: (
         with_teacher(d / "nope.pt"), CheckpointError,
         r"teacher.checkpoint=.*nope.pt does not exist. Fix the path, or set teacher.checkpoint=null"),
@@ -145,7 +220,7 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_fails_before_training_and_keeps_the_checkpoint(case, interrupted_job, tmp_path, monkeypatch,
-                                                                 no_training):
+                                                                 no_training, isolated_kd_home):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
@@ -162,6 +237,17 @@ def test_bad_input_fails_before_training_and_keeps_the_checkpoint(case, interrup
     assert written and after == before
     results = read_results(interrupted_job / RESULTS_FILE)
     assert results["status"] == "failed" and re.search(message, results["error"])
+    # No decoded-image cache nor a temp file of one; a corrupt image is found while decoding, under the cache's
+    # (empty) lock file, which stays as the teacher cache's do.
+    assert not [p for p in isolated_kd_home.glob("images/*") if p.suffix != ".lock"]
+
+
+def test_a_folder_without_data_root_is_refused_before_anything(completed_job, no_training):
+    before = snapshot(completed_job)
+    with pytest.raises(ValueError, match=r"data.root must be set: add data.root=... to the command \(data.root: the "
+                                         r"folder holding train/<class>/<image> and test/<class>/<image>\)"):
+        train(compose_config(["data=folder", *STUDENT[1:]], out_dir=completed_job))
+    assert snapshot(completed_job) == before
 
 
 def test_unwritable_out_dir_is_refused_before_anything(tmp_path, no_training):

@@ -26,7 +26,7 @@ def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path) -> 
     autocast = autocast_for(device, cfg.trainer.bf16)
     torch.manual_seed(0)
     teacher_fn = make_teacher_fn(cfg, resnet8(num_classes=10), splits, instantiate(cfg.aug), device, autocast, plan)
-    batches = make_batches(cfg, splits, True, instantiate(cfg.aug), device, shuffle=True)
+    batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), device, shuffle=True)
     stats, weights = [], []
     for epoch in range(2):
         stats += train_one_epoch(update, batches, teacher_fn, autocast, epoch, set(), plan)

@@ -29,7 +29,7 @@ ALPHAS = "alpha=0,0.5,1.0"
 def stream(cfg, epochs: int = 2) -> list[torch.Tensor]:
     """Every batch a cell's student would see, with its labels and dataset indices, epoch after epoch."""
     splits = instantiate(cfg.data)
-    batches = make_batches(cfg, splits, True, instantiate(cfg.aug), torch.device("cpu"), shuffle=True)
+    batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), torch.device("cpu"), shuffle=True)
     return [t for _ in range(epochs) for batch in batches for t in batch]
 
 
@@ -66,6 +66,15 @@ def test_a_grid_packs_by_everything_but_the_loss():
     assert len(packs) == 6 and all(len(p) == 6 for p in packs)
     for pack in packs:
         assert len({(cfgs[i].aug._target_, cfgs[i].seed) for i in pack}) == 1
+
+
+def test_cells_on_other_data_never_share_a_pack():
+    """data.root is no defining key (a job resumes from a moved copy), but two folders are two data streams."""
+    data = [["data.train_size=200"], ["data.train_size=250"], ["data.val_size=50"], ["data.split_seed=1"],
+            ["data=folder", "data.root=/a"], ["data=folder", "data.root=/b"], ["data=folder", "data.root=/a"]]
+    packs = group_packs([compose_config([*FAST, "alpha=0", *d]) for d in data]
+                        + [compose_config([*FAST, "alpha=1", *d]) for d in data])
+    assert sorted(packs) == [[0, 7], [1, 8], [2, 9], [3, 10], [4, 6, 11, 13], [5, 12]]
 
 
 def sweep(tmp_path: Path, name: str, args: list[str], env: dict | None = None) -> Path:

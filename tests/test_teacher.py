@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from kd.checkpoint import CheckpointError
@@ -75,12 +76,12 @@ STUDENT_ONLY_CHANGES = ["alpha=0.25", "loss.temperature=2", "optim.optimizer.lr=
                         "out_dir=/elsewhere"]
 TEACHER_CHANGES = ["teacher.epochs=2", "teacher.batch_size=16", "teacher.optim.optimizer.lr=0.1",
                    "teacher.optim.scheduler.milestones=[1]", "teacher.aug.padding=1", "teacher=resnet14", "seed=1",
-                   "teacher.seed=5", "data.image_size=16", "data.train_size=200", "teacher.loss._target_=kd.losses.kd_loss",
-                   "aug@teacher.aug=none"]
+                   "teacher.seed=5", "data.image_size=16", "data.train_size=200", "data.val_size=100",
+                   "data.split_seed=1", "teacher.loss._target_=kd.losses.kd_loss", "aug@teacher.aug=none"]
 
 
 def digest(overrides: list[str]) -> str:
-    return recipe_digest(compose_config([*FAST, "teacher=resnet8", *overrides], out_dir="/out"))
+    return recipe_digest(compose_config([*FAST, "teacher=resnet8", *overrides], out_dir="/out"), None)
 
 
 def test_the_recipe_hash_ignores_every_student_setting_and_follows_every_teacher_one():
@@ -158,7 +159,7 @@ def test_a_killed_teacher_resumes_under_another_student_config(tmp_path, isolate
 
 def test_a_foreign_teacher_work_dir_names_the_dir_and_the_fix(tmp_path, isolated_kd_home):
     cfg = compose_config([*FAST, "teacher=resnet8", "alpha=0.5"], out_dir=tmp_path / "s")
-    work = isolated_kd_home / "teachers" / (teacher_checkpoint_path(cfg, "digits").stem + ".work")
+    work = isolated_kd_home / "teachers" / (teacher_checkpoint_path(cfg, instantiate(cfg.data)).stem + ".work")
     work.mkdir(parents=True)
     torch.save({"config": {"something": "else"}}, work / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(work))} holds the work of another teacher recipe.*"

@@ -70,7 +70,8 @@ def no_credentials(monkeypatch, tmp_path: Path) -> None:
 
 def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_home):
     no_credentials(monkeypatch, tmp_path)
-    proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5"], cwd=tmp_path)
+    proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5", "data.train_size=280",
+                    "data.val_size=50"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep_dir = next((tmp_path / "multirun").glob("*/*"))
     students = collect_sweep(sweep_dir)
@@ -122,11 +123,13 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert result["environment"]["torch"] == torch.__version__ and len(result["environment"]["git_commit"]) == 40
         assert config["out_dir"] == str(job_dir)
         assert [row["epoch"] for row in wb["history"]] == [1]
-        for key in ("train/loss", "train/ce", "train/kd", "train/top1", "test/top1", "test/top5", "lr",
-                    "epoch_time_s", "images_per_s"):
+        for key in ("train/loss", "train/ce", "train/kd", "train/top1", "val/top1", "val/top5", "test/top1",
+                    "test/top5", "lr", "epoch_time_s", "images_per_s"):
             assert wb["history"][0][key] == pytest.approx(result["history"][0][key])
-        for key in ("final_top1", "best_top1", "teacher_top1", "teacher_sha256"):
+        for key in ("final_top1", "best_val_top1", "test_top1_at_best_val", "best_epoch", "teacher_top1",
+                    "teacher_sha256"):
             assert wb["summary"].get(key) == result.get(key)
+        assert result["best_epoch"] == 1 and "best_top1" not in wb["summary"]  # picked on test: never a result
         assert wb["exit_code"] == 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
@@ -310,14 +311,23 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
 NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download", "data.cache_dir")
 
 
+# Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,
+# by contrast, are the same wherever they are: torchvision checks each one's md5).
+ROOT_IS_CONTENT = ("kd.data.folder",)
+
+
 def defining_config(cfg: DictConfig) -> dict:
     """The resolved config minus NON_DEFINING_KEYS: what must match to skip or resume a job."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    data = container.get("data", {})
+    root = data.get("root") if data.get("_target_") in ROOT_IS_CONTENT else None
     for dotted in NON_DEFINING_KEYS:
         *parents, leaf = dotted.split(".")
         node = container
         for key in parents:
             node = node.get(key, {})
         node.pop(leaf, None)
+    if root is not None:  # absolute: the same relative root typed in another directory is another folder
+        data["root"] = os.path.abspath(os.path.expanduser(root))
     return container
 

@@ -177,3 +177,17 @@ def test_report_refuses_the_best_val_metric_for_a_sweep_without_val(tmp_path):
     assert report.returncode == 2
     assert ("--metric test_top1_at_best_val needs a validation split, and 1 job(s) of " in report.stderr
             and "Rerun the grid with data.val_size=N" in report.stderr), report.stderr
+
+
+def test_a_finished_folder_job_is_skipped_only_for_the_same_folder(tmp_path):
+    """A folder's root is its content: the same run dir with another folder is refused, not reported as done."""
+    pets, cars = write_folder(tmp_path / "pets", train=4, test=2), write_folder(tmp_path / "cars", train=4, test=2)
+    run = ["data=folder", "data.image_size=8", "model=resnet8", "teacher=resnet8", "alpha=0", "trainer.epochs=1",
+           "trainer.batch_size=4", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    first = run_cli([*run, f"data.root={pets}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli([*run, f"data.root={pets}"], cwd=tmp_path)
+    assert again.returncode == 0 and "already completed with this config (skipped" in again.stderr + again.stdout
+    other = run_cli([*run, f"data.root={cars}"], cwd=tmp_path)
+    assert other.returncode != 0
+    assert "holds the completed results of a different config" in other.stderr

@@ -9,7 +9,7 @@ defaults (bf16 autocast, torch.compile, channels_last) vs all three off (fp32, a
 benchmarks train), on CIFAR-shaped 32x32 digits with resnet8x4. Both arms train the same
 student from the same cached teacher (one per seed) with the digits recipe
 (conf/data/digits.yaml). Per aug level it prints each arm's mean final top-1 and the paired
-difference (per seed) with its 95% interval (kd.stats). Exits non-zero if a mean gap exceeds the
+difference (per seed) with its 95% interval (kd.report.stats). Exits non-zero if a mean gap exceeds the
 tolerance.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from kd.stats import paired
+from kd.report.stats import paired
 from kd.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -1,7 +1,9 @@
 """kd: Hydra-configured sweeps for knowledge distillation x data augmentation."""
 import os
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Spinning threads of two jobs
-# sharing the cores take the cores each other waits for (a step measured 30x slower next to another job;
-# benchmarks/README.md). The thread count, hence every result, is unchanged. OMP_WAIT_POLICY=ACTIVE spins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. With libgomp's default
+# spinning, two jobs sharing the cores take the cores each other waits for: a step ran 5-100x slower
+# next to another job (benchmarks/README.md). The thread count, hence every result, is unchanged; a
+# job alone pays 1.2-1.5x on small CPU ops. Setting OMP_WAIT_POLICY or GOMP_SPINCOUNT yourself wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

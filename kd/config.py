@@ -219,12 +219,12 @@ class TrainerConfig:
 
 @dataclass
 class NullLoggerConfig:
-    _target_: str = "kd.tracking.NullTracker"
+    _target_: str = "kd.tracking.null.NullTracker"
 
 
 @dataclass
 class WandbLoggerConfig:
-    _target_: str = "kd.wandb_tracker.WandbTracker"
+    _target_: str = "kd.tracking.wandb_tracker.WandbTracker"
     project: str = "kd"
     entity: Optional[str] = None  # None: the account's default entity
     group: Optional[str] = None  # None: the sweep dir in a multirun (all its jobs share it), else no group

@@ -8,7 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kd.results import collect_sweep
-from kd.table import METRICS, VAL_METRICS, format_table
+from kd.report.table import METRICS, VAL_METRICS, format_table
 
 
 class PrintGridTable(Callback):

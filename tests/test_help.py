@@ -7,7 +7,7 @@ import pytest
 
 from conftest import CONF_DIR, REPO, run_cli
 from kd.config import Stage
-from kd.report import build_parser
+from kd.report.cli import build_parser
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 import wandb_workspaces.reports.v2 as wr
 
-from kd.figures import MIN_SPAN_IMAGES, plot_curves, plot_gains, plot_top1_by_alpha, y_range
-from kd.report import load_sweep, main
+from kd.report.figures import MIN_SPAN_IMAGES, plot_curves, plot_gains, plot_top1_by_alpha, y_range
+from kd.report.cli import load_sweep, main
 from kd.results import write_results
-from kd.table import CSV_COLUMNS, format_table, table_rows
-from kd.wandb_report import build_report, sweep_runs
-from kd.wandb_tracker import RUN_FILE
+from kd.report.table import CSV_COLUMNS, format_table, table_rows
+from kd.report.wandb_report import build_report, sweep_runs
+from kd.tracking.wandb_tracker import RUN_FILE
 
 TARGET = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment"}
 BONUS = {"none": 0.0, "fc": 2.0, "fcra": 3.5}

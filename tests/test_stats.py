@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import FAST, run_cli
-from kd.claims import write_claims
-from kd.report import load_sweep, main
+from kd.report.claims import write_claims
+from kd.report.cli import load_sweep, main
 from kd.results import write_results
-from kd.stats import estimate, paired
-from kd.table import table_rows
+from kd.report.stats import estimate, paired
+from kd.report.table import table_rows
 
 TARGET = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment"}
 ALPHAS = [0.0, 0.5, 1.0]

@@ -18,7 +18,7 @@ from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from reliability import saved_epoch
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.train import train
-from kd.wandb_tracker import RUN_FILE, WandbTracker
+from kd.tracking.wandb_tracker import RUN_FILE, WandbTracker
 
 WANDB = [sys.executable, "-m", "wandb"]
 # After FAST, so that logger=wandb wins; no augmentation and two steps an epoch keep a job to seconds on a CPU.
@@ -95,7 +95,7 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     assert students[1]["teacher_work_dir"] == str(teacher_dir)  # where kd-sync finds the teacher's run
 
     # One command lists every offline run of the sweep, the teacher's (under KD_HOME) included
-    listed = subprocess.run([sys.executable, "-m", "kd.sync", str(sweep_dir), "--list"], capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep_dir), "--list"], capture_output=True,
                             text=True, check=True).stdout.split()
     expected = [run for job in [*(Path(r["job_dir"]) for r in students), teacher_dir] for run in offline_runs(job)]
     assert listed == [str(run.absolute()) for run in expected] and len(listed) == 3
@@ -169,7 +169,7 @@ def test_wandb_init_failure_does_not_stop_training(tmp_path, caplog):
     result = single_run(tmp_path, "logger.project=not/allowed")  # W&B rejects '/' in a project name
     assert result["status"] == "completed"
     assert read_results(tmp_path / "job" / RESULTS_FILE)["status"] == "completed"
-    warnings = [r.getMessage() for r in caplog.records if r.name == "kd.wandb_tracker"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "kd.tracking.wandb_tracker"]
     assert len(warnings) == 1 and "W&B could not start" in warnings[0]
 
 
@@ -180,7 +180,7 @@ def test_failing_wandb_calls_warn_once_and_never_raise(tmp_path, caplog):
         run.log({"epoch": 1}, step=1)
         run.log({"epoch": 2}, step=2)
         run.summary({"final_top1": 1.0})
-    warnings = [r.getMessage() for r in caplog.records if r.name == "kd.wandb_tracker"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "kd.tracking.wandb_tracker"]
     assert len(warnings) == 1 and warnings[0].startswith("W&B log failed (UsageError")
 
 
@@ -224,11 +224,11 @@ def test_unreachable_server_falls_back_to_offline(tmp_path, monkeypatch, caplog)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
-    caplog.set_level(logging.INFO, logger="kd.wandb_tracker")
+    caplog.set_level(logging.INFO, logger="kd.tracking.wandb_tracker")
     job = log_two_epochs(tmp_path, "logger.mode=online")
     (run_dir,) = offline_runs(job)
     assert [row["test/top1"] for row in read_offline_run(run_dir)["history"]] == [10.0, 20.0]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "kd.wandb_tracker"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "kd.tracking.wandb_tracker"]
     assert "is offline (online failed:" in line and f"wandb sync {run_dir}" in line
 
 
@@ -243,10 +243,10 @@ def test_auto_mode_without_credentials_is_offline(tmp_path, monkeypatch):
 
 def test_logger_config_defaults_to_wandb_and_rejects_typos():
     cfg = compose_config([])
-    assert cfg.logger._target_ == "kd.wandb_tracker.WandbTracker"
+    assert cfg.logger._target_ == "kd.tracking.wandb_tracker.WandbTracker"
     assert isinstance(instantiate(cfg.logger), WandbTracker)
     with pytest.raises(Exception, match="mdoe"):
         compose_config(["logger.mdoe=offline"])
     with pytest.raises(Exception, match="bogus"):
         compose_config(["logger.mode=bogus"])
-    assert compose_config(["logger=none"]).logger._target_ == "kd.tracking.NullTracker"
+    assert compose_config(["logger=none"]).logger._target_ == "kd.tracking.null.NullTracker"

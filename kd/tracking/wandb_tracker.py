@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import WandbMode
-from kd.tracking import NullRun
+from kd.tracking.null import NullRun
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
    largest paired difference between two alphas, against an equivalence margin (points of top-1).
 3. Alpha = 1 (pure KD) gains least: the gain fcra - none at alpha = 1 against the other alphas' gains.
 
-Every difference is paired by seed (kd/stats.py). A one-sided claim is *supported* when the whole
+Every difference is paired by seed (kd/report/stats.py). A one-sided claim is *supported* when the whole
 95% interval lies on the claimed side, *contradicted* when it lies wholly on the other side, and
 *inconclusive* otherwise, or with one seed (no interval). "Matters little" is supported when every
 interval lies inside (-margin, +margin) and contradicted when one lies wholly outside it.
@@ -16,8 +16,8 @@ import itertools
 from pathlib import Path
 from typing import Any, Optional
 
-from kd.stats import Estimate, estimate, paired
-from kd.table import METRICS
+from kd.report.stats import Estimate, estimate, paired
+from kd.report.table import METRICS
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 

@@ -19,12 +19,12 @@ from typing import Any, Optional
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
-from kd.claims import write_claims
-from kd.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
+from kd.report.claims import write_claims
+from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
 from kd.sweep_dir import cell_dir_name
-from kd.table import (CSV_COLUMNS, METRICS, MetricUnavailableError, check_metric, format_table, table_records,
+from kd.report.table import (CSV_COLUMNS, METRICS, MetricUnavailableError, check_metric, format_table, table_records,
                       teacher_accuracy)
 
 
@@ -188,7 +188,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"kd-report: warning: {warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     if args.wandb:
-        from kd.wandb_report import ReportError, publish  # wandb-workspaces only when asked for
+        from kd.report.wandb_report import ReportError, publish  # wandb-workspaces only when asked for
 
         try:
             print(f"W&B report: {publish(students, args.sweep_dir, args.alpha, args.metric, args.entity)}")

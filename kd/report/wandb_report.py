@@ -12,8 +12,8 @@ import wandb
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
-from kd.table import METRICS, format_table
-from kd.wandb_tracker import is_synced, offline_run_dirs, read_run_file
+from kd.report.table import METRICS, format_table
+from kd.tracking.wandb_tracker import is_synced, offline_run_dirs, read_run_file
 
 API_TIMEOUT_S = 30  # fail fast without a reachable server instead of retrying
 

@@ -1,4 +1,4 @@
-"""Experiment trackers: `logger=none` here; `logger=wandb` in kd/wandb_tracker.py.
+"""Experiment trackers: `logger=none` here; `logger=wandb` in kd/tracking/wandb_tracker.py.
 
 A tracker opens one run per job (`run(...)`, a context manager) whose `log` takes a
 metrics dict and an epoch, whose `summary` takes the final numbers and whose `record` adds

@@ -2,13 +2,13 @@
 augmentation against none (the paper's is fcra - none).
 
 With several seeds a cell reads `mean ± half-width of its 95% interval (n=seeds)`, and the Gains
-row is computed from the per-seed differences (paired: kd/stats.py); one seed shows no interval.
+row is computed from the per-seed differences (paired: kd/report/stats.py); one seed shows no interval.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from kd.stats import Estimate, estimate, paired
+from kd.report.stats import Estimate, estimate, paired
 
 AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
 # The metrics a table can show (results.json keys), in words. Only a validation split can pick an epoch

@@ -2,7 +2,7 @@
 
 Several seeds are drawn as mean ± the half-width of the 95% interval (error bars, shaded bands;
 none with one seed, nor their legend symbols); a cell without a result is listed under the plot,
-never drawn as a point. Each plot returns its Figure; kd/report.py saves it.
+never drawn as a point. Each plot returns its Figure; kd/report/cli.py saves it.
 
 Y ranges: a test top-1 moves in steps of one test image (100 / n points), so an axis fitted tightly to
 close values would blow a one-image difference up to its full height. Every top-1 axis spans at least
@@ -19,8 +19,8 @@ from typing import Any
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state, PNGs via Agg
 from matplotlib.ticker import MaxNLocator
 
-from kd.stats import estimate, paired
-from kd.table import grid_axes, grid_cells, teacher_accuracy
+from kd.report.stats import estimate, paired
+from kd.report.table import grid_axes, grid_cells, teacher_accuracy
 
 AUG_STYLE = {  # one color and label per augmentation level, the same in every figure
     "none": ("tab:gray", "none"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from kd.results import collect_sweep
-from kd.wandb_tracker import RUN_FILE, is_synced, offline_run_dirs
+from kd.tracking.wandb_tracker import RUN_FILE, is_synced, offline_run_dirs
 
 
 def sweep_job_dirs(sweep_dir: Path) -> list[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,15 @@ def test_not_a_sweep_is_a_clear_error(tmp_path, capsys, where):
     err = capsys.readouterr().err.strip()
     assert err.startswith("kd-report: error:") and len(err.splitlines()) == 1
     assert not (path / "gains.md").exists()
+
+
+def test_a_wandb_report_of_the_test_picked_metric_is_refused_before_writing(report, capsys, tmp_path):
+    sweep = Path(shutil.copytree(report[0], tmp_path / "sweep"))
+    for name in ("gains.md", "gains.csv"):
+        (sweep / name).unlink(missing_ok=True)
+    assert main([str(sweep), "--wandb", "--metric", "best_top1"]) == 2
+    assert "use --metric final_top1 or test_top1_at_best_val" in capsys.readouterr().err
+    assert not (sweep / "gains.md").exists() and not (sweep / "gains.csv").exists()
 
 
 def test_wandb_report_object(report):

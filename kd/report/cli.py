@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/train.py: SUMMARY_KEYS)
+        print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
+              "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "
+              "test_top1_at_best_val", file=sys.stderr)
+        return 2
     try:
         students = load_sweep(args.sweep_dir)
         check_metric(students, args.metric, str(args.sweep_dir))

@@ -128,8 +128,8 @@ class LoopUpdate:
         return float_lrs(self.students[i].optimizer.state_dict()), self.students[i].scheduler.state_dict()
 
 
-def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable,
-                    epoch: int, skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
+def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable, epoch: int,
+                    skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
     that stopped it (None for those skipped: they wait for the pack to reach their epoch)."""
     n_students = len(update.students)

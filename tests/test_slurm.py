@@ -109,8 +109,14 @@ def test_signalled_cell_is_requeued_and_resumes_to_the_same_result(slurm, tmp_pa
         wait_for(lambda: job_field(slurm, job_id, "Restarts") == "1"
                  and job_field(slurm, job_id, "JobState") == "PENDING", 60, "submitit to requeue the job")
         assert epochs_done() < 30, "the cell finished before the signal; raise trainer.epochs"
-        slurm.command("scontrol", "update", f"JobId={job_id}", "StartTime=now")  # skip SLURM's 2-minute requeue delay
-        master.wait(timeout=300)
+        # Skip most of SLURM's 2-minute requeue delay, but not all: a start in the same second as the kill is
+        # refused ("Job credential revoked", the credential's time has a one-second grain) and fails the job.
+        slurm.command("scontrol", "update", f"JobId={job_id}", "StartTime=now+3")
+        try:
+            master.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the requeued cell did not finish in 300 s:\n" + slurm.logs()
+                        + "".join(p.read_text()[-2000:] for p in (sweep / ".submitit").glob("*/*_log.*")))
     finally:
         if master.poll() is None:
             master.kill()

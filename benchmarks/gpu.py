@@ -45,11 +45,32 @@ def way_configs(way: str, model: list[str], alphas: tuple[float, ...], args) -> 
 
 
 def measure(cfgs: list, splits, device: torch.device, args) -> dict:
-    """Best of the rounds (a busy machine slows a round, never speeds it), with how the step ran."""
-    setup = Setup(cfgs, splits, device)
-    rate = max(setup.images_per_s(args.warmup, args.steps) for _ in range(args.rounds))
-    return {"cell_images_per_s": rate, "cells": len(cfgs), "step": setup.plan.mode or "eager",
-            "why": setup.plan.why}
+    """Best of the rounds (a busy machine slows a round, never speeds it), with how the step ran. A way that
+    fails (a graph that cannot be captured, say) is recorded with its error, so the other ways still count."""
+    started = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        setup = Setup(cfgs, splits, device)
+        rate = max(setup.images_per_s(args.warmup, args.steps) for _ in range(args.rounds))
+        result = {"cell_images_per_s": rate, "cells": len(cfgs), "step": setup.plan.mode or "eager",
+                  "why": setup.plan.why}
+        del setup  # stops (a)'s DataLoader workers before the next way starts
+    except Exception as err:  # noqa: BLE001 (reported in the table and the JSON, never hidden)
+        result = {"error": f"{type(err).__name__}: {err}"}
+    result["seconds"] = time.perf_counter() - started  # compilation included: what a way costs to measure
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    torch._dynamo.reset()  # each way compiles afresh: no cache hits or recompile limits carried over
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def rate_text(result: dict | None) -> str:
+    if result is None:
+        return "not run (budget)"
+    return f"{result['cell_images_per_s']:.0f}" if "error" not in result else "failed"
 
 
 def describe(device: torch.device) -> dict:
@@ -71,6 +92,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of (a)")
     parser.add_argument("--json", default="gpu_benchmark.json", help="where the full results go")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="start no new measurement after this many seconds (a lent GPU's time is short); "
+                        "the ways go column by column, so the finished ones are complete")
     parser.add_argument("--quick", action="store_true", help="CPU smoke: resnet8 pair, 2 steps, 1 round")
     args = parser.parse_args()
     if args.quick:
@@ -84,43 +108,69 @@ def main() -> None:
     print(f"{info['device']}; torch {info['torch']}, CUDA {info['cuda']}; {teacher}->{student}, batch "
           f"{args.batch_size}; best of {args.rounds} rounds of {args.warmup} warmup + {args.steps} timed steps")
 
-    # The teacher's own training: the same step with the teacher as the model, CE only, its recipe's fc.
+    # Column by column, (d) last: a budget that runs out leaves whole ways measured. The teacher's own
+    # training is the same step with the teacher as the model, CE only, its recipe's fc.
     rates: dict = {"teacher": {}, "cells": {aug: {} for aug in AUGS}}
-    for way in TEACHER_WAYS:
-        cfgs = way_configs(way, [f"model={teacher}", f"teacher={teacher}", "aug=fc"], (0.0,), args)
-        rates["teacher"][way] = measure(cfgs, splits, device, args)
-    for aug in AUGS:
-        model = [f"model={student}", f"teacher={teacher}", f"aug={aug}"]
-        for way, (_, k) in WAYS.items():
-            alphas = GRID_ALPHAS if k > 1 else (0.5,)
-            rates["cells"][aug][way] = measure(way_configs(way, model, alphas, args), splits, device, args)
+    for way, (_, k) in WAYS.items():
+        jobs = [("teacher", None)] if way in TEACHER_WAYS else []
+        for target, aug in [*jobs, *(("cells", aug) for aug in AUGS)]:
+            if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+                print(f"{way}, {aug or 'teacher'}: not run, past --budget-s {args.budget_s:.0f}", flush=True)
+                continue
+            if target == "teacher":
+                cfgs = way_configs(way, [f"model={teacher}", f"teacher={teacher}", "aug=fc"], (0.0,), args)
+            else:
+                cfgs = way_configs(way, [f"model={student}", f"teacher={teacher}", f"aug={aug}"],
+                                   GRID_ALPHAS if k > 1 else (0.5,), args)
+            result = measure(cfgs, splits, device, args)
+            (rates["teacher"] if target == "teacher" else rates["cells"][aug])[way] = result
+            print(f"{way}, {aug or 'teacher'}: {rate_text(result)} cell-images/s "
+                  f"({result.get('error') or result['step']}; {result['seconds']:.0f} s)", flush=True)
+            write_json(args.json, info, rates, {}, started)  # what is measured survives a killed run
 
     print(f"\ncell-images/s (training images per second, summed over the cells one process trains; the teacher "
           f"trains with fc):\n")
     print("| | " + " | ".join(WAYS) + " |\n|---" * 1 + "|---" * len(WAYS) + "|")
     for aug in AUGS:
-        print(f"| {aug} | " + " | ".join(f"{rates['cells'][aug][w]['cell_images_per_s']:.0f}" for w in WAYS) + " |")
-    print("| teacher | " + " | ".join(f"{rates['teacher'][w]['cell_images_per_s']:.0f}" if w in rates["teacher"]
-                                      else "(as b)" for w in WAYS) + " |")
-    grid = {}
+        print(f"| {aug} | " + " | ".join(rate_text(rates["cells"][aug].get(w)) for w in WAYS) + " |")
+    print("| teacher | " + " | ".join(rate_text(rates["teacher"].get(w)) if w in TEACHER_WAYS else "(as b)"
+                                      for w in WAYS) + " |")
+    grid = {way: projected_grid_s(rates, way) for way in WAYS}
+    print("| projected grid, teacher included | " + " | ".join(
+        f"{grid[w] / 3600:.2f} h" if grid[w] else "-" for w in WAYS) + " |")
+    base = grid["a conventional"]
+    print("| x faster than (a) | " + " | ".join(f"{base / grid[w]:.1f}x" if base and grid[w] else "-"
+                                                for w in WAYS) + " |")
     for way in WAYS:
-        teacher_way = way if way in rates["teacher"] else "b kd defaults"
-        seconds = GRID_EPOCHS * EPOCH_IMAGES / rates["teacher"][teacher_way]["cell_images_per_s"]
-        seconds += sum(len(GRID_ALPHAS) * GRID_EPOCHS * EPOCH_IMAGES / rates["cells"][aug][way]["cell_images_per_s"]
-                       for aug in AUGS)
-        grid[way] = seconds
-    print("| projected grid, teacher included | " + " | ".join(f"{grid[w] / 3600:.2f} h" for w in WAYS) + " |")
-    print("| x faster than (a) | " + " | ".join(f"{grid['a conventional'] / grid[w]:.1f}x" for w in WAYS) + " |")
-    for way in WAYS:
-        r = rates["cells"]["fc"][way]
-        print(f"{way}: step {r['step']} ({r['why']})")
+        r = rates["cells"]["fc"].get(way)
+        if r is not None:
+            print(f"{way}: step {r.get('step', '-')} ({r.get('error') or r['why']})")
+    results = [r for per_aug in (rates["teacher"], *rates["cells"].values()) for r in per_aug.values()]
     if device.type == "cuda":
-        info["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        print(f"peak GPU memory {info['peak_gpu_memory_gib']:.1f} GiB")
-    info["wall_s"] = time.perf_counter() - started
-    print(f"benchmark wall time {info['wall_s']:.0f} s; results in {args.json}")
-    with open(args.json, "w") as f:
-        json.dump({**info, "rates": rates, "projected_grid_s": grid}, f, indent=2)
+        info["peak_gpu_memory_gib"] = max(r["peak_gpu_memory_gib"] for r in results)
+        print(f"peak GPU memory {info['peak_gpu_memory_gib']:.1f} GiB (the most any one way took)")
+    write_json(args.json, info, rates, grid, started)
+    print(f"benchmark wall time {time.perf_counter() - started:.0f} s; results in {args.json}")
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} measurement(s) failed (their rows say 'failed'); the first: {failed[0]}")
+
+
+def projected_grid_s(rates: dict, way: str) -> float | None:
+    """The 15-cell grid plus its teacher, in seconds, at this way's rates; None where one is missing."""
+    teacher = rates["teacher"].get(way if way in TEACHER_WAYS else "b kd defaults")
+    cells = [rates["cells"][aug].get(way) for aug in AUGS]
+    if any(r is None or "error" in r for r in [teacher, *cells]):
+        return None
+    seconds = GRID_EPOCHS * EPOCH_IMAGES / teacher["cell_images_per_s"]
+    return seconds + sum(len(GRID_ALPHAS) * GRID_EPOCHS * EPOCH_IMAGES / r["cell_images_per_s"] for r in cells)
+
+
+def write_json(path: str, info: dict, rates: dict, grid: dict, started: float) -> None:
+    """Rewritten after every measurement: a run killed at its time limit still leaves what it measured."""
+    with open(path, "w") as f:
+        json.dump({**info, "wall_s": time.perf_counter() - started, "rates": rates,
+                   "projected_grid_s": grid}, f, indent=2)
 
 
 if __name__ == "__main__":

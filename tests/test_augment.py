@@ -118,6 +118,7 @@ def test_the_sync_free_form_equals_the_grouped_form(seed: int):
                            apply_rand_augment(images, ops, negative, magnitude, "grouped"))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_training_step_on_cuda_never_syncs_with_the_host(tmp_path):
     cfg = compose_config([*FAST, "aug=fcra", "alpha=0.5", "trainer.device=cuda", "trainer.compile=false"],

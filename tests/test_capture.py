@@ -57,6 +57,7 @@ def test_the_compiled_step_with_a_tensor_learning_rate_trains_as_eager_on_the_cp
     assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graph_capture_on_cuda_trains_as_eager_within_bf16_tolerance(tmp_path):
     cfg = compose_config([*RECIPE, "trainer.device=cuda"], out_dir=tmp_path)

@@ -24,6 +24,19 @@ def test_a_real_job_logs_its_device_and_why(tmp_path, caplog):
                                "cudnn_benchmark": False}
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_job_logs_its_gpu_and_runs_with_the_speed_switches_on(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="kd.device")
+    result = train(compose_config([*FAST, "alpha=0.5", "trainer.device=auto"], out_dir=tmp_path / "job"))
+    (record,) = [r for r in caplog.records if r.name == "kd.device"]
+    assert record.getMessage() == f"device: cuda:0 ({torch.cuda.get_device_name(0)}) (trainer.device=auto found CUDA)"
+    assert result["status"] == "completed" and result["device_choice"] == "trainer.device=auto found CUDA"
+    assert result["speed"] == {"bf16": True, "compile": True, "graph_capture": False, "channels_last": True,
+                               "cudnn_benchmark": True}
+
+
+@pytest.mark.cuda
 def test_auto_says_what_it_found(caplog):
     caplog.set_level(logging.INFO, logger="kd.device")
     device, why = resolve_device("auto")
@@ -47,6 +60,7 @@ def test_a_name_that_is_no_device_is_refused(name):
         check_device(name)
 
 
+@pytest.mark.cuda
 def test_a_cuda_device_this_machine_lacks_is_refused():
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     lacks = "torch cannot use CUDA here" if count == 0 else f"only {count} CUDA device"

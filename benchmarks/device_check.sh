@@ -38,7 +38,7 @@ step() {  # step NAME SECONDS COMMAND...: run it under a timeout, its output to 
 
 run() {
     OUT=${OUT:-/tmp/kd-device-out}
-    mkdir -p "$OUT"
+    mkdir -p "$OUT" && : > "$OUT/summary.txt"
     if compgen -G ".whl/*.whl" > /dev/null; then
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/kd-site \
             .whl/*.whl || { echo "run: installing .whl/ failed" >&2; return 1; }
@@ -51,7 +51,7 @@ run() {
                   torch.backends.cudnn.version(), "GPU", torch.cuda.is_available())'
       nproc; } 2>&1 | tee "$OUT/environment.txt"
 
-    # Only the files that hold CUDA tests: the others import wandb or submitit, which that machine lacks.
+    # Only the files that hold CUDA tests: some others import wandb, which stays behind.
     step tests 170 python3 -m pytest -m cuda -q -p no:cacheprovider $(grep -l "pytest.mark.cuda" tests/test_*.py)
     TORCH_LOGS=recompiles step gpu_benchmark 250 python3 benchmarks/gpu.py --budget-s 180 \
         --json "$OUT/gpu_benchmark.json"

@@ -59,10 +59,9 @@ def measure(cfgs: list, splits, device: torch.device, args) -> dict:
     except Exception as err:  # noqa: BLE001 (reported in the table and the JSON, never hidden)
         result = {"error": f"{type(err).__name__}: {err}"}
     result["seconds"] = time.perf_counter() - started  # compilation included: what a way costs to measure
-    if device.type == "cuda":
-        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     torch._dynamo.reset()  # each way compiles afresh: no cache hits or recompile limits carried over
     if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.empty_cache()
     return result
 
@@ -112,18 +111,17 @@ def main() -> None:
     # training is the same step with the teacher as the model, CE only, its recipe's fc.
     rates: dict = {"teacher": {}, "cells": {aug: {} for aug in AUGS}}
     for way, (_, k) in WAYS.items():
-        jobs = [("teacher", None)] if way in TEACHER_WAYS else []
-        for target, aug in [*jobs, *(("cells", aug) for aug in AUGS)]:
+        for aug in ([None] if way in TEACHER_WAYS else []) + list(AUGS):  # None: the teacher's own training
             if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
                 print(f"{way}, {aug or 'teacher'}: not run, past --budget-s {args.budget_s:.0f}", flush=True)
                 continue
-            if target == "teacher":
+            if aug is None:
                 cfgs = way_configs(way, [f"model={teacher}", f"teacher={teacher}", "aug=fc"], (0.0,), args)
             else:
                 cfgs = way_configs(way, [f"model={student}", f"teacher={teacher}", f"aug={aug}"],
                                    GRID_ALPHAS if k > 1 else (0.5,), args)
             result = measure(cfgs, splits, device, args)
-            (rates["teacher"] if target == "teacher" else rates["cells"][aug])[way] = result
+            (rates["teacher"] if aug is None else rates["cells"][aug])[way] = result
             print(f"{way}, {aug or 'teacher'}: {rate_text(result)} cell-images/s "
                   f"({result.get('error') or result['step']}; {result['seconds']:.0f} s)", flush=True)
             write_json(args.json, info, rates, {}, started)  # what is measured survives a killed run

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +68,28 @@ def snapshot(root: Path) -> dict[str, tuple[int, str]]:
 def last_lines(text: str, n: int = 4) -> str:
     """What a user reads at the end of a failed command."""
     return "\n".join(text.strip().splitlines()[-n:])
+
+
+def randomised(net: torch.nn.Module) -> torch.nn.Module:
+    """Random BatchNorm statistics and affine parameters, so that a wrongly mapped BN shows in the logits."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return net.eval()
+
+
+def kill_after_checkpoint(script: Path, args: list[str], checkpoint: Path, epoch: int, log: Path, then: float) -> None:
+    """Start `script <args>` and SIGKILL it `then` seconds after `checkpoint` holds `epoch` epochs."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(script), *args], env={**os.environ, **ONE_THREAD},
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and saved_epoch(checkpoint) < epoch:
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    time.sleep(then)
+    proc.kill()  # SIGKILL
+    proc.wait()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kd import models
+from kd.models import resnet as models
 
 ALL = ["resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4"]
 

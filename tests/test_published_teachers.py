@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import FAST, compose_config, run_cli
-from kd import models
 from kd.checkpoint import CheckpointError
 from kd.teacher import load_teacher
+from reliability import randomised
 
 NARROW, WIDE = (16, 16, 32, 64), (32, 64, 128, 256)
 
@@ -75,14 +75,7 @@ def theirs(arch: str, num_classes: int = 100) -> TheirResNet:
     """Their network with random weights and BatchNorm statistics, so that a wrong mapping shows."""
     torch.manual_seed(0)
     depth, filters = int(arch.removeprefix("resnet").removesuffix("x4")), WIDE if arch.endswith("x4") else NARROW
-    net = TheirResNet(depth, filters, num_classes)
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return net.eval()
+    return randomised(TheirResNet(depth, filters, num_classes))
 
 
 def save_theirs(net: nn.Module, path: Path, data_parallel: bool = False) -> Path:
@@ -174,3 +167,44 @@ def test_a_run_distils_from_a_published_format_teacher_and_records_it(tmp_path, 
     teacher = json.loads((tmp_path / "t" / "results.json").read_text())
     assert results["teacher_top1"] == teacher["teacher_top1"] > 50  # the same network, measured again
     assert results["teacher_format"] == "RepDistiller/mdistiller" and len(results["teacher_sha256"]) == 64
+
+
+# ---- Every network of the benchmark's teachers (cifar_teachers.tar), and its students, in their layout ----
+
+def their_network(arch: str, num_classes: int = 100) -> nn.Module:
+    """Their module tree (tests/theirs_*.py, transcribed from RepDistiller) with random weights and BN statistics."""
+    from theirs_mobilenet_shufflenet import THEIRS as MOBILE
+    from theirs_wrn_vgg_resnet50 import THEIRS as OTHERS
+
+    torch.manual_seed(0)
+    return randomised({**OTHERS, **MOBILE}[arch](num_classes))
+
+
+PUBLISHED_TEACHERS = ["wrn_40_2", "vgg13", "resnet50"]  # with resnet56, resnet110, resnet32x4 above
+PAIR_STUDENTS = ["wrn_16_2", "wrn_40_1", "vgg8", "mobilenetv2", "shufflev1", "shufflev2"]
+
+
+@pytest.mark.parametrize("data_parallel", [False, True])
+@pytest.mark.parametrize("arch", PUBLISHED_TEACHERS + PAIR_STUDENTS)
+def test_their_checkpoint_of_every_benchmark_network_gives_their_logits(arch, data_parallel, tmp_path):
+    net = their_network(arch)
+    model, fmt = load(save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel), arch)
+    assert fmt == "RepDistiller/mdistiller"
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():  # float64: with random BN, WRN-40's logits reach ~800, where float32 summation order shows
+        want, got = net.double()(x), model.double().eval()(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert want.std() > 0.1
+
+
+def test_a_published_checkpoint_of_another_family_is_refused_naming_what_it_holds(tmp_path):
+    path = save_theirs(their_network("vgg8"), tmp_path / "ckpt_epoch_240.pth", data_parallel=True)
+    with pytest.raises(CheckpointError, match=r"holds vgg8 with 100 classes, but the config asks for wrn_40_2"):
+        load(path, "wrn_40_2")
+
+
+def test_a_state_dict_of_no_kd_network_is_refused_with_its_shape(tmp_path):
+    torch.save({"epoch": 1, "model": {"features.0.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(10, 8)}},
+               tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match=r"holds none of kd's networks .*2 tensors, 10 classes"):
+        load(tmp_path / "x.pth", "vgg13", 10)

@@ -7,8 +7,12 @@ on 32x32 CIFAR it is exactly RepDistiller's AvgPool2d(8).
 """
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
+
+from kd.models.features import Features, staged_features
 
 
 class BasicBlock(nn.Module):
@@ -25,9 +29,13 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.preact(x))
+
+    def preact(self, x: torch.Tensor) -> torch.Tensor:
+        """The block's output before its last ReLU: what RepDistiller's feature methods read as `preact`."""
         out = torch.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return torch.relu(out + self.shortcut(x))
+        return out + self.shortcut(x)
 
 
 class CifarResNet(nn.Module):
@@ -45,6 +53,7 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(in_planes, planes, stride))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
+        self.blocks_per_stage = blocks
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
         for m in self.modules():
@@ -54,10 +63,14 @@ class CifarResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False) -> Union[torch.Tensor, tuple[torch.Tensor, Features]]:
         x = torch.relu(self.bn1(self.conv1(x)))
-        x = self.pool(self.layers(x))
-        return self.fc(torch.flatten(x, 1))
+        if not features:
+            return self.fc(torch.flatten(self.pool(self.layers(x)), 1))
+        n = self.blocks_per_stage
+        x, found = staged_features(x, [self.layers[i * n:(i + 1) * n] for i in range(3)])
+        pooled = torch.flatten(self.pool(x), 1)
+        return self.fc(pooled), found._replace(pooled=pooled)
 
 
 _NARROW = (16, 16, 32, 64)

@@ -108,9 +108,9 @@ class FlipCropRandAugmentConfig:
 
 @dataclass
 class KDLossConfig:
-    _target_: str = "kd.losses.kd_loss"
-    _partial_: bool = True
+    _target_: str = "kd.distillers.kd.KD"
     temperature: float = 4.0
+    scale: float = 1.0  # L = scale * ((1 - alpha) * CE + alpha * term): kd/distillers/base.py
 
 
 @dataclass
@@ -139,8 +139,7 @@ class OptimConfig:
 
 @dataclass
 class CELossConfig:
-    _target_: str = "kd.losses.cross_entropy"
-    _partial_: bool = True
+    _target_: str = "kd.distillers.base.CrossEntropy"
 
 
 @dataclass
@@ -244,7 +243,7 @@ class Config:
     optim: OptimConfig = MISSING
     trainer: TrainerConfig = MISSING
     logger: Any = MISSING
-    alpha: float = 0.5  # weight of the KD term: (1 - alpha) * CE + alpha * T^2 * KL
+    alpha: float = 0.5  # weight of the distiller's term: (1 - alpha) * CE + alpha * term (KD's: T^2 * KL)
     seed: int = 0
     stage: Stage = Stage.student
     out_dir: str = MISSING

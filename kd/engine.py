@@ -34,6 +34,7 @@ from kd.capture import EAGER, CompilePlan, float_lrs, log_plan, plan_compile
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from kd.config import PackMode, Pipeline
 from kd.data import ImageSplits
+from kd.distillers.base import Distiller, Outputs
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.stacking import StackedUpdate
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
@@ -41,7 +42,7 @@ from kd.teacher import CachedTeacherLogits, FrozenTeacher
 log = logging.getLogger(__name__)
 
 NONFINITE_CHECK_EVERY = 50  # steps between host reads of the "loss went NaN/inf" flags
-TeacherFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+TeacherFn = Callable[[torch.Tensor, torch.Tensor], Outputs]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,7 +71,7 @@ class Student:
     optimizer: torch.optim.Optimizer
     optimizer_step: Callable[[], None]  # optimizer.step, compiled where graph capture is on
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: Callable
+    distiller: Distiller  # its loss, with any learned parts (a FitNet regressor) that train with the student
     alpha: float
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
@@ -102,18 +103,18 @@ class LoopUpdate:
     def __init__(self, students: list[Student]) -> None:
         self.students = students
 
-    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher_logits, autocast: Callable
-             ) -> dict[int, tuple]:
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher: Optional[Outputs],
+             autocast: Callable, epoch: int) -> dict[int, tuple]:
         out = {}
         for i in live:
             s = self.students[i]
             with autocast():
-                logits = s.forward(images)
-            parts = s.loss_fn(logits, teacher_logits if s.alpha > 0 else None, labels, alpha=s.alpha)
+                student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
+            parts = s.distiller(student, teacher if s.alpha > 0 else None, labels, s.alpha, epoch)
             s.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             s.optimizer_step()
-            out[i] = (parts, logits)
+            out[i] = (parts, student.logits)
         return out
 
     def end_epoch(self, trained: list[int]) -> None:
@@ -128,6 +129,11 @@ class LoopUpdate:
         return float_lrs(self.students[i].optimizer.state_dict()), self.students[i].scheduler.state_dict()
 
 
+def student_outputs(forward: Callable, images: torch.Tensor, features: bool) -> Outputs:
+    """The network's logits, and its features only when its distiller reads them (the plain forward otherwise)."""
+    return Outputs(*forward(images, features=True)) if features else Outputs(forward(images))
+
+
 def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable, epoch: int,
                     skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
@@ -135,6 +141,7 @@ def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: 
     n_students = len(update.students)
     device = next(update.students[0].model.parameters()).device
     sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
+    extra_sums: list[dict[str, torch.Tensor]] = [{} for _ in range(n_students)]  # a distiller's own parts
     first_bad = [torch.tensor(-1, device=device) for _ in range(n_students)]
     errors: dict[int, NonFiniteLossError] = {}
     live = [i for i in range(n_students) if i not in skip]
@@ -143,12 +150,14 @@ def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: 
     seen = 0
     for step, (images, labels, indices) in enumerate(batches):
         plan.begin_step()
-        teacher_logits = teacher_fn(images, indices) if teacher_fn is not None else None
+        teacher = teacher_fn(images, indices) if teacher_fn is not None else None
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
-        for i, (parts, logits) in update.step(live, images, labels, teacher_logits, autocast).items():
+        for i, (parts, logits) in update.step(live, images, labels, teacher, autocast, epoch).items():
             correct = (logits.argmax(1) == hard).sum()
             sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
+            for name, value in parts.extra.items():
+                extra_sums[i][name] = extra_sums[i].get(name, 0.0) + value.detach().float() * n
             bad = ~torch.isfinite(parts.total.detach())
             first_bad[i] = torch.where(bad & (first_bad[i] < 0), step, first_bad[i])
         seen += n
@@ -161,7 +170,8 @@ def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: 
             stats.append(errors.get(i))
             continue
         loss, ce, kd, correct = (sums[i] / seen).tolist()
-        stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, "train/top1": 100.0 * correct,
+        extra = {f"train/{name}": float(value) / seen for name, value in extra_sums[i].items()}
+        stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, **extra, "train/top1": 100.0 * correct,
                       "images": seen})
     return stats
 
@@ -221,16 +231,23 @@ def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: to
     return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16))["test/top1"]
 
 
-def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER) -> Student:
-    """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack."""
+def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER,
+                 teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None) -> Student:
+    """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack.
+
+    Its distiller's learned parts (FitNet's regressor) are built after the student, from the shapes of
+    `example` (a batch like the training ones), and train with the student's optimizer."""
     cfg, t = cell.cfg, cell.cfg.trainer
     seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
-    optimizer = instantiate(cfg.optim.optimizer)(model.parameters())
+    distiller = instantiate(cfg.loss)
+    if float(cfg.alpha) > 0 and example is not None:  # an alpha=0 cell never runs its term (nor the teacher)
+        distiller.setup(model, teacher, example)
+    distiller = distiller.to(device)
+    optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.parameters()])
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
-    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, instantiate(cfg.loss),
-                   float(cfg.alpha))
+    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller, float(cfg.alpha))
 
 
 def resume(student: Student) -> None:
@@ -243,6 +260,8 @@ def resume(student: Student) -> None:
         raise CheckpointError(f"{path} was written by a run with a different config; resuming would mix the "
                               f"two. {student.cell.stale_fix}")
     student.model.load_state_dict(state["model"])
+    if "distiller" in state:  # checkpoints of kd before distillers had learned parts hold none
+        student.distiller.load_state_dict(state["distiller"])
     student.optimizer.load_state_dict(state["optimizer"])
     student.scheduler.load_state_dict(state["scheduler"])
     student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
@@ -254,24 +273,33 @@ def resume(student: Student) -> None:
              student.cell.cfg.trainer.epochs)
 
 
-def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan
+def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan,
+              teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None
               ) -> Union[LoopUpdate, StackedUpdate]:
     """A pack's students, each resumed from its own checkpoint, in the update that trains them."""
-    students = [make_student(cell, num_classes, device, plan) for cell in cells]
+    students = [make_student(cell, num_classes, device, plan, teacher, example) for cell in cells]
     for s in students:
         resume(s)
         s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
     stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
+    unstackable = [s.cell.name or type(s.distiller).__name__ for s in students
+                   if s.distiller.needs_features or any(True for _ in s.distiller.parameters())]
+    if stacked and unstackable:
+        log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
+                 "features or own parameters (%s), which the stacked forward does not carry", ", ".join(unstackable))
+        stacked = False
     return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
 
 
 def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug,
-                    device: torch.device, autocast: Callable, plan: CompilePlan = EAGER) -> Optional[TeacherFn]:
-    """None when no cell needs it (the teacher never runs); cached logits for aug=none; else the live teacher."""
+                    device: torch.device, autocast: Callable, plan: CompilePlan = EAGER,
+                    features: bool = False) -> Optional[TeacherFn]:
+    """None when no cell needs it (the teacher never runs); cached logits for aug=none (when no distiller reads
+    the teacher's features); else the live teacher, computing its features only for a distiller that reads them."""
     if teacher is None:
         return None
-    frozen = FrozenTeacher(teacher.to(device), autocast, plan.model)
-    if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache:
+    frozen = FrozenTeacher(teacher.to(device), autocast, plan.model, features)
+    if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache and not features:
         clean = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=False)
         return CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
     return frozen
@@ -284,7 +312,11 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     t = cfg.trainer
     plan = plan_compile(t, device)
     log_plan(plan)
-    update = make_pack(cells, splits.num_classes, device, plan)
+    train_images = splits.split("train")[0]
+    example = torch.zeros((2, *train_images.shape[1:]), device=device)  # the shapes a distiller's parts are built for
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+    update = make_pack(cells, splits.num_classes, device, plan, teacher, example)
     students = update.students
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)
@@ -294,7 +326,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                     for split in ("val", "test") if splits.split(split)[0] is not None}
     # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
     distils = any(s.alpha > 0 for s in students)
-    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast, plan)
+    features = any(s.alpha > 0 and s.distiller.needs_features for s in students)
+    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast, plan, features)
     # The stream is shared, so the pack restarts at its least advanced cell; cells further on wait there.
     first = min(students, key=lambda s: s.start_epoch)
     if first.rng is not None:
@@ -331,7 +364,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 optimizer_state, scheduler_state = update.states(i)
                 # Cloned: in stacked mode the weights are views of the whole stack, which torch.save would write.
                 model_state = {k: v.clone() for k, v in s.model.state_dict().items()}
-                save_atomic({"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler_state,
+                save_atomic({"model": model_state, "distiller": s.distiller.state_dict(),
+                             "optimizer": optimizer_state, "scheduler": scheduler_state,
                              "rng": rng_state(train_batches.generator), "history": s.history, "epoch": epoch + 1,
                              "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
     return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]

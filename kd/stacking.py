@@ -19,6 +19,8 @@ import torch
 from hydra.utils import instantiate
 from torch.func import functional_call, stack_module_state, vmap
 
+from kd.distillers.base import Outputs
+
 
 class StackedUpdate:
     """Forward, backward and optimizer step of all of a pack's students at once."""
@@ -47,8 +49,8 @@ class StackedUpdate:
     def _forward(self, params: dict, buffers: dict, images: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (images,))
 
-    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher_logits, autocast: Callable
-             ) -> dict[int, tuple]:
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher, autocast: Callable,
+             epoch: int) -> dict[int, tuple]:
         held = [i for i in range(len(self.students)) if i not in live]
         kept = self._slices(held)  # before the forward, which moves every student's BatchNorm statistics
         with autocast():
@@ -56,7 +58,7 @@ class StackedUpdate:
         out, total = {}, 0.0
         for i in live:
             s = self.students[i]
-            parts = s.loss_fn(logits[i], teacher_logits if s.alpha > 0 else None, labels, alpha=s.alpha)
+            parts = s.distiller(Outputs(logits[i]), teacher if s.alpha > 0 else None, labels, s.alpha, epoch)
             total = total + parts.total
             out[i] = (parts, logits[i])
         self.optimizer.zero_grad(set_to_none=True)

@@ -23,12 +23,13 @@ from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from kd.config import Stage
 from kd import published_teachers as published
 from kd.data import ImageSplits
+from kd.distillers.base import Outputs
 
 log = logging.getLogger(__name__)
 
 
 def arch_name(model_cfg: DictConfig) -> str:
-    """`kd.models.resnet32x4` -> `resnet32x4`: the factory's name is the architecture's name."""
+    """`kd.models.resnet.resnet32x4` -> `resnet32x4`: the factory's name is the architecture's name."""
     return model_cfg._target_.rsplit(".", 1)[-1]
 
 
@@ -155,17 +156,19 @@ def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.M
     if all(key in ckpt for key in ("arch", "num_classes", "state_dict")):
         found, classes, state, fmt = ckpt["arch"], ckpt["num_classes"], ckpt["state_dict"], "kd"
     elif published.is_repdistiller(ckpt):
-        state = published.strip_data_parallel(ckpt["model"])
-        try:
-            found, classes = published.describe(state)
-        except KeyError as err:
-            raise CheckpointError(f"teacher checkpoint {path} looks like RepDistiller's but lacks {err}. {fix}") from None
-        state, fmt = published.to_kd(state), "RepDistiller/mdistiller"
+        state = published.to_kd(published.strip_data_parallel(ckpt["model"]))
+        found, classes = published.identify(state)
+        fmt = "RepDistiller/mdistiller"
+        if found is None:
+            keys = ", ".join(list(state)[:4])
+            raise CheckpointError(
+                f"teacher checkpoint {path} is in RepDistiller's layout but holds none of kd's networks (conf/model/): "
+                f"{len(state)} tensors, {classes} classes, starting {keys}, .... {fix}")
     else:  # e.g. a bare state_dict from another code base
         keys = ", ".join(map(str, list(ckpt)[:6])) + (", ..." if len(ckpt) > 6 else "")
         raise CheckpointError(
             f"teacher checkpoint {path} is not one kd wrote (it lacks arch, num_classes, state_dict) nor a "
-            f"RepDistiller/mdistiller checkpoint (a dict whose 'model' is their CIFAR ResNet's state dict); its "
+            f"RepDistiller/mdistiller checkpoint (a dict whose 'model' is a state dict); its "
             f"top-level keys are: {keys}. {fix}")
     if found != want or classes != splits.num_classes:
         raise CheckpointError(
@@ -208,14 +211,16 @@ def sha256_of(path: Path) -> str:
 class FrozenTeacher:
     """The teacher in eval mode with no grad, run on the student's exact (augmented) batch."""
 
-    def __init__(self, model: nn.Module, autocast: Callable, compile_fn: Callable = lambda model: model) -> None:
+    def __init__(self, model: nn.Module, autocast: Callable, compile_fn: Callable = lambda model: model,
+                 features: bool = False) -> None:
         self.model = model.eval().requires_grad_(False)
         self.forward = compile_fn(self.model)
         self.autocast = autocast
+        self.features = features  # only for a distiller that reads them: the plain forward otherwise
 
-    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> Outputs:
         with torch.no_grad(), self.autocast():
-            return self.forward(images)
+            return Outputs(*self.forward(images, features=True)) if self.features else Outputs(self.forward(images))
 
 
 class CachedTeacherLogits:
@@ -224,10 +229,10 @@ class CachedTeacherLogits:
     def __init__(self, teacher: FrozenTeacher, batches, num_images: int, num_classes: int) -> None:
         self.table = None
         for images, _, indices in batches:
-            logits = teacher(images, indices)
+            logits = teacher(images, indices).logits
             if self.table is None:
                 self.table = torch.empty(num_images, num_classes, dtype=logits.dtype, device=logits.device)
             self.table[indices] = logits
 
-    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        return self.table[indices]
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> Outputs:
+        return Outputs(self.table[indices])

@@ -17,6 +17,7 @@ from conftest import FAST, compose_config, run_cli
 from kd.augment_ladder import (AA_POLICY, TA_OPS, FlipCropAutoAugment, FlipCropCutMix, FlipCropMixup,
                                FlipCropTrivialAugment, beta_draw, cutout)
 from kd.engine import make_batches
+from kd.distillers.base import Outputs
 from kd.losses import kd_loss
 from test_augment import MIN_P, synthetic_splits, test_images
 
@@ -158,7 +159,7 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
     update = LoopUpdate([make_student(cell, 10, device)])
     student_forward = update.students[0].forward
     update.students[0].forward = lambda x: (seen.append(("student", x)), student_forward(x))[1]
-    teacher = lambda x, idx: (seen.append(("teacher", x)), torch.zeros(x.shape[0], 10))[1]  # noqa: E731
+    teacher = lambda x, idx: (seen.append(("teacher", x)), Outputs(torch.zeros(x.shape[0], 10)))[1]  # noqa: E731
     train_one_epoch(update, make_batches(cfg, splits, "train", mixing, device, shuffle=True), teacher,
                     lambda: torch.autocast("cpu", enabled=False), 0, set())
     assert seen[0][0] == "teacher" and seen[1][0] == "student" and seen[0][1] is seen[1][1]

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from conftest import FAST, compose_config, run_cli
 from kd.capture import EAGER, CompilePlan, plan_compile
 from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
-from kd.models import resnet8
+from kd.models.resnet import resnet8
 from test_augment import synthetic_splits
 
 # lr drops to exactly 0 after the first epoch: a learning rate baked into a captured graph would keep moving weights.

@@ -52,7 +52,7 @@ def test_a_model_loss_and_aug_of_ones_own_train_in_one_run(tmp_path):
     assert all(row["train/kd"] > 0 for row in results["history"])  # the teacher's soft targets were used
     # The student's own loss never trains the teacher: the cached one records plain cross-entropy.
     (cached,) = (tmp_path / "home" / "teachers").glob("*.pt")
-    assert json.loads(torch.load(cached, weights_only=True)["recipe"])["loss"]["_target_"] == "kd.losses.cross_entropy"
+    assert json.loads(torch.load(cached, weights_only=True)["recipe"])["loss"]["_target_"] == "kd.distillers.base.CrossEntropy"
 
 
 def test_a_misspelled_parameter_of_an_added_aug_is_named_before_training(tmp_path):

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,13 +9,13 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
+from kd.distillers.base import Outputs
 from kd.engine import Cell, LoopUpdate, make_batches, make_student
 from kd.packs import group_packs, pack_key
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.stacking import StackedUpdate
-from reliability import ONE_THREAD, metrics, same_weights
+from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
 from test_extending import on_pythonpath, write_extension
-from test_resume import saved_epoch
 from test_wandb_tracker import offline_runs, read_offline_run
 
 CELL = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fcra"]
@@ -120,27 +116,14 @@ def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_
     assert ce[(0.2, 0.0)] != ce[(0.0, 0.0)]  # the smoothing reached each cell's own loss
 
 
-def kill_after_checkpoint(args: list[str], checkpoint: Path, epoch: int, log: Path, then: float) -> None:
-    """Start `kd/train.py <args>` and SIGKILL it `then` seconds after `checkpoint` holds `epoch` epochs."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], env={**os.environ, **ONE_THREAD},
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and saved_epoch(checkpoint) < epoch:
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.02)
-    time.sleep(then)
-    proc.kill()  # SIGKILL
-    proc.wait()
-
-
 def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_different_epochs(tmp_path):
     grid = [*CELL, "trainer.epochs=4", ALPHAS, "trainer.deterministic=true", "optim.scheduler.milestones=[2]"]
     reference = sweep(tmp_path, "reference", grid)
     killed = tmp_path / "killed"
     args = ["-m", *grid, f"hydra.sweep.dir={killed}"]
     jobs = [cell_dir(killed, grid, alpha).name for alpha in ("alpha=0", "alpha=0.5", "alpha=1.0")]
-    kill_after_checkpoint(args, killed / jobs[2] / "checkpoint.pt", 2, tmp_path / "killed.log", then=0.1)  # in epoch 3
+    kill_after_checkpoint(TRAIN_SCRIPT, args, killed / jobs[2] / "checkpoint.pt", 2, tmp_path / "killed.log",
+                          then=0.1)  # in epoch 3
     assert not (killed / jobs[0] / RESULTS_FILE).exists()
     # Cell alpha=0 loses its checkpoint, as if killed before its first save: the pack restarts from epoch 0
     # for it while the others wait at their own epochs, on the same data stream.
@@ -198,7 +181,7 @@ def one_step(update_cls, dtype: torch.dtype, tmp_path: Path):
     teacher_logits = torch.randn(16, 10, dtype=dtype)
     for s in students:
         s.model.train()
-    out = update.step([0, 1, 2], images, labels, teacher_logits, contextlib.nullcontext)
+    out = update.step([0, 1, 2], images, labels, Outputs(teacher_logits), contextlib.nullcontext, epoch=0)
     losses = [out[i][0].total.detach() for i in range(3)]
     grads = [{n: p.grad.clone() for n, p in s.model.named_parameters()} for s in students] \
         if update_cls is LoopUpdate else \
@@ -227,7 +210,7 @@ def test_a_stacked_pack_trains_resumes_and_agrees_with_the_loop(tmp_path):
     killed = tmp_path / "stacked"
     args = ["-m", *stacked_args, f"hydra.sweep.dir={killed}"]
     jobs = [cell_dir(killed, stacked_args, alpha).name for alpha in ("alpha=0", "alpha=0.5", "alpha=1.0")]
-    kill_after_checkpoint(args, killed / jobs[2] / "checkpoint.pt", 1, tmp_path / "killed.log", then=0.0)
+    kill_after_checkpoint(TRAIN_SCRIPT, args, killed / jobs[2] / "checkpoint.pt", 1, tmp_path / "killed.log", then=0.0)
     (killed / jobs[1] / "checkpoint.pt").unlink()  # one cell behind the others
     done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from kd.checkpoint import CheckpointError
-from kd.models import resnet8
+from kd.models.resnet import resnet8
 from kd.results import RESULTS_FILE, read_results
 from kd.teacher import TeacherTooWeakError, recipe_digest, teacher_checkpoint_path
 from kd.train import train
@@ -77,7 +77,7 @@ STUDENT_ONLY_CHANGES = ["alpha=0.25", "loss.temperature=2", "optim.optimizer.lr=
 TEACHER_CHANGES = ["teacher.epochs=2", "teacher.batch_size=16", "teacher.optim.optimizer.lr=0.1",
                    "teacher.optim.scheduler.milestones=[1]", "teacher.aug.padding=1", "teacher=resnet14", "seed=1",
                    "teacher.seed=5", "data.image_size=16", "data.train_size=200", "data.val_size=100",
-                   "data.split_seed=1", "teacher.loss._target_=kd.losses.kd_loss", "aug@teacher.aug=none"]
+                   "data.split_seed=1", "teacher.loss._target_=kd.distillers.kd.KD", "aug@teacher.aug=none"]
 
 
 def digest(overrides: list[str]) -> str:
@@ -102,7 +102,7 @@ def test_the_teacher_trains_with_cross_entropy_and_its_own_epochs_whatever_the_s
     assert len(cached) == 1
     assert first["teacher_sha256"] == second["teacher_sha256"] and first["teacher_top1"] == second["teacher_top1"]
     recipe = json.loads(torch.load(cached[0], weights_only=True)["recipe"])
-    assert recipe["loss"] == {"_target_": "kd.losses.cross_entropy", "_partial_": True}
+    assert recipe["loss"] == {"_target_": "kd.distillers.base.CrossEntropy"}
     assert (recipe["epochs"], recipe["batch_size"], recipe["optim"]["optimizer"]["lr"]) == (3, 32, 0.05)
     work = torch.load(next(cached[0].parent.glob("*.work/checkpoint.pt")), weights_only=True)
     assert work["epoch"] == 3 and all(row["train/kd"] == 0.0 for row in work["history"])

@@ -1,0 +1,120 @@
+"""Distillers on the real loop: a grid over losses packs and trains each cell as alone, a FitNet regressor
+resumes, feature distillers run on every network family, and a user's own feature distiller is one file."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from conftest import FAST, TRAIN_SCRIPT, cell_dir, run_cli
+from kd.report.cli import main as report_main
+from kd.results import RESULTS_FILE, read_results
+from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
+
+CELL = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fc"]
+
+
+def sweep(tmp_path: Path, name: str, args: list[str], env: dict | None = None) -> tuple[Path, str]:
+    out = tmp_path / name
+    done = run_cli(["-m", *args, f"hydra.sweep.dir={out}"], cwd=tmp_path, env={**ONE_THREAD, **(env or {})})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out, done.stdout
+
+
+def test_a_pack_mixing_kd_dkd_and_at_trains_each_cell_exactly_as_alone(tmp_path):
+    grid = [*CELL, "loss=kd,dkd,at", "alpha=0.5"]
+    packed, log = sweep(tmp_path, "packed", grid)
+    alone, _ = sweep(tmp_path, "alone", [*grid, "hydra/launcher=basic"])
+    assert "kd: pack of 3" in log or "[aug=fc alpha=0.5 seed=0 loss=dkd]" in cell_dir(packed, grid, "loss=kd").joinpath(
+        "train.log").read_text()  # one process trained all three, each named by its loss
+    for loss in ("kd", "dkd", "at"):
+        job = cell_dir(packed, grid, f"loss={loss}")
+        result = read_results(job / RESULTS_FILE)
+        assert result["status"] == "completed" and result["history"][-1]["train/kd"] > 0
+        assert metrics(result) == metrics(read_results(alone / job.name / RESULTS_FILE)), loss
+        assert same_weights(job / "checkpoint.pt", alone / job.name / "checkpoint.pt"), loss
+    dkd = read_results(cell_dir(packed, grid, "loss=dkd") / RESULTS_FILE)["history"][0]
+    assert dkd["train/tckd"] > 0 and dkd["train/nckd"] > 0  # a distiller's own parts are logged
+
+
+def test_a_grid_over_distillers_reports_one_table_per_loss(tmp_path, capsys):
+    grid = [*FAST, "teacher=resnet8", "loss=kd,fitnet", "alpha=0,0.5", "aug=none,fc"]
+    out, _ = sweep(tmp_path, "grid", grid)
+    assert report_main([str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "loss=kd:\n" in printed and "loss=fitnet:\n" in printed  # never pooled into 2-seed intervals
+    assert "(n=2)" not in printed
+    gains = (out / "gains.csv").read_text().splitlines()
+    assert gains[0].startswith("loss,quantity,aug,alpha")
+    claims = (out / "claims.md").read_text()
+    assert "## loss=kd" in claims and "## loss=fitnet" in claims
+
+
+def test_a_fitnet_cell_saves_and_restores_its_regressor(tmp_path):
+    args = [*CELL, "loss=fitnet", "alpha=0.5", "trainer.epochs=3", "trainer.deterministic=true"]
+    reference = tmp_path / "reference"
+    done = run_cli([*args, f"hydra.run.dir={reference}"], cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = tmp_path / "killed"
+    kill_after_checkpoint(TRAIN_SCRIPT, [*args, f"hydra.run.dir={killed}"], killed / "checkpoint.pt", 1,
+                          tmp_path / "k.log", 0.05)
+    assert not (killed / RESULTS_FILE).exists() or read_results(killed / RESULTS_FILE)["status"] != "completed"
+    saved = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert any(k.startswith("regressor.") for k in saved["distiller"])  # the learned part is in the checkpoint
+    # The regressor trains with the student's optimizer: its momentum is in the optimizer's state too.
+    assert len(saved["optimizer"]["state"]) == len(saved["model"]) - sum(
+        k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in saved["model"]) + sum(
+        not k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in saved["distiller"])
+    resumed = run_cli([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    assert metrics(read_results(killed / RESULTS_FILE)) == metrics(read_results(reference / RESULTS_FILE))
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["distiller"] for d in (killed, reference))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+OWN_DISTILLER = '''
+import torch.nn.functional as F
+
+from kd.distillers.base import Distiller
+
+
+class PooledFeatureMSE(Distiller):
+    """Match the teacher's pooled feature vector, its width projected by a learned linear map."""
+
+    needs_features = True
+
+    def __init__(self, weight=1.0, scale=1.0):
+        super().__init__(scale)
+        self.weight = weight
+
+    def setup(self, student, teacher, images):
+        import torch
+        with torch.no_grad():
+            s = student.eval()(images, features=True)[1].pooled
+            t = teacher.eval()(images, features=True)[1].pooled
+        student.train()
+        self.project = torch.nn.Linear(s.shape[1], t.shape[1])
+
+    def term(self, student, teacher, targets, epoch):
+        mse = F.mse_loss(self.project(student.features.pooled.float()), teacher.features.pooled.float())
+        return {"kd": self.weight * mse, "mse": mse}
+'''
+
+
+def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):
+    (tmp_path / "my_distiller.py").write_text(OWN_DISTILLER)
+    (tmp_path / "conf" / "loss").mkdir(parents=True)
+    (tmp_path / "conf" / "loss" / "pooled_mse.yaml").write_text("_target_: my_distiller.PooledFeatureMSE\nweight: 2.0\n")
+    env = {**ONE_THREAD, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    run = tmp_path / "run"
+    done = run_cli(["--config-dir", str(tmp_path / "conf"), *CELL, "loss=pooled_mse", "alpha=0.5", "model=wrn_16_1",
+                    f"hydra.run.dir={run}"], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = read_results(run / RESULTS_FILE)
+    assert result["loss"] == "PooledFeatureMSE" and all(row["train/mse"] > 0 for row in result["history"])
+    assert json.loads(json.dumps(result["config"]["loss"])) == {"_target_": "my_distiller.PooledFeatureMSE",
+                                                                "weight": 2.0}
+    assert any(k.startswith("project.") for k in torch.load(run / "checkpoint.pt", weights_only=True)["distiller"])

@@ -206,3 +206,11 @@ class FlipCropRandAugment(FlipCrop):
 
     def pil_transforms(self, image_size: int) -> list:
         return super().pil_transforms(image_size) + [T.RandAugment(self.num_ops, self.magnitude)]
+
+
+def aug_name(target: str) -> str:
+    """An augmentation's row in the tables: its class's `name` (kd's: none, fc, fcra, ...), else the class's name."""
+    from hydra.utils import get_class
+
+    cls = get_class(target)
+    return getattr(cls, "name", None) or cls.__name__

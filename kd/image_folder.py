@@ -61,6 +61,9 @@ def scan(root: Path) -> FolderScan:
             raise ImageFolderError(f"{root} has no {split}/ folder. kd reads {LAYOUT.replace('ROOT', str(root))}; "
                                    f"add {root / split} or point data.root at the folder that holds it.")
     classes = _class_folders(root / "train")
+    if len(classes) < 2:  # before any decoding: one class trains a teacher that is right by construction
+        raise ImageFolderError(f"{root / 'train'} holds one class folder ({classes[0]}); classification needs at "
+                               f"least two. Add a folder per class under {root / 'train'} (and test/).")
     datasets = {}
     for split in (s for s in SPLITS if (root / s).is_dir()):
         found = _class_folders(root / split)

@@ -23,10 +23,14 @@ def read_results(path: Path) -> dict[str, Any]:
 
 
 def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
-    """All results files directly under the sweep's job dirs, each tagged with its job dir."""
+    """All results files directly under the sweep's job dirs, each tagged with its job dir and its swept
+    keys (`overrides`: kd/report/axes.py)."""
+    from kd.report.axes import cell_overrides
+
     found = []
     for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
         result = read_results(path)
         result["job_dir"] = str(path.parent)
+        result["overrides"] = cell_overrides(path.parent)
         found.append(result)
     return found

@@ -8,7 +8,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from kd.results import collect_sweep
-from kd.report.table import METRICS, VAL_METRICS, format_table
+from kd.report.table import METRICS, VAL_METRICS, format_tables
 
 
 class PrintGridTable(Callback):
@@ -27,9 +27,9 @@ def print_grid_table(sweep_dir: Path) -> None:
     print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}")
     if teachers:
         print(f"teacher: {', '.join(teachers)}")
-    print(format_table(students))
+    print(format_tables(students))
     completed = [r for r in students if r.get("status") == "completed"]
     for metric in VAL_METRICS:  # with a val split, also the epoch picked honestly
         if completed and all(metric in r for r in completed):
             print(f"\nStudents' {METRICS[metric]} (%)")
-            print(format_table(students, metric))
+            print(format_tables(students, metric))

@@ -8,6 +8,7 @@ before Hydra writes a byte, naming the keys that differ.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd.config import NON_DEFINING_KEYS
 
-CELL_DIR_RESOLVER = "kd.cell_dir"  # conf/config.yaml: hydra.sweep.subdir: ${kd.cell_dir:...}
+CELL_DIR_RESOLVER = "kd.cell_dir"
+MAX_CELL_NAME = 160  # bytes: a cell dir name stays readable and far below the 255 of a path component  # conf/config.yaml: hydra.sweep.subdir: ${kd.cell_dir:...}
 
 
 def defines_cell(key: str) -> bool:
@@ -27,7 +29,8 @@ def defines_cell(key: str) -> bool:
 
 
 def cell_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
-    """`alpha=0.5,aug=fc`: the cell's overrides, sorted, without the keys that do not define it.
+    """`alpha=0.5,aug=fc`: the cell's overrides, sorted, without the keys that do not define it; past
+    MAX_CELL_NAME bytes, the first of them and a digest of all.
 
     Hydra's own `${hydra.job.override_dirname}` keeps a path's `/` (nested dirs) and every
     non-defining key (data.root, logger, ...) unless each is listed; a job without overrides
@@ -35,7 +38,19 @@ def cell_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
     """
     parsed = OverridesParser.create().parse_overrides(list(task_overrides))
     kept = sorted(o.input_line for o in parsed if defines_cell(o.key_or_group))
-    return ",".join(kept).replace("/", "%2F") or str(job_num)
+    name = ",".join(kept).replace("/", "%2F")
+    if len(name.encode()) <= MAX_CELL_NAME:
+        return name or str(job_num)
+    # Too long for one path component (255 bytes on most file systems): as many whole overrides as fit, then a
+    # digest of all of them, stable across reruns. The full overrides stay in the cell's .hydra/overrides.yaml.
+    digest = "+" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    shown = ""
+    for override in name.split(","):
+        candidate = f"{shown},{override}" if shown else override
+        if len(candidate.encode()) + len(digest) > MAX_CELL_NAME:
+            break
+        shown = candidate
+    return shown + digest
 
 
 def register_resolvers() -> None:

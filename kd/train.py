@@ -28,19 +28,21 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kd.config import Stage, check_known_keys, defining_config, register_schemas
+from kd.config import Stage, defining_config, register_schemas
 from kd.data import ImageSplits, on_disk
-from kd.device import check_device, resolve_device, speed_switches
+from kd.device import resolve_device, speed_switches
 from kd.engine import Cell, fit, test_top1
-from kd.locking import exclusive_job_dir
+from kd.locking import LOCK_FILE, JobDirBusyError, exclusive_job_dir
+from kd.models.summary import network_size
 from kd.provenance import environment, now
-from kd.losses import check_kd_params
+from kd.augment import aug_name
+from kd.checks import check_cell
+from kd.report.axes import TABLE_KEYS, cell_overrides, swept_keys
 from kd.results import RESULTS_FILE, read_results, write_results
 from kd.sweep_dir import register_resolvers
-from kd.targets import check_targets
 from kd.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
                         teacher_work_dir)
 
@@ -56,7 +58,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "data": cfg.data._target_.rsplit(".", 1)[-1],
         "model": arch_name(cfg.model),
         "teacher": arch_name(cfg.teacher.arch),
-        "aug": get_class(cfg.aug._target_).name,
+        "aug": aug_name(cfg.aug._target_),
         "alpha": float(cfg.alpha),
         "loss": cfg.loss._target_.rsplit(".", 1)[-1],
         "temperature": cfg.loss.get("temperature"),  # None for a loss of one's own without one
@@ -67,20 +69,14 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 
 def run_name(cfg: DictConfig) -> str:
+    """`aug=fc alpha=0.5 seed=0`, then the job's other swept keys as typed (`loss.beta=0.1 pair=vgg13-vgg8`), so
+    that the cells of a pack and their W&B runs never share a name."""
     d = describe(cfg)
     if d["stage"] == Stage.teacher.value:
         return f"teacher {d['teacher']} {d['data']} seed={d['seed']}"
-    return f"aug={d['aug']} alpha={d['alpha']:g} seed={d['seed']}"
-
-
-def check_trainer(t: DictConfig) -> None:
-    """What the schema can only type-check: a 0 would fail late (checkpoint_every=0 after a whole epoch)."""
-    for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
-        if t[key] < 1:
-            raise ValueError(f"trainer.{key}={t[key]} must be >= 1")
-    if t.graph_capture and not t.compile:
-        raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
-                         "set trainer.compile=true, or drop trainer.graph_capture")
+    swept = swept_keys(Path(cfg.out_dir).parent)
+    others = sorted((k, v) for k, v in cell_overrides(Path(cfg.out_dir)).items() if k in swept and k not in TABLE_KEYS)
+    return " ".join([f"aug={d['aug']} alpha={d['alpha']:g} seed={d['seed']}", *(f"{k}={v}" for k, v in others)])
 
 
 def unwritable_reason(path: Path) -> str | None:
@@ -106,6 +102,7 @@ class CheckOutputDir(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
+        refuse_taken_run_dir(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
@@ -117,6 +114,26 @@ class CheckOutputDir(Callback):
         reason = unwritable_reason(path)
         if reason is not None:
             raise SystemExit(f"Error: {key}={path} is not writable ({reason}). Set {key} to a writable dir.")
+
+
+def refuse_taken_run_dir(config: DictConfig) -> None:
+    """A single run into a dir that holds another config's finished results, or that another run is training in,
+    is refused here, before Hydra rewrites the dir's .hydra/ files (they would then describe the refused run)."""
+    run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
+    if not run_dir.is_dir():
+        return
+    cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    try:
+        check_cell(cfg)  # a bad value is named as such, not as "another config"
+    except Exception as err:  # every kind of bad input check_cell raises
+        raise SystemExit(f"Error: {type(err).__name__}: {err}") from None
+    try:
+        completed_results(run_dir, cfg)
+        if (run_dir / LOCK_FILE).exists():
+            with exclusive_job_dir(run_dir, wait=False):
+                pass
+    except (ValueError, JobDirBusyError) as err:
+        raise SystemExit(f"Error: {err} Nothing was written.") from None
 
 
 def prepare_out_dir(path: str) -> Path:
@@ -153,20 +170,6 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
 
 def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def check_cell(cfg: DictConfig) -> None:
-    """Bad input that the schemas cannot see, caught before any work."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:  # e.g. data=folder without data.root
-        hint = (" (data.root: the folder holding train/<class>/<image> and test/<class>/<image>)"
-                if "data.root" in missing else "")
-        raise ValueError(f"{', '.join(missing)} must be set: add {missing[0]}=... to the command{hint}.")
-    check_known_keys(cfg)
-    check_kd_params(cfg.alpha, cfg.loss.get("temperature"))
-    check_trainer(cfg.trainer)
-    check_device(cfg.trainer.device)
-    check_targets(cfg)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -255,6 +258,12 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
                  splits.name, found["train_images"], found["test_images"], found["num_classes"],
                  found["data_location"], found["data_files"], found["data_bytes"] / 1e6)
         return [dict(found) for _ in cfgs]
+    image_shape = tuple(splits.split("train")[0].shape[1:])
+    networks = ([] if stage == Stage.teacher else [("model", cfg.model)]) + (
+        [("teacher.arch", cfg.teacher.arch)] if stage == Stage.teacher or any(c.alpha > 0 for c in cfgs) else [])
+    for key, node in networks:  # before any training: a network that cannot take these images stops here
+        size = network_size(node, splits.num_classes, image_shape, key)
+        log.info("%s %s: %s (%s images)", key, arch_name(node), size.format(), "x".join(map(str, image_shape[1:])))
     if t.batch_size > len(splits.train_labels):
         raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
                          f"training images of {splits.name}; lower trainer.batch_size")

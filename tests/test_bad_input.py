@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 
 import kd.engine
 from conftest import CONF_DIR, FAST, compose_config, run_cli
-from kd import models
+from kd.models import resnet as models
 from kd.checkpoint import CheckpointError, load_checkpoint
 from kd.results import RESULTS_FILE, read_results
 from kd.train import CheckOutputDir, train, unwritable_reason
@@ -56,7 +56,7 @@ def interrupted_job(completed_job) -> Path:
 
 
 BAD_VALUES = {
-    "alpha=1.5": r"alpha=1.5 is outside \[0, 1\]; set alpha=0 \(plain CE\) .. alpha=1 \(pure KD\)",
+    "alpha=1.5": r"alpha=1.5 is outside \[0, 1\]; set alpha=0 \(plain CE\) .. alpha=1 \(pure distillation\)",
     "alpha=-0.1": r"alpha=-0.1 is outside \[0, 1\]",
     "loss.temperature=0": r"loss.temperature=0.0 must be > 0 \(the paper uses 4\)",
     "loss.temperature=-4": r"loss.temperature=-4.0 must be > 0",
@@ -308,13 +308,13 @@ def test_cli_bad_value_in_a_finished_job_dir(completed_job, tmp_path):
     before = kd_files(completed_job)
     proc = run_cli([*STUDENT, "alpha=1.5", f"hydra.run.dir={completed_job}"], cwd=tmp_path, env=ONE_THREAD)
     assert proc.returncode == 1
-    assert "ValueError: alpha=1.5 is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure KD)" in last_lines(
+    assert "ValueError: alpha=1.5 is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure distillation)" in last_lines(
         proc.stderr), proc.stderr
     assert kd_files(completed_job) == before
 
 
 COMPOSITION_ERRORS = {
-    "model=resnet9": "Could not find 'model/resnet9'\n\nAvailable options in 'model':\n\tresnet110",
+    "model=resnet9": "Could not find 'model/resnet9'\n\nAvailable options in 'model':\n\tmobilenetv2",
     "trainer.epochs=ten": "Value 'ten' of type 'str' could not be converted to Integer\n    full_key: trainer.epochs",
 }
 

@@ -24,22 +24,17 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
-from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
-from hydra_plugins.kd_launcher.packed import run_pack
+from hydra_plugins.kd_launcher.packed import SweepFailedError, run_pack
 from kd.packs import group_packs
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # seconds between checks for a finished local pack
 JobArgs = tuple  # the arguments of one pack's __call__: ([(overrides, job_num), ...], singletons)
-
-
-class SweepFailedError(CompactHydraException):
-    """Cells of a sweep failed. Hydra prints just this message and exits with status 1."""
 
 
 def device_slots(visible: Optional[str], device_count: int, gpus_per_cell: int, cpus_per_cell: int,

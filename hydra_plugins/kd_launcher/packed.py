@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -22,6 +23,10 @@ from kd.packs import group_packs
 from kd.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
+
+
+class SweepFailedError(CompactHydraException):
+    """Cells of a sweep failed. Hydra prints just this message and exits with status 1."""
 
 
 def with_output_dir(task_cfg: DictConfig) -> DictConfig:
@@ -131,4 +136,16 @@ class KdPackedLauncher(Launcher):
             for i, ret in zip(pack, run_pack(self.hydra_context, [configs[i] for i in pack])):
                 returns[i] = ret
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        failed = [(i, ret) for i, ret in enumerate(returns) if ret is not None and ret.status == JobStatus.FAILED]
+        if failed:  # Hydra would re-raise the first error and skip on_multirun_end: the table would never print
+            from kd.sweep import print_grid_table
+
+            sweep_dir = Path(str(self.config.hydra.sweep.dir))
+            print_grid_table(sweep_dir)
+            raise SweepFailedError(
+                f"{len(failed)} of {len(returns)} cells failed (sweep {sweep_dir}):\n" + "\n".join(
+                    f"  #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))}: "
+                    f"{type(ret._return_value).__name__}: {ret._return_value}" for i, ret in failed) +
+                "\nEach cell's results.json says whether it completed or failed, with the traceback. Fix, then rerun "
+                "the same command with hydra.sweep.dir set to this sweep: completed cells are skipped.")
         return returns  # type: ignore[return-value]

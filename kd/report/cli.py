@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from kd.report.claims import write_claims
@@ -24,8 +24,9 @@ from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
 from kd.sweep_dir import cell_dir_name
-from kd.report.table import (CSV_COLUMNS, METRICS, MetricUnavailableError, check_metric, format_table, table_records,
-                      teacher_accuracy)
+from kd.report.axes import cell_overrides, other_axes, parse_overrides, split_by_axes
+from kd.report.table import (GAINS_LEGEND, METRICS, MetricUnavailableError, PooledCellsError, check_metric,
+                             csv_records, format_table, format_tables, teacher_accuracy)
 
 
 class NotASweepError(ValueError):
@@ -34,6 +35,8 @@ class NotASweepError(ValueError):
 
 def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Student jobs Hydra started that never wrote results.json (killed, or still running), as 'missing'."""
+    from kd.augment import aug_name  # imports torch: only for a sweep with unfinished jobs
+
     aug_names = {r["config"]["aug"]["_target_"]: r["aug"] for r in results if "config" in r}
     found = []
     for path in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
@@ -42,9 +45,9 @@ def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict
         if (job_dir / RESULTS_FILE).exists() or cfg.stage != "student":
             continue
         target = cfg.aug._target_
-        aug = aug_names[target] if target in aug_names else get_class(target).name  # imports torch: only if needed
+        aug = aug_names[target] if target in aug_names else aug_name(target)  # imports torch: only if needed
         found.append({"stage": "student", "status": "missing", "aug": aug, "alpha": float(cfg.alpha),
-                      "seed": cfg.seed, "job_dir": str(job_dir)})
+                      "seed": cfg.seed, "job_dir": str(job_dir), "overrides": cell_overrides(job_dir)})
     return found + not_started_jobs(sweep_dir, aug_names)
 
 
@@ -56,11 +59,13 @@ def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[st
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from kd.augment import aug_name  # imports torch
+
     master = OmegaConf.load(saved)
     parsed = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
     (cells,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion of the grid, in job order
     target = master.aug._target_
-    default_aug = aug_names[target] if target in aug_names else get_class(target).name
+    default_aug = aug_names[target] if target in aug_names else aug_name(target)
     found = []
     for num, overrides in enumerate(cells):
         if (sweep_dir / cell_dir_name(overrides, num)).exists():
@@ -69,7 +74,8 @@ def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[st
                 **dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in ("stage", "alpha", "seed", "aug"))}
         if cell["stage"] == "student":  # a swept aug is named by its option, which is kd's aug name
             found.append({"stage": "student", "status": "missing", "aug": cell["aug"], "alpha": float(cell["alpha"]),
-                          "seed": int(cell["seed"]), "job_dir": str(sweep_dir / cell_dir_name(overrides, num))})
+                          "seed": int(cell["seed"]), "job_dir": str(sweep_dir / cell_dir_name(overrides, num)),
+                          "overrides": parse_overrides(list(overrides))})
     return found
 
 
@@ -105,25 +111,31 @@ def describe_sweep(students: list[dict[str, Any]]) -> str:
 
 
 def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, figures: list[Path]) -> list[Path]:
-    """gains.csv (the table's numbers, one row per cell and per gain) and gains.md (the table, a legend, the figures)."""
+    """gains.csv (the table's numbers, one row per cell and per gain) and gains.md (the tables, a legend, the figures)."""
     csv_path = sweep_dir / "gains.csv"
+    columns, rows = csv_records(students, metric)
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer = csv.DictWriter(f, columns)
         writer.writeheader()
-        writer.writerows(table_records(students, metric))
+        writer.writerows(rows)
     lines = [
         f"# Knowledge distillation x augmentation: sweep `{sweep_dir}`",
         "",
         f"Students' {METRICS[metric]} (%, `{metric}`); rows: the augmentation of the student's training data; "
-        f"columns: α in (1 − α)·CE + α·T²·KL.",
-        "",
-        describe_sweep(students) + ".",
+        f"columns: α in (1 − α)·CE + α·(the distiller's term).",
         "",
     ]
-    lines += [format_table(students, metric), "",
-              "`*` best cell. Gains = fcra − none per α, paired by seed. Several seeds: mean ± half-width of "
-              "the 95% Student-t interval (n = seeds); one seed: no interval. `failed` / `missing`: no result "
-              "(never counted as 0). The paper's claims, checked: [claims.md](claims.md).", ""]
+    slices = split_by_axes(students)
+    for label, part in slices:
+        if label:
+            lines += [f"## {label}", ""]
+        lines += [describe_sweep(part) + ".", "", format_table(part, metric), ""]
+    lines += [f"`*` best cell of its table (every one of a tie). {GAINS_LEGEND} "
+              "`failed` / `missing`: no result (never counted as 0). The paper's claims, checked: "
+              "[claims.md](claims.md).", ""]
+    if len(slices) > 1:
+        lines.insert(4, f"One table per {' and '.join(other_axes(students))}: cells that differ in them are never "
+                        f"pooled.\n")
     provenance, warnings = sweep_provenance(students)
     lines += [f"- {line}" for line in provenance] + [f"- **warning:** {w}" for w in warnings] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
@@ -133,23 +145,28 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
 
 
 def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, sweep_dir: Path) -> list[Path]:
-    """The figures that the sweep has data for; says so when the curves' alpha is not in it."""
-    completed = [r for r in students if r["status"] == "completed"]
-    if not completed:
-        return []
-    subtitle = describe_sweep(students)
-    figures = {"top1_by_alpha.png": plot_top1_by_alpha(students, metric, subtitle)}
-    if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
-        figures["gains_by_alpha.png"] = plot_gains(students, metric, subtitle)
-    if any(float(r["alpha"]) == alpha for r in completed):
-        figures[f"test_top1_curves_alpha{alpha:g}.png"] = plot_curves(students, alpha, subtitle)
-    else:
-        alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
-        print(f"no curves figure: no completed job at alpha={alpha:g} (completed alphas: {alphas}); "
-              f"pick one with --alpha")
-    for name, fig in figures.items():
-        fig.savefig(sweep_dir / name, dpi=150)
-    return [sweep_dir / name for name in figures]
+    """The figures that the sweep has data for, per combination of its other axes (file names suffixed by
+    it); says so when the curves' alpha is not in it."""
+    written = []
+    for label, part in split_by_axes(students):
+        completed = [r for r in part if r["status"] == "completed"]
+        if not completed:
+            continue
+        suffix = "" if not label else "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+        subtitle = describe_sweep(part) + (f"; {label}" if label else "")
+        figures = {f"top1_by_alpha{suffix}.png": plot_top1_by_alpha(part, metric, subtitle)}
+        if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
+            figures[f"gains_by_alpha{suffix}.png"] = plot_gains(part, metric, subtitle)
+        if any(float(r["alpha"]) == alpha for r in completed):
+            figures[f"test_top1_curves_alpha{alpha:g}{suffix}.png"] = plot_curves(part, alpha, subtitle)
+        else:
+            alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
+            print(f"no curves figure{' for ' + label if label else ''}: no completed job at alpha={alpha:g} "
+                  f"(completed alphas: {alphas}); pick one with --alpha")
+        for name, fig in figures.items():
+            fig.savefig(sweep_dir / name, dpi=150)
+        written += [sweep_dir / name for name in figures]
+    return written
 
 
 def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
@@ -184,9 +201,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (NotASweepError, MetricUnavailableError) as err:
         print(f"kd-report: error: {err}", file=sys.stderr)
         return 2
-    written = write_report(students, args.sweep_dir, args.alpha, args.metric)
+    try:
+        written = write_report(students, args.sweep_dir, args.alpha, args.metric)
+    except PooledCellsError as err:
+        print(f"kd-report: error: {err}", file=sys.stderr)
+        return 2
     print(f"Students' {METRICS[args.metric]} (%):")
-    print(format_table(students, args.metric))
+    print(format_tables(students, args.metric))
     lines, warnings = sweep_provenance(students)
     print("\n".join(lines))
     for warning in warnings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kd.report.axes import axis_values, other_axes, split_by_axes
 from kd.report.stats import Estimate, estimate, paired
 
 AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
@@ -19,6 +20,13 @@ METRICS = {
     "best_top1": "best test top-1 over the epochs (picked on the test set itself: optimistic, not a result)",
 }
 VAL_METRICS = ("test_top1_at_best_val",)
+# What the tables' Gains rows and intervals mean: gains.md and the W&B report say it in these words.
+GAINS_LEGEND = ("Gains (aug − none): each augmentation's gain over none at each α, paired by seed. Several seeds: "
+                "mean ± half-width of the 95% Student-t interval (n = seeds); one seed: no interval.")
+
+
+class PooledCellsError(ValueError):
+    """Two results share a table cell and a seed: something unswept differs between them, and kd will not pool it."""
 
 
 class MetricUnavailableError(ValueError):
@@ -50,6 +58,8 @@ def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dic
             continue
         cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "by_seed": {}, "failed": 0, "missing": 0})
         if r.get("status") == "completed":
+            if int(r["seed"]) in cell["by_seed"]:
+                raise PooledCellsError(_collision([o for o in results if o is not r and _same_cell(o, r)][0], r))
             cell["values"].append(float(r[metric]))
             cell["by_seed"][int(r["seed"])] = float(r[metric])
         elif r.get("status") == "missing":
@@ -57,6 +67,26 @@ def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dic
         else:
             cell["failed"] += 1
     return cells
+
+
+def _same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a.get("stage") == "student" and a.get("status") == "completed" and a["aug"] == b["aug"]
+            and float(a["alpha"]) == float(b["alpha"]) and int(a["seed"]) == int(b["seed"]))
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+
+
+def _collision(a: dict[str, Any], b: dict[str, Any]) -> str:
+    fa, fb = _flat(a.get("defining_config", {})), _flat(b.get("defining_config", {}))
+    differ = sorted(k.rstrip(".") for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    return (f"{a.get('job_dir')} and {b.get('job_dir')} both hold aug={a['aug']} alpha={float(a['alpha']):g} "
+            f"seed={a['seed']} but differ in {', '.join(differ) or 'nothing kd records'}; kd will not pool them "
+            f"as seeds. Report them from separate sweep dirs, or rerun with the differing key on the command "
+            f"line, where it becomes a dimension of the report.")
 
 
 def grid_axes(cells: dict) -> tuple[list[str], list[float]]:
@@ -96,7 +126,7 @@ def table_records(results: list[dict[str, Any]], metric: str = "final_top1") -> 
     cells = grid_cells(results, metric)
     rows, alphas = grid_axes(cells)
     means = {k: estimate(c["values"]).mean for k, c in cells.items() if c["values"]}
-    best = max(means, key=means.get) if means else None
+    best = {k for k, m in means.items() if m == max(means.values())}  # every cell of a tie
     records = []
     for aug in rows:
         for alpha in alphas:
@@ -104,7 +134,7 @@ def table_records(results: list[dict[str, Any]], metric: str = "final_top1") -> 
             e = estimate(cell["values"]) if cell["values"] else None
             records.append({"quantity": metric, "aug": aug, "alpha": alpha, "mean": None if e is None else e.mean,
                             "ci95_half_width": None if e is None else e.half_width, "n": len(cell["values"]),
-                            "failed": cell["failed"], "missing": cell["missing"], "best": (aug, alpha) == best})
+                            "failed": cell["failed"], "missing": cell["missing"], "best": (aug, alpha) in best})
     for aug in (r for r in rows if r != "none" and "none" in rows):
         for alpha in alphas:
             none, other = cells.get(("none", alpha)), cells.get((aug, alpha))
@@ -123,6 +153,24 @@ def format_table(results: list[dict[str, Any]], metric: str = "final_top1") -> s
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in [header] + body]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def format_tables(results: list[dict[str, Any]], metric: str = "final_top1") -> str:
+    """format_table once per combination of the sweep's other axes (pair, loss, loss.beta, ...), each headed
+    by its values; one table when there is none."""
+    slices = split_by_axes([r for r in results if r.get("stage") == "student"])
+    if len(slices) == 1:
+        return format_table(slices[0][1], metric)
+    return "\n\n".join(f"{label}:\n{format_table(part, metric)}" for label, part in slices)
+
+
+def csv_records(results: list[dict[str, Any]], metric: str = "final_top1") -> tuple[list[str], list[dict[str, Any]]]:
+    """gains.csv's columns and rows: table_records per combination of the other axes, each axis a column."""
+    students = [r for r in results if r.get("stage") == "student"]
+    axes = other_axes(students)
+    rows = [{**axis_values(part[0], axes), **record} for _, part in split_by_axes(students)
+            for record in table_records(part, metric)]
+    return axes + CSV_COLUMNS, rows
 
 
 def teacher_accuracy(results: list[dict[str, Any]]) -> str | None:

@@ -12,7 +12,7 @@ import wandb
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
-from kd.report.table import METRICS, format_table
+from kd.report.table import GAINS_LEGEND, METRICS, format_tables
 from kd.tracking.wandb_tracker import is_synced, offline_run_dirs, read_run_file
 
 API_TIMEOUT_S = 30  # fail fast without a reachable server instead of retrying
@@ -49,8 +49,8 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, project: str, 
         description=f"kd sweep {sweep_dir}",
         blocks=[
             wr.H2(f"Students' {METRICS[metric]} (%) by augmentation and alpha ({metric})"),
-            wr.MarkdownBlock(text=format_table(students, metric)
-                             + "\n\n`*` best cell; Gains = fcra - none; several seeds: mean ± std."),
+            wr.MarkdownBlock(text=format_tables(students, metric)
+                             + "\n\n`*` best cell. " + GAINS_LEGEND),
             wr.PanelGrid(runsets=[by_cell], panels=[
                 wr.BarPlot(title=f"{metric} per (augmentation, alpha), mean ± std over seeds",
                            metrics=[wr.SummaryMetric(metric)], groupby_aggfunc="mean", groupby_rangefunc="stddev"),

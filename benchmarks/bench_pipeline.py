@@ -78,13 +78,17 @@ class Setup:
         self.cfg, self.device, self.k = cfg, device, len(cfgs)
         self.plan = plan_compile(cfg.trainer, device)
         cells = [Cell(c, Path("unused"), {}, lambda row, step: None, "", "") for c in cfgs]
-        self.update = make_pack(cells, NUM_CLASSES, device, self.plan)
+        teacher = None
+        if any(c.alpha > 0 for c in cfgs):
+            teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES).to(device).eval()
+        example = torch.zeros((2, *splits.train_images.shape[1:]), device=device)  # what a distiller's parts fit
+        self.update = make_pack(cells, NUM_CLASSES, device, self.plan, teacher, example)
         aug = instantiate(cfg.aug)
         self.autocast = autocast_for(device, cfg.trainer.bf16)
-        teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES) if any(c.alpha > 0 for c in cfgs) else None
+        features = any(s.alpha > 0 and s.distiller.needs_features for s in self.update.students)
         sync(device)
         started = time.perf_counter()
-        self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast, self.plan)
+        self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast, self.plan, features)
         sync(device)
         self.cache_s = time.perf_counter() - started  # ~0 unless it built the aug=none logit cache
         self.batches = make_batches(cfg, splits, "train", aug, device, shuffle=True)

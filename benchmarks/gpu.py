@@ -1,6 +1,7 @@
 """The paper's grid on one GPU: images/s and the projected full-grid time, four ways, in one command.
 
     python benchmarks/gpu.py                  # a GPU (H100/H200: under 8 minutes), resnet32x4 -> resnet8x4
+    python benchmarks/gpu.py --pair vgg13-vgg8   # any of the benchmark's pairs (conf/pair/)
     python benchmarks/gpu.py --quick          # a CPU smoke run in about a minute (CI runs it, so it never rots)
 
 Per aug level (none, fc, fcra), through kd's own functions on CIFAR-shaped random uint8 data:
@@ -81,10 +82,22 @@ def describe(device: torch.device) -> dict:
             "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None}
 
 
+def pair_networks(pair: str) -> tuple[str, str]:
+    """(teacher, student) model options of a conf/pair/ option, or of `teacher:student`."""
+    if ":" in pair:
+        teacher, student = pair.split(":")
+        return teacher, student
+    from kd.teacher import arch_name
+
+    cfg = compose_config([f"pair={pair}"])
+    return arch_name(cfg.teacher.arch), arch_name(cfg.model)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--pair", default="resnet32x4:resnet8x4", help="teacher:student")
+    parser.add_argument("--pair", default="resnet32x4-resnet8x4",
+                        help="a benchmark pair (conf/pair/: vgg13-vgg8, wrn40_2-wrn16_2, ...) or teacher:student")
     parser.add_argument("--steps", type=int, default=100, help="timed train steps per round")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps first (covers torch.compile)")
     parser.add_argument("--rounds", type=int, default=2)
@@ -99,7 +112,7 @@ def main() -> None:
     if args.quick:
         args.pair, args.steps, args.warmup, args.rounds, args.workers = "resnet8:resnet8", 2, 1, 1, 2
     device = torch.device(args.device)
-    teacher, student = args.pair.split(":")
+    teacher, student = pair_networks(args.pair)
     started = time.perf_counter()
     splits = synthetic_splits((args.warmup + args.steps) * args.batch_size, [0.5] * 3, [0.25] * 3)
     info = {**describe(device), "pair": args.pair, "batch_size": args.batch_size, "steps": args.steps,

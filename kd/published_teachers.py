@@ -18,15 +18,16 @@ compared with every network of conf/model/ built on the meta device (no memory, 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Optional
 
 import torch
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from kd.paths import CONF_DIR
+
 _BLOCK_KEY = re.compile(r"layer([123])\.(\d+)\.(.+)")
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONFIGS = CONF_DIR / "model"
 
 
 def is_repdistiller(ckpt: dict) -> bool:

@@ -28,9 +28,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from hydra_plugins.kd_launcher.launcher import SUBMITTED_FILE
+from kd.paths import CONF_DIR
 
 TRAIN = Path(__file__).resolve().parent / "train.py"
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 STUDENT_ONLY = {"alpha", "aug", "model", "loss", "optim", "stage"}  # top-level keys that never change the teacher
 VALUE_FLAGS = {"-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name"}  # Hydra flags with a value
 

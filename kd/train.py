@@ -37,6 +37,7 @@ from kd.device import resolve_device, speed_switches
 from kd.engine import Cell, fit, test_top1
 from kd.locking import LOCK_FILE, JobDirBusyError, exclusive_job_dir
 from kd.models.summary import network_size
+from kd.paths import CONF_DIR
 from kd.provenance import environment, now
 from kd.augment import aug_name
 from kd.checks import check_cell
@@ -340,7 +341,7 @@ def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran
 
 
 # An absolute config dir: relative to a module Hydra would look for a `conf` package instead.
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     return train(cfg)
 

@@ -32,10 +32,11 @@ from torch import nn
 from kd.augment import NoAugment
 from kd.capture import EAGER, CompilePlan, float_lrs, log_plan, plan_compile
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
-from kd.config import PackMode, Pipeline
+from kd.config import PackMode, Pipeline, Stage
 from kd.data import ImageSplits
 from kd.distillers.base import Distiller, Outputs
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
+from kd.progress import PackProgress
 from kd.stacking import StackedUpdate
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
 
@@ -333,6 +334,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     if first.rng is not None:
         set_rng_state(first.rng, train_batches.generator)
 
+    label = "teacher" if Stage(cfg.stage) == Stage.teacher else "pack"  # a teacher's training is no pack of the grid
+    progress = PackProgress(label, len(students), first.start_epoch, t.epochs)
     for epoch in range(first.start_epoch, t.epochs):
         waiting = {i for i, s in enumerate(students) if s.error is not None or s.start_epoch > epoch}
         started = time.perf_counter()
@@ -342,6 +345,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                                 autocast, epoch, waiting, plan)
         update.end_epoch([i for i in range(len(students)) if i not in waiting])
         train_s = time.perf_counter() - started
+        pack_images = sum(st["images"] for st in stats if isinstance(st, dict))  # every cell's, this epoch
         for i, (s, st) in enumerate(zip(students, stats)):
             if st is None:
                 continue
@@ -368,6 +372,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                              "optimizer": optimizer_state, "scheduler": scheduler_state,
                              "rng": rng_state(train_batches.generator), "history": s.history, "epoch": epoch + 1,
                              "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
+        progress.epoch_done(epoch, pack_images / train_s)
     return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]
 
 

@@ -16,9 +16,14 @@ from typing import Any, Optional
 import torch
 import torchvision
 
+from kd.cpu import cpu_capability, cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 # What must agree between the cells of one table for their numbers to be comparable bit for bit.
-VERSION_KEYS = ("kd_version", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn")
+# The CPU's model, its vector capability and the thread count change floating-point results too (other kernels,
+# other summation orders), as do the GPU and its compute capability.
+VERSION_KEYS = ("kd_version", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn",
+                "cpu_model", "cpu_capability", "cpu_threads", "gpu", "gpu_capability")
 
 
 def now() -> str:
@@ -45,10 +50,31 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})",
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "cpu_threads": torch.get_num_threads(),
+        **gpu_info(device),
         "host": socket.gethostname(),
     }
+
+
+def gpu_info(device: torch.device) -> dict[str, Any]:
+    """The GPU's name, compute capability and driver (None on a CPU job)."""
+    if device.type != "cuda":
+        return {"gpu": None, "gpu_capability": None, "gpu_driver": None}
+    major, minor = torch.cuda.get_device_capability(device)
+    driver = _nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader")
+    return {"gpu": torch.cuda.get_device_name(device), "gpu_capability": f"{major}.{minor}",
+            "gpu_driver": driver.splitlines()[0] if driver else None}
+
+
+def _nvidia_smi(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def sweep_provenance(students: list[dict[str, Any]]) -> tuple[list[str], list[str]]:

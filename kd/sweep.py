@@ -1,30 +1,37 @@
 """Hydra callback that prints the Table-1-style grid when a multirun ends."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from kd.progress import duration
 from kd.results import collect_sweep
 from kd.report.table import METRICS, VAL_METRICS, format_tables
 
 
 class PrintGridTable(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.monotonic()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        print_grid_table(Path(config.hydra.sweep.dir))
+        print_grid_table(Path(config.hydra.sweep.dir), time.monotonic() - self.started)
 
 
-def print_grid_table(sweep_dir: Path) -> None:
-    """Print the students' grid of a sweep dir; also used by kd's launchers when cells failed."""
+def print_grid_table(sweep_dir: Path, wall_s: Optional[float] = None) -> None:
+    """Print the students' grid of a sweep dir (and the multirun's wall time); also used by kd's launchers when
+    cells failed."""
     results = collect_sweep(sweep_dir)
     students = [r for r in results if r.get("stage") == "student"]
     if not students:
         return
     teachers = sorted({f"{r['teacher']} {r['teacher_top1']:.2f}%" for r in students
                        if r.get("teacher_top1") is not None})
-    print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}")
+    took = f"; this multirun took {duration(wall_s)}" if wall_s is not None else ""
+    print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}{took}")
     if teachers:
         print(f"teacher: {', '.join(teachers)}")
     print(format_tables(students))

@@ -41,6 +41,7 @@ from kd.paths import CONF_DIR
 from kd.provenance import environment, now
 from kd.augment import aug_name
 from kd.checks import check_cell
+from kd.cpu import warn_if_busy
 from kd.report.axes import TABLE_KEYS, cell_overrides, swept_keys
 from kd.results import RESULTS_FILE, read_results, write_results
 from kd.sweep_dir import register_resolvers
@@ -217,6 +218,8 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
 def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
     """Train the pack, writing every job's results.json however it ends."""
     device, device_choice = resolve_device(cfgs[0].trainer.device)  # the pack shares its trainer settings
+    if device.type == "cpu":
+        warn_if_busy(torch.get_num_threads())
     env = environment(device)
     # What ran, beside what was asked for (config.trainer): bf16 and compile are CUDA-only.
     ran_with = {"device_choice": device_choice, "speed": speed_switches(cfgs[0].trainer, device)}

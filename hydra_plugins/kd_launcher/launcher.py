@@ -101,7 +101,9 @@ class _GridCells:
         if cpus:
             import torch
 
-            torch.set_num_threads(cpus)
+            torch.set_num_threads(cpus)  # its share of the node: packs that run side by side never oversubscribe it
+            print(f"kd: this pack uses {cpus} CPU thread(s) of the {os.cpu_count()} core(s) here "
+                  f"(hydra.launcher.cpus_per_task={cpus}; change it to split the cores otherwise)", flush=True)
         names = ", ".join(f"#{num} ({' '.join(filter_overrides(overrides))})" for overrides, num in cells)
         print(f"kd: pack of {len(cells)}: {names} on "
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}", flush=True)

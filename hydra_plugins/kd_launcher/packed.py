@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +20,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from kd import progress
 from kd.packs import group_packs
 from kd.results import RESULTS_FILE
 
@@ -130,18 +132,21 @@ class KdPackedLauncher(Launcher):
         log.info("Launching %d jobs locally in %d pack(s) (cells that differ only in the loss train together)",
                  len(configs), len(packs))
         returns: list[Optional[JobReturn]] = [None] * len(configs)
+        progress.start_grid(len(packs))
         for pack in packs:
             for i in pack:
                 log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])))
+            started = time.monotonic()
             for i, ret in zip(pack, run_pack(self.hydra_context, [configs[i] for i in pack])):
                 returns[i] = ret
+            progress.pack_done(time.monotonic() - started)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         failed = [(i, ret) for i, ret in enumerate(returns) if ret is not None and ret.status == JobStatus.FAILED]
         if failed:  # Hydra would re-raise the first error and skip on_multirun_end: the table would never print
             from kd.sweep import print_grid_table
 
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
-            print_grid_table(sweep_dir)
+            print_grid_table(sweep_dir, progress.grid_elapsed())
             raise SweepFailedError(
                 f"{len(failed)} of {len(returns)} cells failed (sweep {sweep_dir}):\n" + "\n".join(
                     f"  #{initial_job_idx + i} {' '.join(filter_overrides(job_overrides[i]))}: "

@@ -1,0 +1,55 @@
+"""CPUs as a newcomer meets them: results name the CPU that made them, a busy machine is named once, and a
+running grid says how far it is and when it will end."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import torch
+
+from conftest import FAST, run_cli
+from kd.cpu import cpu_capability, warn_if_busy
+from kd.provenance import environment, sweep_provenance
+from kd.results import collect_sweep
+from reliability import ONE_THREAD
+
+
+def test_the_environment_names_the_cpu_and_its_vector_capability():
+    env = environment(torch.device("cpu"))
+    assert env["cpu_model"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["cpu_threads"] == torch.get_num_threads() and env["gpu"] is None
+
+
+def test_the_report_warns_when_cells_ran_on_cpus_of_another_capability():
+    env = environment(torch.device("cpu"))
+    cells = [{"status": "completed", "seed": 0, "environment": env},
+             {"status": "completed", "seed": 0, "environment": {**env, "cpu_capability": "NO_AVX"}}]
+    _, warnings = sweep_provenance(cells)
+    (warning,) = [w for w in warnings if w.startswith("the cells ran under different cpu_capability")]
+    assert "NO_AVX" in warning and cpu_capability() in warning
+
+
+def test_a_busy_machine_is_named_once_and_a_free_one_not(monkeypatch, caplog):
+    cores = len(os.sched_getaffinity(0))
+    caplog.set_level(logging.WARNING, logger="kd.cpu")
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
+    warn_if_busy(cores)
+    assert not caplog.records
+    monkeypatch.setattr(os, "getloadavg", lambda: (cores + 1.0, 1.0, 1.0))  # `cores` other runnable processes
+    warn_if_busy(cores)
+    (record,) = caplog.records
+    assert "the machine is busy" in record.getMessage() and "OMP_WAIT_POLICY=PASSIVE" in record.getMessage()
+
+
+def test_a_grid_prints_its_estimate_progress_with_eta_and_its_wall_time(tmp_path):
+    out = tmp_path / "grid"
+    done = run_cli(["-m", *FAST, "teacher=resnet8", "trainer.epochs=3", "alpha=0,0.5", "aug=none,fc",
+                    f"hydra.sweep.dir={out}"], cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert re.search(r"grid: 2 pack\(s\); estimated total ~\d+", log)
+    assert re.search(r"progress: epoch 3/3, 2 cell\(s\), \d+ images/s; pack 2/2 ends in \d+s; grid ends in ~\d+s", log)
+    assert re.search(r"progress: epoch \d/\d, 1 cell\(s\), \d+ images/s; teacher ends in", log)
+    assert re.search(r"this multirun took \d+", done.stdout)
+    assert all(r["environment"]["cpu_capability"] == cpu_capability() for r in collect_sweep(out))

@@ -26,7 +26,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd.augment import NoAugment
@@ -311,6 +311,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     """Train a pack's students together, each resuming from its own checkpoint; each its results or its error."""
     cfg = cells[0].cfg  # the cells share everything but the loss's settings
     t = cfg.trainer
+    warn_late_milestones(cfg)
     plan = plan_compile(t, device)
     log_plan(plan)
     train_images = splits.split("train")[0]
@@ -374,6 +375,20 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                              "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
         progress.epoch_done(epoch, pack_images / train_s)
     return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]
+
+
+def warn_late_milestones(cfg: DictConfig) -> None:
+    """A schedule whose steps lie at or past the last epoch never steps there: say so, once per pack."""
+    milestones = OmegaConf.select(cfg, "optim.scheduler.milestones")
+    epochs = cfg.trainer.epochs
+    late = [m for m in (milestones or []) if m >= epochs]
+    if late:
+        what = "teacher.optim" if Stage(cfg.stage) == Stage.teacher else "optim"
+        epochs_key = "teacher.epochs" if what == "teacher.optim" else "trainer.epochs"
+        log.warning("%s.scheduler.milestones=%s: %d of them at or past %s=%d, where the lr never steps%s. Set "
+                    "milestones within the epochs (e.g. %s.scheduler.milestones=[%d,%d]).", what, list(milestones),
+                    len(late), epochs_key, epochs, " (a constant lr)" if len(late) == len(milestones) else "",
+                    what, epochs * 5 // 8, epochs * 7 // 8)
 
 
 def summarize(history: list[dict], epochs: int) -> dict:

@@ -22,7 +22,8 @@ from conftest import CONF_DIR, FAST, compose_config, run_cli
 from kd.models import resnet as models
 from kd.checkpoint import CheckpointError, load_checkpoint
 from kd.results import RESULTS_FILE, read_results
-from kd.train import CheckOutputDir, train, unwritable_reason
+from kd.job import train
+from kd.train import CheckOutputDir, unwritable_reason
 from image_folders import write_folder, write_image
 from reliability import (ONE_THREAD, last_lines, metrics, no_training, one_torch_thread,  # noqa: F401 (fixtures)
                          snapshot)

@@ -11,7 +11,7 @@ from hydra.errors import InstantiationException
 from conftest import compose_config, run_cli
 from kd.data import DataUnavailableError, cifar10, cifar100, digits
 from kd.results import read_results
-from kd.train import train
+from kd.job import train
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 

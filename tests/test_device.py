@@ -9,7 +9,7 @@ import torch
 
 from conftest import FAST, compose_config, run_cli
 from kd.device import DeviceError, check_device, resolve_device
-from kd.train import train
+from kd.job import train
 
 
 def test_a_real_job_logs_its_device_and_why(tmp_path, caplog):

@@ -111,3 +111,22 @@ def test_a_failed_cell_of_the_default_launcher_still_prints_the_grid_table(tmp_p
     assert "1 of 2 cells failed" in done.stderr and "TeacherTooWeakError" in done.stderr
     assert "teacher.min_top1=0:" in done.stdout and "teacher.min_top1=100:" in done.stdout  # the table, per value
     assert "failed" in done.stdout.split("teacher.min_top1=100:", 1)[1]
+
+
+def test_the_figures_axes_stay_within_0_100_and_the_last_epoch():
+    from kd.report.figures import plot_curves, plot_top1_by_alpha
+
+    def run(aug, seed, top1):
+        history = [{"epoch": e, "test/top1": top1 - (3 - e) * 40 * (seed - 1)} for e in (1, 2, 3)]
+        return {"stage": "student", "status": "completed", "aug": aug, "alpha": 0.5, "seed": seed,
+                "final_top1": history[-1]["test/top1"], "history": history, "test_images": 100}
+
+    students = [run(aug, seed, top1) for aug, top1 in (("none", 99.0), ("fc", 60.0)) for seed in (0, 1, 2)]
+    students[2]["final_top1"] = 100.0  # the interval of 99 +- ... would pass 100
+    students[0]["final_top1"] = 90.0
+    for fig in (plot_curves(students, 0.5, "test"), plot_top1_by_alpha(students, "final_top1", "test")):
+        for ax in fig.axes:
+            low, high = ax.get_ylim()
+            assert 0.0 <= low < high <= 100.0, (low, high)
+    whole, last = plot_curves(students, 0.5, "test").axes
+    assert whole.get_xlim()[1] <= 3.5 and last.get_xlim()[1] <= 3.5

@@ -155,7 +155,7 @@ def test_a_short_folder_grid_runs_with_a_val_split_and_reports_the_best_val_epoc
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert {(r["aug"], r["alpha"]) for r in results} == {(g, a) for g in ("none", "fc") for a in (0.0, 1.0)}
     for r in results:
-        assert r["status"] == "completed" and r["data"] == "folder" and len(r["history"]) == 2
+        assert r["status"] == "completed" and r["data"] == "folder:pets" and len(r["history"]) == 2
         best = max(r["history"], key=lambda row: row["val/top1"])
         assert (r["best_epoch"], r["test_top1_at_best_val"]) == (best["epoch"], best["test/top1"])
     assert "Students' test top-1 at the epoch with the best val top-1 (%)" in proc.stdout

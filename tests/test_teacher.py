@@ -15,7 +15,7 @@ from kd.checkpoint import CheckpointError
 from kd.models.resnet import resnet8
 from kd.results import RESULTS_FILE, read_results
 from kd.teacher import TeacherTooWeakError, recipe_digest, teacher_checkpoint_path
-from kd.train import train
+from kd.job import train
 from reliability import ONE_THREAD, no_training, one_torch_thread, same_weights  # noqa: F401 (fixtures)
 from test_resume import saved_epoch
 

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from reliability import saved_epoch
 from kd.results import RESULTS_FILE, collect_sweep, read_results
-from kd.train import train
+from kd.job import train
 from kd.tracking.wandb_tracker import RUN_FILE, WandbTracker
 
 WANDB = [sys.executable, "-m", "wandb"]

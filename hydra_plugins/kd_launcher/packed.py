@@ -44,7 +44,7 @@ def finished_job(config: DictConfig) -> Optional[JobReturn]:
 
     Hydra's run_job would rewrite the finished cell's .hydra/ files and log before kd saw it was done.
     """
-    from kd.train import completed_results
+    from kd.job import completed_results
 
     HydraConfig.instance().set_config(config)  # the subdir interpolates the job's overrides and number
     out_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
@@ -90,7 +90,7 @@ def prepare_jobs(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -
 
 def run_pack(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -> list[JobReturn]:
     """Train one pack's cells together; one JobReturn per cell, FAILED with its own error where it failed."""
-    from kd.train import train_pack  # lazy: Hydra imports launchers while scanning plugins
+    from kd.job import train_pack  # lazy: Hydra imports launchers while scanning plugins
 
     returns = [finished_job(config) for config in sweep_configs]
     todo = [i for i, ret in enumerate(returns) if ret is None]

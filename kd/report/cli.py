@@ -79,11 +79,29 @@ def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[st
     return found
 
 
+def single_runs(sweep_dir: Path, students: list[dict[str, Any]]) -> list[str]:
+    """The job dirs, when every one of them is a single run (Hydra's RUN mode) and there is no multirun.yaml."""
+    if (sweep_dir / "multirun.yaml").is_file() or not students:
+        return []
+    modes = {}
+    for r in students:
+        saved = Path(r["job_dir"]) / ".hydra" / "hydra.yaml"
+        if not saved.is_file():
+            return []  # results without Hydra's record: nothing says how they were made
+        modes[r["job_dir"]] = OmegaConf.load(saved).hydra.mode
+    return sorted(modes) if all(str(m) == "RUN" for m in modes.values()) else []
+
+
 def load_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """The student jobs of a sweep dir, finished or not; a clear error for anything that is not a sweep."""
     if not sweep_dir.is_dir():
         raise NotASweepError(f"{sweep_dir} is not a directory; pass a sweep dir (e.g. multirun/<date>/<time>)")
     students = [r for r in collect_sweep(sweep_dir) if r.get("stage") == "student"]
+    singles = single_runs(sweep_dir, students)
+    if singles:
+        raise NotASweepError(
+            f"{sweep_dir} holds {len(singles)} separate single runs (e.g. {singles[0]}), not one multirun: their cells "
+            f"were never meant as one grid. Run the grid with -m (python kd/train.py -m ...) and pass its sweep dir.")
     students += unfinished_jobs(sweep_dir, students)
     if not students:
         sweeps = [str(p.parent) for depth in ("*/", "*/*/", "*/*/*/") for p in sweep_dir.glob(depth + "multirun.yaml")]
@@ -190,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/train.py: SUMMARY_KEYS)
+    if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/job.py: SUMMARY_KEYS)
         print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
               "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "
               "test_top1_at_best_val", file=sys.stderr)

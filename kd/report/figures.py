@@ -92,7 +92,7 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
         for alpha in alphas:
             cell = cells.get((aug, alpha))
             if cell is None or not cell["values"]:
-                status = "failed" if cell is not None and cell["failed"] > 0 else "missing"
+                status = next((k for k in ("failed", "interrupted") if cell is not None and cell[k] > 0), "missing")
                 missing.append(f"{aug} α={alpha:g} ({status})")
                 mean.append(math.nan)
                 std.append(math.nan)
@@ -101,9 +101,10 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
                 mean.append(m)
                 std.append(s)
         several = any(len(c["values"]) > 1 for k, c in cells.items() if k[0] == aug)
-        # No error bars (nor their legend symbol) where no cell has an interval.
-        ax.errorbar(alphas, mean, yerr=std if several else None, color=color, label=label, marker="o", capsize=4)
-        drawn += [m + sign * s for m, s in zip(mean, std) for sign in (-1, 1)] if several else mean
+        # No error bars (nor their legend symbol) where no cell has an interval; none past 0 or 100.
+        yerr = [[min(s, m) for m, s in zip(mean, std)], [min(s, 100.0 - m) for m, s in zip(mean, std)]]
+        ax.errorbar(alphas, mean, yerr=yerr if several else None, color=color, label=label, marker="o", capsize=4)
+        drawn += [v for m, (lo, hi) in zip(mean, zip(*yerr)) for v in (m - lo, m + hi)] if several else mean
     teacher = next((r for r in students if r.get("teacher_top1") is not None), None)
     if teacher is not None:
         per_seed = {r["seed"]: r["teacher_top1"] for r in students if r.get("teacher_top1") is not None}
@@ -129,7 +130,7 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
     augs, _ = grid_axes(grid_cells(students))
     fig = Figure(figsize=(11, 4.8))
     whole, last = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    missing, tail, tail_start = [], [], None
+    missing, tail, tail_start, whole_values, last_epoch = [], [], None, [], 1
     for aug in augs:
         runs = [r for r in students if r["aug"] == aug and float(r["alpha"]) == alpha and r["status"] == "completed"]
         if not runs:
@@ -138,7 +139,10 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
         epochs = min(len(r["history"]) for r in runs)  # the epochs every seed reached
         x = [row["epoch"] for row in runs[0]["history"][:epochs]]
         stats = [_mean_ci([r["history"][i]["test/top1"] for r in runs]) for i in range(epochs)]
-        low, high = [m - s for m, s in stats], [m + s for m, s in stats]
+        # An interval of a few seeds can reach past 0 or 100; a top-1 cannot.
+        low, high = [max(0.0, m - s) for m, s in stats], [min(100.0, m + s) for m, s in stats]
+        whole_values += low + high
+        last_epoch = max(last_epoch, x[-1])
         start = min(epochs - 1, int(epochs * (1 - ZOOM_EPOCHS)))
         tail_start = start if tail_start is None else min(tail_start, start)
         tail += low[start:] + high[start:]
@@ -150,8 +154,10 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
                 ax.fill_between(x, low, high, color=color, alpha=0.2)
     n_test = test_images(students)
     if tail:
-        last.set_xlim(tail_start + 0.5, None)
+        last.set_xlim(tail_start + 0.5, last_epoch + 0.5)
         last.set_ylim(*y_range(tail, n_test))
+        whole.set_xlim(0.5, last_epoch + 0.5)
+        whole.set_ylim(*y_range(whole_values, n_test))
     for ax, title in ((whole, "all epochs"), (last, f"last {ZOOM_EPOCHS:.0%} of the epochs")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")

@@ -49,21 +49,22 @@ def check_metric(results: list[dict[str, Any]], metric: str, sweep: str) -> None
 def grid_cells(results: list[dict[str, Any]], metric: str = "final_top1") -> dict[tuple[str, float], dict]:
     """{(aug, alpha): {"values": [...], "by_seed": {seed: value}, "failed": n, "missing": n}} over the student jobs.
 
-    A job whose status is "missing" (started, but it never wrote results) counts as missing; any other
-    status that is not "completed" (failed, interrupted) counts as failed.
+    A job whose status is "missing" (started, but it never wrote results) counts as missing, one stopped by a
+    signal (preemption, Ctrl-C: resumable) as interrupted; any other status that is not "completed" as failed.
     """
     cells: dict[tuple[str, float], dict] = {}
     for r in results:
         if r.get("stage") != "student":
             continue
-        cell = cells.setdefault((r["aug"], float(r["alpha"])), {"values": [], "by_seed": {}, "failed": 0, "missing": 0})
+        cell = cells.setdefault((r["aug"], float(r["alpha"])),
+                                {"values": [], "by_seed": {}, "failed": 0, "missing": 0, "interrupted": 0})
         if r.get("status") == "completed":
             if int(r["seed"]) in cell["by_seed"]:
                 raise PooledCellsError(_collision([o for o in results if o is not r and _same_cell(o, r)][0], r))
             cell["values"].append(float(r[metric]))
             cell["by_seed"][int(r["seed"])] = float(r[metric])
-        elif r.get("status") == "missing":
-            cell["missing"] += 1
+        elif r.get("status") in ("missing", "interrupted"):  # interrupted: stopped by a signal, resumable
+            cell[r["status"]] += 1
         else:
             cell["failed"] += 1
     return cells
@@ -107,16 +108,17 @@ def table_rows(results: list[dict[str, Any]], metric: str = "final_top1") -> tup
         gain = r["quantity"] != metric
         label = f"Gains ({r['aug']} - none)" if gain else r["aug"]
         if r["mean"] is None:
-            text = "n/a" if gain else "failed" if r["failed"] > 0 else "missing"
+            text = "n/a" if gain else next((k for k in ("failed", "interrupted") if r[k] > 0), "missing")
         else:
-            lost = [] if gain else [f"{r[k]} {k}" for k in ("failed", "missing") if r[k] > 0]  # left out of the mean
+            lost = [] if gain else [f"{r[k]} {k}" for k in ("failed", "interrupted", "missing")
+                                    if r[k] > 0]  # left out of the mean
             text = (Estimate(r["mean"], r["ci95_half_width"], r["n"]).format(signed=gain) + (" *" if r["best"] else "")
                     + (f" ({', '.join(lost)})" if lost else ""))
         lines.setdefault(label, [label]).append(text)
     return header, list(lines.values())
 
 
-CSV_COLUMNS = ["quantity", "aug", "alpha", "mean", "ci95_half_width", "n", "failed", "missing", "best"]
+CSV_COLUMNS = ["quantity", "aug", "alpha", "mean", "ci95_half_width", "n", "failed", "interrupted", "missing", "best"]
 
 
 def table_records(results: list[dict[str, Any]], metric: str = "final_top1") -> list[dict[str, Any]]:
@@ -130,11 +132,12 @@ def table_records(results: list[dict[str, Any]], metric: str = "final_top1") -> 
     records = []
     for aug in rows:
         for alpha in alphas:
-            cell = cells.get((aug, alpha), {"values": [], "failed": 0, "missing": 1})
+            cell = cells.get((aug, alpha), {"values": [], "failed": 0, "interrupted": 0, "missing": 1})
             e = estimate(cell["values"]) if cell["values"] else None
             records.append({"quantity": metric, "aug": aug, "alpha": alpha, "mean": None if e is None else e.mean,
                             "ci95_half_width": None if e is None else e.half_width, "n": len(cell["values"]),
-                            "failed": cell["failed"], "missing": cell["missing"], "best": (aug, alpha) in best})
+                            "failed": cell["failed"], "interrupted": cell["interrupted"], "missing": cell["missing"],
+                            "best": (aug, alpha) in best})
     for aug in (r for r in rows if r != "none" and "none" in rows):
         for alpha in alphas:
             none, other = cells.get(("none", alpha)), cells.get((aug, alpha))
@@ -142,7 +145,8 @@ def table_records(results: list[dict[str, Any]], metric: str = "final_top1") -> 
             records.append({"quantity": f"{metric} gain over none", "aug": aug, "alpha": alpha,
                             "mean": None if gain is None else gain.mean,
                             "ci95_half_width": None if gain is None else gain.half_width,
-                            "n": 0 if gain is None else gain.n, "failed": None, "missing": None, "best": False})
+                            "n": 0 if gain is None else gain.n, "failed": None, "interrupted": None, "missing": None,
+                            "best": False})
     return records
 
 

@@ -1,0 +1,1 @@
+"""kd's Hydra plugins: the SLURM/local grid launchers and the search path to launchers/ presets."""

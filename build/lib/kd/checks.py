@@ -1,0 +1,85 @@
+"""Bad input that the schemas cannot see, caught before any work: for one job, and for every cell of a sweep
+before the first of them trains (a bad value in the last cell must not wait for the others to finish)."""
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from kd.config import check_known_keys
+from kd.device import check_device
+from kd.distillers.base import Distiller, check_alpha
+from kd.targets import ConfigTargetError, check_targets
+
+
+def check_trainer(t: DictConfig) -> None:
+    """What the schema can only type-check: a 0 would fail late (checkpoint_every=0 after a whole epoch)."""
+    for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
+        if t[key] < 1:
+            raise ValueError(f"trainer.{key}={t[key]} must be >= 1")
+    if t.graph_capture and not t.compile:
+        raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
+                         "set trainer.compile=true, or drop trainer.graph_capture")
+
+
+def check_cell(cfg: DictConfig) -> None:
+    """Bad input that the schemas cannot see, caught before any work."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # e.g. data=folder without data.root
+        hint = (" (data.root: the folder holding train/<class>/<image> and test/<class>/<image>)"
+                if "data.root" in missing else "")
+        raise ValueError(f"{', '.join(missing)} must be set: add {missing[0]}=... to the command{hint}.")
+    check_known_keys(cfg)
+    check_alpha(cfg.alpha)
+    check_trainer(cfg.trainer)
+    check_device(cfg.trainer.device)
+    check_targets(cfg)
+    check_distiller(cfg.loss)
+
+
+def check_distiller(loss_cfg: DictConfig) -> None:
+    """Build the loss once before any work: its own checks run (loss.temperature=0, a negative beta), and a
+    loss written for kd's former function API is named instead of failing in the first step."""
+    try:
+        loss = instantiate(loss_cfg)
+    except InstantiationException as err:  # say what the distiller said, not Hydra's wrapper
+        raise err.__cause__ or err from None
+    if not isinstance(loss, Distiller):
+        raise ConfigTargetError(
+            f"loss._target_={loss_cfg._target_} builds a {type(loss).__name__}, not a kd.distillers.base.Distiller: a "
+            f"loss is a Distiller subclass that writes `term` (README, 'Extending kd'); drop `_partial_` from its YAML "
+            f"and wrap the function in a class.")
+
+
+def sweep_errors(config: DictConfig) -> list[str]:
+    """`overrides: error` for each cell of a multirun that check_cell refuses, each composed as its job will be."""
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    (cells,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion of the grid
+    errors = []
+    for overrides in cells:
+        try:
+            check_cell(compose(config_name=config.hydra.job.config_name, overrides=list(overrides)))
+        except Exception as err:  # every kind of bad input, each named by the overrides that make its cell
+            swept = [o for o in overrides if not all(o in other for other in cells)] or overrides
+            errors.append(f"{' '.join(swept)}: {type(err).__name__}: {err}")
+    return errors
+
+
+class CheckEveryCell(Callback):
+    """Refuse a multirun with a bad cell before anything is written or trained (before the sweeper saves
+    multirun.yaml, which a corrected rerun into the same sweep dir would otherwise have to extend).
+    Hydra turns a callback's exceptions into warnings, so this stops the run with SystemExit."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        errors = sweep_errors(config)
+        if errors:
+            raise SystemExit(f"Error: {len(errors)} cell(s) of this multirun have bad settings; nothing was "
+                             f"written or trained:\n" + "".join(f"  {e}\n" for e in errors)
+                             + "Fix those values and rerun.")

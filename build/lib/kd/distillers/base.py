@@ -1,0 +1,93 @@
+"""The distiller API: what every loss of kd is, Hinton's KD included (kd/distillers/kd.py).
+
+One meaning of alpha for every distiller:
+
+    L = scale * ((1 - alpha) * CE(student, targets) + alpha * term)
+
+where `term` is the distiller's own, with its own weights (`loss.*` keys: KD's T^2 * KL, DKD's
+alpha/beta, FitNet's and AT's feature weights). `scale` (default 1) only exists so that a published
+recipe that weights CE and the term independently stays reachable exactly: mdistiller's
+`1.0 * CE + term` is alpha=0.5 with loss.scale=2 (both products are exact in floating point).
+
+A distiller declares what it reads: `needs_features` makes the loop call the student and the teacher
+with `features=True` (kd/models/features.py); otherwise they return logits only and a plain forward
+is all that runs. It may own learned parameters (FitNet's regressor): `setup` builds them from the
+networks' shapes before the optimizer is made, they train with the student's optimizer and are saved
+in and restored from the cell's checkpoint.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd.models.features import Features
+
+
+class Outputs(NamedTuple):
+    """What a network computed on the batch: logits, and its features when the distiller needs them."""
+
+    logits: torch.Tensor
+    features: Optional[Features] = None
+
+
+class LossParts(NamedTuple):
+    total: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor  # the distiller's term, its own weights applied, before alpha and scale
+    extra: dict = {}  # the term's named parts (DKD's tckd, nckd), logged as train/<name>
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure distillation)")
+
+
+class Distiller(nn.Module):
+    """Subclass it and write `term`; override `cross_entropy` for another CE (label smoothing)."""
+
+    needs_features: bool = False
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if not scale > 0.0:
+            raise ValueError(f"loss.scale={scale} must be > 0 (1 keeps (1 - alpha) * CE + alpha * term)")
+        self.scale = scale
+
+    def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:
+        """Build learned parts from the networks' shapes on a batch like the training ones; none by default."""
+
+    def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets)  # hard labels, or Mixup/CutMix's soft ones
+
+    def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """{"kd": the distillation term, other names: its parts to log}; `epoch` counts from 0."""
+        raise NotImplementedError
+
+    def forward(self, student: Outputs, teacher: Optional[Outputs], targets: torch.Tensor, alpha: float,
+                epoch: int = 0) -> LossParts:
+        check_alpha(alpha)
+        ce = self.cross_entropy(student.logits, targets)
+        if alpha == 0.0:  # the teacher is not run for such a cell: its results are those of plain CE
+            return LossParts(self.scale * ce if self.scale != 1.0 else ce, ce, torch.zeros_like(ce))
+        if teacher is None:
+            raise ValueError("the teacher's outputs are required when alpha > 0")
+        parts = dict(self.term(student, teacher, targets, epoch))
+        kd = parts.pop("kd")
+        total = (1.0 - alpha) * ce + alpha * kd
+        return LossParts(self.scale * total if self.scale != 1.0 else total, ce, kd, parts)
+
+
+class CrossEntropy(Distiller):
+    """Plain cross-entropy: the teacher's own training loss (it has no teacher, so alpha must be 0)."""
+
+    def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        raise ValueError("the cross-entropy loss has no distillation term, so alpha > 0 would be ignored; use alpha=0")
+
+    def forward(self, student: Outputs, teacher: Optional[Outputs], targets: torch.Tensor, alpha: float,
+                epoch: int = 0) -> LossParts:
+        if alpha != 0.0:
+            self.term(student, teacher, targets, epoch)
+        return super().forward(student, None, targets, 0.0, epoch)

@@ -1,0 +1,394 @@
+"""The training loop for a pack of cells: `fit` runs `train_one_epoch` and `evaluate`, checkpointing as it goes.
+
+A pack is the cells of a grid that differ only in the loss's settings (alpha, temperature, ...). They
+share one data stream, one augmented batch per step and one teacher forward; each cell has its own
+student, optimizer, checkpoint and metrics. A single run is a pack of one: there is no other loop.
+
+Why a pack is exact: a cell's data stream (shuffle order, every augmentation draw) comes from a
+generator seeded by `seed` alone, and its student's initial weights from the global RNG re-seeded
+right before it is built, so neither depends on alpha, the loss, or which other cells share the pack.
+
+Metrics accumulate on the device and are read once per epoch (plus a periodic non-finite check),
+so the GPU is never stalled by a per-step host sync.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from kd.augment import NoAugment
+from kd.capture import EAGER, CompilePlan, float_lrs, log_plan, plan_compile
+from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from kd.config import PackMode, Pipeline
+from kd.data import ImageSplits
+from kd.distillers.base import Distiller, Outputs
+from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
+from kd.stacking import StackedUpdate
+from kd.teacher import CachedTeacherLogits, FrozenTeacher
+
+log = logging.getLogger(__name__)
+
+NONFINITE_CHECK_EVERY = 50  # steps between host reads of the "loss went NaN/inf" flags
+TeacherFn = Callable[[torch.Tensor, torch.Tensor], Outputs]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf: stop instead of training on garbage."""
+
+
+@dataclass
+class Cell:
+    """One job as `fit` trains it: its config, where it writes, how it logs."""
+
+    cfg: DictConfig
+    out_dir: Path
+    identity: dict  # what out_dir/checkpoint.pt must have been written for to be resumed
+    log_metrics: Callable[[dict, int], None]
+    name: str  # prefixes its log lines in a pack
+    stale_fix: str  # what to do when out_dir holds a checkpoint of something else
+
+
+@dataclass
+class Student:
+    """A cell's training state inside a pack."""
+
+    cell: Cell
+    model: nn.Module
+    forward: Callable  # the model, compiled where that is on
+    optimizer: torch.optim.Optimizer
+    optimizer_step: Callable[[], None]  # optimizer.step, compiled where graph capture is on
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    distiller: Distiller  # its loss, with any learned parts (a FitNet regressor) that train with the student
+    alpha: float
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    rng: Optional[dict] = None  # random states of its checkpoint, when resumed
+    error: Optional[BaseException] = None
+
+
+def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); `deterministic` turns on PyTorch's deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+
+
+def autocast_for(device: torch.device, bf16: bool) -> Callable:
+    """bf16 autocast on CUDA when asked; a no-op context elsewhere, so CPU runs the same code."""
+    if bf16 and device.type == "cuda":  # as kd.device.speed_switches records it
+        return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+class LoopUpdate:
+    """`trainer.pack_mode=loop`: each student its own forward, backward and optimizer step. Exact; the default."""
+
+    def __init__(self, students: list[Student]) -> None:
+        self.students = students
+
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher: Optional[Outputs],
+             autocast: Callable, epoch: int) -> dict[int, tuple]:
+        out = {}
+        for i in live:
+            s = self.students[i]
+            with autocast():
+                student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
+            parts = s.distiller(student, teacher if s.alpha > 0 else None, labels, s.alpha, epoch)
+            s.optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            s.optimizer_step()
+            out[i] = (parts, student.logits)
+        return out
+
+    def end_epoch(self, trained: list[int]) -> None:
+        for i in trained:  # a waiting student's schedule waits with it
+            self.students[i].scheduler.step()
+
+    def lr(self, i: int) -> float:
+        return float(self.students[i].optimizer.param_groups[0]["lr"])  # a tensor under graph capture
+
+    def states(self, i: int) -> tuple[dict, dict]:
+        """Student i's optimizer and scheduler states, as its checkpoint keeps them."""
+        return float_lrs(self.students[i].optimizer.state_dict()), self.students[i].scheduler.state_dict()
+
+
+def student_outputs(forward: Callable, images: torch.Tensor, features: bool) -> Outputs:
+    """The network's logits, and its features only when its distiller reads them (the plain forward otherwise)."""
+    return Outputs(*forward(images, features=True)) if features else Outputs(forward(images))
+
+
+def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable, epoch: int,
+                    skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
+    """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
+    that stopped it (None for those skipped: they wait for the pack to reach their epoch)."""
+    n_students = len(update.students)
+    device = next(update.students[0].model.parameters()).device
+    sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
+    extra_sums: list[dict[str, torch.Tensor]] = [{} for _ in range(n_students)]  # a distiller's own parts
+    first_bad = [torch.tensor(-1, device=device) for _ in range(n_students)]
+    errors: dict[int, NonFiniteLossError] = {}
+    live = [i for i in range(n_students) if i not in skip]
+    for s in update.students:
+        s.model.train()
+    seen = 0
+    for step, (images, labels, indices) in enumerate(batches):
+        plan.begin_step()
+        teacher = teacher_fn(images, indices) if teacher_fn is not None else None
+        n = labels.shape[0]
+        hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
+        for i, (parts, logits) in update.step(live, images, labels, teacher, autocast, epoch).items():
+            correct = (logits.argmax(1) == hard).sum()
+            sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
+            for name, value in parts.extra.items():
+                extra_sums[i][name] = extra_sums[i].get(name, 0.0) + value.detach().float() * n
+            bad = ~torch.isfinite(parts.total.detach())
+            first_bad[i] = torch.where(bad & (first_bad[i] < 0), step, first_bad[i])
+        seen += n
+        if (step + 1) % NONFINITE_CHECK_EVERY == 0:
+            live = _drop_nonfinite(live, first_bad, errors, epoch)
+    _drop_nonfinite(live, first_bad, errors, epoch)
+    stats: list[Union[dict, NonFiniteLossError, None]] = []
+    for i in range(n_students):
+        if i in skip or i in errors:
+            stats.append(errors.get(i))
+            continue
+        loss, ce, kd, correct = (sums[i] / seen).tolist()
+        extra = {f"train/{name}": float(value) / seen for name, value in extra_sums[i].items()}
+        stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, **extra, "train/top1": 100.0 * correct,
+                      "images": seen})
+    return stats
+
+
+def _drop_nonfinite(live: list[int], first_bad: list[torch.Tensor], errors: dict, epoch: int) -> list[int]:
+    """The students still finite; the others get their error (the rest of the pack trains on)."""
+    still = []
+    for i in live:
+        step = int(first_bad[i].item())
+        if step < 0:
+            still.append(i)
+            continue
+        # Counted from 1, as the epoch log lines count. Resuming would restore the old lr from checkpoint.pt.
+        errors[i] = NonFiniteLossError(
+            f"loss is NaN/inf at epoch {epoch + 1} step {step + 1}; training stopped (the last good checkpoint, "
+            f"if any, is kept). Lower optim.optimizer.lr or check the data, and start in a new output dir."
+        )
+    return still
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test") -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) on `split` ("test" or "val"), read from the device once."""
+    model.eval()
+    device = next(model.parameters()).device
+    counts = torch.zeros(3, device=device)  # top1, top5, images
+    for images, labels, _ in batches:
+        with autocast():
+            logits = model(images)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == labels[:, None]
+        counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.shape[0], device=device)])
+    top1, top5, n = counts.tolist()
+    return {f"{split}/top1": 100.0 * top1 / n, f"{split}/top5": 100.0 * top5 / n}
+
+
+def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: torch.device,
+                 shuffle: bool):
+    """Batches of the "train", "val" or "test" split from the configured pipeline."""
+    t = cfg.trainer
+    images, labels = splits.split(split)
+    batch_size = t.batch_size if shuffle else t.eval_batch_size
+    channels_last = t.channels_last  # faster on CPUs too (oneDNN convolutions), not only with cuDNN
+    if t.pipeline == Pipeline.device:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        return DevicePipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
+                              batch_size, generator, shuffle, splits.num_classes)
+    return DataLoaderPipeline(images, labels, aug, splits.mean, splits.std, batch_size, device,
+                              t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last, splits.num_classes)
+
+
+def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> float:
+    """A model's test top-1 (%), as `fit` measures it: how a teacher is checked before it teaches."""
+    batches = make_batches(cfg, splits, "test", aug=NoAugment(), device=device, shuffle=False)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16))["test/top1"]
+
+
+def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER,
+                 teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None) -> Student:
+    """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack.
+
+    Its distiller's learned parts (FitNet's regressor) are built after the student, from the shapes of
+    `example` (a batch like the training ones), and train with the student's optimizer."""
+    cfg, t = cell.cfg, cell.cfg.trainer
+    seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
+    distiller = instantiate(cfg.loss)
+    if float(cfg.alpha) > 0 and example is not None:  # an alpha=0 cell never runs its term (nor the teacher)
+        distiller.setup(model, teacher, example)
+    distiller = distiller.to(device)
+    optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.parameters()])
+    scheduler = instantiate(cfg.optim.scheduler)(optimizer)
+    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller, float(cfg.alpha))
+
+
+def resume(student: Student) -> None:
+    """Continue from the cell's own checkpoint.pt, if it has one written for this very config."""
+    path = student.cell.out_dir / "checkpoint.pt"
+    if not path.exists():
+        return
+    state = load_checkpoint(path, "run checkpoint", f"Delete {path} to start this run afresh.")
+    if state.get("config") != student.cell.identity:
+        raise CheckpointError(f"{path} was written by a run with a different config; resuming would mix the "
+                              f"two. {student.cell.stale_fix}")
+    student.model.load_state_dict(state["model"])
+    if "distiller" in state:  # checkpoints of kd before distillers had learned parts hold none
+        student.distiller.load_state_dict(state["distiller"])
+    student.optimizer.load_state_dict(state["optimizer"])
+    student.scheduler.load_state_dict(state["scheduler"])
+    student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
+    # A resumed W&B offline run is a new file, and a killed attempt's may hold nothing (SIGKILL flushes
+    # nothing): log the checkpointed epochs again, so that the run shows its whole history.
+    for row in student.history:
+        student.cell.log_metrics(row, row["epoch"])
+    log.info("%sresumed from %s at epoch %d/%d", _prefix(student), path, student.start_epoch,
+             student.cell.cfg.trainer.epochs)
+
+
+def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan,
+              teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None
+              ) -> Union[LoopUpdate, StackedUpdate]:
+    """A pack's students, each resumed from its own checkpoint, in the update that trains them."""
+    students = [make_student(cell, num_classes, device, plan, teacher, example) for cell in cells]
+    for s in students:
+        resume(s)
+        s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
+    stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
+    unstackable = [s.cell.name or type(s.distiller).__name__ for s in students
+                   if s.distiller.needs_features or any(True for _ in s.distiller.parameters())]
+    if stacked and unstackable:
+        log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
+                 "features or own parameters (%s), which the stacked forward does not carry", ", ".join(unstackable))
+        stacked = False
+    return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
+
+
+def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug,
+                    device: torch.device, autocast: Callable, plan: CompilePlan = EAGER,
+                    features: bool = False) -> Optional[TeacherFn]:
+    """None when no cell needs it (the teacher never runs); cached logits for aug=none (when no distiller reads
+    the teacher's features); else the live teacher, computing its features only for a distiller that reads them."""
+    if teacher is None:
+        return None
+    frozen = FrozenTeacher(teacher.to(device), autocast, plan.model, features)
+    if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache and not features:
+        clean = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=False)
+        return CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
+    return frozen
+
+
+def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
+        teacher: Optional[nn.Module]) -> list[Union[dict, BaseException]]:
+    """Train a pack's students together, each resuming from its own checkpoint; each its results or its error."""
+    cfg = cells[0].cfg  # the cells share everything but the loss's settings
+    t = cfg.trainer
+    plan = plan_compile(t, device)
+    log_plan(plan)
+    train_images = splits.split("train")[0]
+    example = torch.zeros((2, *train_images.shape[1:]), device=device)  # the shapes a distiller's parts are built for
+    if teacher is not None:
+        teacher = teacher.to(device).eval()
+    update = make_pack(cells, splits.num_classes, device, plan, teacher, example)
+    students = update.students
+    aug = instantiate(cfg.aug)
+    autocast = autocast_for(device, t.bf16)
+    train_batches = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=True)
+    # Every epoch is measured on test and, where there is one, on val: "best" is picked on val only.
+    eval_batches = {split: make_batches(cfg, splits, split, aug=NoAugment(), device=device, shuffle=False)
+                    for split in ("val", "test") if splits.split(split)[0] is not None}
+    # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
+    distils = any(s.alpha > 0 for s in students)
+    features = any(s.alpha > 0 and s.distiller.needs_features for s in students)
+    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast, plan, features)
+    # The stream is shared, so the pack restarts at its least advanced cell; cells further on wait there.
+    first = min(students, key=lambda s: s.start_epoch)
+    if first.rng is not None:
+        set_rng_state(first.rng, train_batches.generator)
+
+    for epoch in range(first.start_epoch, t.epochs):
+        waiting = {i for i, s in enumerate(students) if s.error is not None or s.start_epoch > epoch}
+        started = time.perf_counter()
+        needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
+        lrs = [update.lr(i) for i in range(len(students))]
+        stats = train_one_epoch(update, train_batches, teacher_fn if needs_teacher else None,
+                                autocast, epoch, waiting, plan)
+        update.end_epoch([i for i in range(len(students)) if i not in waiting])
+        train_s = time.perf_counter() - started
+        for i, (s, st) in enumerate(zip(students, stats)):
+            if st is None:
+                continue
+            if isinstance(st, BaseException):
+                s.error = st
+                log.error("%s%s", _prefix(s), st)
+                continue
+            images_per_s = st.pop("images") / train_s
+            row = {"epoch": epoch + 1, "lr": lrs[i], **st}
+            for split, batches in eval_batches.items():
+                row.update(evaluate(s.model, batches, autocast, split))
+            row.update(epoch_time_s=time.perf_counter() - started, images_per_s=images_per_s)
+            s.history.append(row)
+            val = f"val top-1 {row['val/top1']:.2f}%  " if "val/top1" in row else ""
+            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  %stest top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
+                     _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"], val,
+                     row["test/top1"], row["test/top5"], row["lr"], row["epoch_time_s"])
+            s.cell.log_metrics(row, epoch + 1)
+            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
+                optimizer_state, scheduler_state = update.states(i)
+                # Cloned: in stacked mode the weights are views of the whole stack, which torch.save would write.
+                model_state = {k: v.clone() for k, v in s.model.state_dict().items()}
+                save_atomic({"model": model_state, "distiller": s.distiller.state_dict(),
+                             "optimizer": optimizer_state, "scheduler": scheduler_state,
+                             "rng": rng_state(train_batches.generator), "history": s.history, "epoch": epoch + 1,
+                             "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
+    return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]
+
+
+def summarize(history: list[dict], epochs: int) -> dict:
+    """The final epoch's test accuracy and, with a val split, the test top-1 at the epoch best on val (the
+    earliest on a tie). `best_top1`, the best test top-1, picks the epoch on the test set itself: kept for
+    comparison with code bases that report it, never kd's result."""
+    if not history:
+        raise ValueError(f"trainer.epochs={epochs}: nothing to train; set trainer.epochs >= 1")
+    summary = {
+        "final_top1": history[-1]["test/top1"],
+        "final_top5": history[-1]["test/top5"],
+        "best_top1": max(row["test/top1"] for row in history),
+        "history": history,
+    }
+    if "val/top1" in history[0]:
+        best = max(history, key=lambda row: row["val/top1"])  # max keeps the first of equal values
+        summary.update(best_val_top1=best["val/top1"], test_top1_at_best_val=best["test/top1"],
+                       best_epoch=best["epoch"])
+    return summary
+
+
+def _prefix(student: Student) -> str:
+    return f"[{student.cell.name}] " if student.cell.name else ""

@@ -1,0 +1,33 @@
+"""Which cells of a sweep train together: those that differ only in the loss's settings.
+
+Such cells draw the same data stream and start from the same weights (see kd/engine.py), so one
+process can train them side by side on one augmented batch and one teacher forward per step.
+"""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from kd.config import defining_config
+
+PACK_FREE_KEYS = ("alpha", "loss")  # what the cells of one pack may differ in
+UNRESOLVED_KEYS = ("hydra", "out_dir")  # per-job values that are not known before the job starts
+
+
+def pack_key(cfg: DictConfig) -> str:
+    """Cells with equal keys form one pack."""
+    kept = [key for key in cfg if key not in PACK_FREE_KEYS + UNRESOLVED_KEYS]
+    # The whole data node, paths included: a job may resume from a moved copy of its data (data.root is not
+    # defining), but cells reading two folders cannot share one data stream.
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return json.dumps({**defining_config(OmegaConf.masked_copy(cfg, kept)), "data": data}, sort_keys=True)
+
+
+def group_packs(cfgs: Sequence[DictConfig]) -> list[list[int]]:
+    """The indices of `cfgs` grouped into packs, in the order the sweep lists them."""
+    packs: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        packs.setdefault(pack_key(cfg), []).append(i)
+    return list(packs.values())

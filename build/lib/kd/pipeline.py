@@ -1,0 +1,129 @@
+"""Batches for training and evaluation: device-resident (fast, default) or a DataLoader (reference).
+
+Both yield (normalized float images, labels, dataset indices); the indices let the
+teacher's logits be looked up when they cannot change between epochs (aug=none). Where the
+augmentation mixes images (Mixup, CutMix) the labels are soft targets, (N, classes) floats.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Normalize:
+    """uint8 -> float in [0, 1] -> per-channel standardization, in the training memory format."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, channels_last: bool) -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0).sub_(self.mean).div_(self.std)
+        return x.contiguous(memory_format=self.memory_format)
+
+
+class DevicePipeline:
+    """The whole split lives on the device as uint8; an epoch is a permutation of indices.
+
+    No workers, no PIL, no host sync: augmentation runs per image on the device.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, normalize: Normalize,
+                 batch_size: int, generator: torch.Generator, shuffle: bool, num_classes: int) -> None:
+        device = generator.device
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.aug = aug
+        self.num_classes = num_classes
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.generator = generator
+        self.shuffle = shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.labels)
+        device = self.images.device
+        order = (torch.randperm(n, device=device, generator=self.generator) if self.shuffle
+                 else torch.arange(n, device=device))
+        for start in range(0, n, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            with one_cpu_thread(device):
+                images = self.normalize(self.aug(self.images[idx], self.generator))
+            labels = self.labels[idx]
+            if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/augment_ladder.py)
+                images, labels = self.aug.mix(images, labels, self.num_classes, self.generator)
+            yield images, labels, idx
+
+
+@contextlib.contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On a CPU, run augmentation's many small ops in one thread; elsewhere do nothing.
+
+    They gain nothing from more threads, and where the cores are shared each multi-threaded
+    op can stall waiting for one (fcra on 64 CIFAR images: ~9 ms either way on an idle 2-core
+    machine, 23 ms in one thread vs 140-860 ms in two on a busy one).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class UInt8ImageDataset(Dataset):
+    """Per-image PIL transforms over uint8 CHW tensors, as torchvision's CIFAR classes do."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform) -> None:
+        self.images = images.permute(0, 2, 3, 1).numpy()
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i], i
+
+
+class DataLoaderPipeline:
+    """The conventional pipeline of the public KD code bases: PIL transforms in DataLoader workers."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, mean, std, batch_size: int,
+                 device: torch.device, num_workers: int, seed: int, shuffle: bool, channels_last: bool,
+                 num_classes: int) -> None:
+        transform = T.Compose(aug.pil_transforms(images.shape[-1]) + [T.ToTensor(), T.Normalize(mean, std)])
+        self.loader = DataLoader(
+            UInt8ImageDataset(images, labels, transform), batch_size=batch_size, shuffle=shuffle,
+            num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        self.generator = self.loader.generator  # its state is checkpointed for resume
+        self.device = device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # torchvision.transforms.v2's MixUp/CutMix on the collated batch, where the aug mixes
+        self.batch_transform = aug.batch_transform(num_classes) if hasattr(aug, "batch_transform") else None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y, idx in self.loader:
+            if self.batch_transform is not None:
+                x, y = self.batch_transform(x, y)
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield x, y.to(self.device, non_blocking=True), idx.to(self.device)

@@ -1,0 +1,82 @@
+"""Where a result came from: kd's version and commit, the library versions, the machine, the times.
+
+Recorded in every results.json and W&B config, so that two tables that disagree can be traced to a
+torch upgrade, a dirty checkout or a node with another GPU (kd-report warns when a sweep's cells differ).
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torchvision
+
+REPO = Path(__file__).resolve().parents[1]
+# What must agree between the cells of one table for their numbers to be comparable bit for bit.
+VERSION_KEYS = ("kd_version", "git_commit", "git_dirty", "python", "torch", "torchvision", "cuda", "cudnn")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """The software and machine a job runs on."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "kd_version": importlib.metadata.version("kd"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()})",
+        "cpu_threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+    }
+
+
+def sweep_provenance(students: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """(lines naming the sweep's teachers and environment, warnings where its cells differ)."""
+    done = [r for r in students if r.get("status") == "completed"]
+    teachers: dict[str, dict] = {}
+    per_seed: dict[int, set[str]] = {}
+    for r in done:
+        if r.get("teacher_sha256"):
+            teachers.setdefault(r["teacher_sha256"], r)
+            per_seed.setdefault(int(r["seed"]), set()).add(r["teacher_sha256"])
+    lines = [f"teacher {r['teacher']} (seed {r['seed']}): test top-1 {r['teacher_top1']:.2f}%, sha256 {sha[:12]}, "
+             f"{r.get('teacher_format', 'kd')} format, {r['teacher_checkpoint']}"
+             for sha, r in sorted(teachers.items(), key=lambda kv: kv[1]["seed"])]
+    warnings = []
+    mixed = {seed: shas for seed, shas in per_seed.items() if len(shas) > 1}
+    if mixed:  # each seed has its own teacher; within a seed every cell must share it
+        warnings.append(f"the cells of seed {min(mixed)} used {len(mixed[min(mixed)])} different teachers (above); "
+                        f"their differences mix the students' with the teachers'")
+    envs = [r["environment"] for r in done if "environment" in r]
+    if envs:
+        common = {k: envs[0].get(k) for k in VERSION_KEYS if all(e.get(k) == envs[0].get(k) for e in envs)}
+        lines.append("environment: " + ", ".join(f"{k} {v}" for k, v in common.items()))
+        for key in VERSION_KEYS:
+            values = sorted({str(e.get(key)) for e in envs})
+            if len(values) > 1:
+                warnings.append(f"the cells ran under different {key}: {', '.join(values)} (a resumed or requeued "
+                                f"cell on another node?); their numbers are not comparable bit for bit")
+        devices = sorted({str(e.get("device")) for e in envs})
+        lines.append(f"device(s): {', '.join(devices)}")
+    return lines, warnings

@@ -1,0 +1,229 @@
+"""Turn a finished sweep into the paper's comparison: the Table 1 gains and the Figure 3 curves.
+
+    python -m kd.report multirun/2025-01-01/12-00-00              # or: kd-report <sweep dir>
+    python -m kd.report <sweep dir> --alpha 0.5 --metric test_top1_at_best_val   # needs data.val_size
+    python -m kd.report <sweep dir> --wandb                        # also publish a W&B Report
+
+Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv, claims.md
+(the paper's claims with verdicts at 95%), top1_by_alpha.png, gains_by_alpha.png and
+test_top1_curves_alpha<α>.png.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from kd.report.claims import write_claims
+from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
+from kd.provenance import sweep_provenance
+from kd.results import RESULTS_FILE, collect_sweep
+from kd.sweep_dir import cell_dir_name
+from kd.report.axes import cell_overrides, other_axes, parse_overrides, split_by_axes
+from kd.report.table import (GAINS_LEGEND, METRICS, MetricUnavailableError, PooledCellsError, check_metric,
+                             csv_records, format_table, format_tables, teacher_accuracy)
+
+
+class NotASweepError(ValueError):
+    """The directory holds no kd student jobs."""
+
+
+def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Student jobs Hydra started that never wrote results.json (killed, or still running), as 'missing'."""
+    from kd.augment import aug_name  # imports torch: only for a sweep with unfinished jobs
+
+    aug_names = {r["config"]["aug"]["_target_"]: r["aug"] for r in results if "config" in r}
+    found = []
+    for path in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
+        job_dir = path.parent.parent
+        cfg = OmegaConf.load(path)
+        if (job_dir / RESULTS_FILE).exists() or cfg.stage != "student":
+            continue
+        target = cfg.aug._target_
+        aug = aug_names[target] if target in aug_names else aug_name(target)  # imports torch: only if needed
+        found.append({"stage": "student", "status": "missing", "aug": aug, "alpha": float(cfg.alpha),
+                      "seed": cfg.seed, "job_dir": str(job_dir), "overrides": cell_overrides(job_dir)})
+    return found + not_started_jobs(sweep_dir, aug_names)
+
+
+def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[str, Any]]:
+    """Student jobs of the sweep's grid (its multirun.yaml) that have no dir yet: queued on SLURM, or never reached."""
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return []
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from kd.augment import aug_name  # imports torch
+
+    master = OmegaConf.load(saved)
+    parsed = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
+    (cells,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion of the grid, in job order
+    target = master.aug._target_
+    default_aug = aug_names[target] if target in aug_names else aug_name(target)
+    found = []
+    for num, overrides in enumerate(cells):
+        if (sweep_dir / cell_dir_name(overrides, num)).exists():
+            continue
+        cell = {**{"stage": master.stage, "alpha": master.alpha, "seed": master.seed, "aug": default_aug},
+                **dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in ("stage", "alpha", "seed", "aug"))}
+        if cell["stage"] == "student":  # a swept aug is named by its option, which is kd's aug name
+            found.append({"stage": "student", "status": "missing", "aug": cell["aug"], "alpha": float(cell["alpha"]),
+                          "seed": int(cell["seed"]), "job_dir": str(sweep_dir / cell_dir_name(overrides, num)),
+                          "overrides": parse_overrides(list(overrides))})
+    return found
+
+
+def load_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
+    """The student jobs of a sweep dir, finished or not; a clear error for anything that is not a sweep."""
+    if not sweep_dir.is_dir():
+        raise NotASweepError(f"{sweep_dir} is not a directory; pass a sweep dir (e.g. multirun/<date>/<time>)")
+    students = [r for r in collect_sweep(sweep_dir) if r.get("stage") == "student"]
+    students += unfinished_jobs(sweep_dir, students)
+    if not students:
+        sweeps = [str(p.parent) for depth in ("*/", "*/*/", "*/*/*/") for p in sweep_dir.glob(depth + "multirun.yaml")]
+        hint = (" It holds a single job's results; pass the multirun dir above its job dirs."
+                if (sweep_dir / RESULTS_FILE).is_file() else
+                f" Sweeps under it: {', '.join(sweeps[:3])}{' ...' if len(sweeps) > 3 else ''}." if sweeps else "")
+        raise NotASweepError(f"{sweep_dir} is not a kd sweep: no student job dir (*/{RESULTS_FILE}) under it.{hint}")
+    return students
+
+
+def describe_sweep(students: list[dict[str, Any]]) -> str:
+    """'resnet8x4 student, resnet32x4 teacher (79.42%), cifar100 (10000 test images), 240 epochs; 3 seeds' for titles
+    and captions."""
+    r = next((s for s in students if "model" in s), None)  # a 'missing' job has only its grid position
+    seeds = len({s["seed"] for s in students})
+    if r is None:
+        return f"{seeds} seed(s)"
+    teacher = teacher_accuracy(students)
+    teacher_top1 = f" ({teacher})" if teacher is not None else ""
+    spread = f"mean ± 95% interval over {seeds} seeds" if seeds > 1 else "1 seed"
+    epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
+    n_test = test_images(students)
+    data = f"{r['data']} ({n_test} test images)" if n_test is not None else r["data"]
+    return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {data}, {epochs}; {spread}"
+
+
+def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, figures: list[Path]) -> list[Path]:
+    """gains.csv (the table's numbers, one row per cell and per gain) and gains.md (the tables, a legend, the figures)."""
+    csv_path = sweep_dir / "gains.csv"
+    columns, rows = csv_records(students, metric)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        f"# Knowledge distillation x augmentation: sweep `{sweep_dir}`",
+        "",
+        f"Students' {METRICS[metric]} (%, `{metric}`); rows: the augmentation of the student's training data; "
+        f"columns: α in (1 − α)·CE + α·(the distiller's term).",
+        "",
+    ]
+    slices = split_by_axes(students)
+    for label, part in slices:
+        if label:
+            lines += [f"## {label}", ""]
+        lines += [describe_sweep(part) + ".", "", format_table(part, metric), ""]
+    lines += [f"`*` best cell of its table (every one of a tie). {GAINS_LEGEND} "
+              "`failed` / `missing`: no result (never counted as 0). The paper's claims, checked: "
+              "[claims.md](claims.md).", ""]
+    if len(slices) > 1:
+        lines.insert(4, f"One table per {' and '.join(other_axes(students))}: cells that differ in them are never "
+                        f"pooled.\n")
+    provenance, warnings = sweep_provenance(students)
+    lines += [f"- {line}" for line in provenance] + [f"- **warning:** {w}" for w in warnings] + [""]
+    lines += [f"![{p.stem}]({p.name})" for p in figures]
+    md_path = sweep_dir / "gains.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    return [md_path, csv_path]
+
+
+def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, sweep_dir: Path) -> list[Path]:
+    """The figures that the sweep has data for, per combination of its other axes (file names suffixed by
+    it); says so when the curves' alpha is not in it."""
+    written = []
+    for label, part in split_by_axes(students):
+        completed = [r for r in part if r["status"] == "completed"]
+        if not completed:
+            continue
+        suffix = "" if not label else "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+        subtitle = describe_sweep(part) + (f"; {label}" if label else "")
+        figures = {f"top1_by_alpha{suffix}.png": plot_top1_by_alpha(part, metric, subtitle)}
+        if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
+            figures[f"gains_by_alpha{suffix}.png"] = plot_gains(part, metric, subtitle)
+        if any(float(r["alpha"]) == alpha for r in completed):
+            figures[f"test_top1_curves_alpha{alpha:g}{suffix}.png"] = plot_curves(part, alpha, subtitle)
+        else:
+            alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
+            print(f"no curves figure{' for ' + label if label else ''}: no completed job at alpha={alpha:g} "
+                  f"(completed alphas: {alphas}); pick one with --alpha")
+        for name, fig in figures.items():
+            fig.savefig(sweep_dir / name, dpi=150)
+        written += [sweep_dir / name for name in figures]
+    return written
+
+
+def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
+    """Write the figures and tables into the sweep dir; return the files written."""
+    figures = write_figures(students, metric, alpha, sweep_dir)
+    return write_tables(students, metric, sweep_dir, figures) + [write_claims(students, metric, sweep_dir)] + figures
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0],
+                                     epilog="Offline W&B runs (the teachers' too) upload with: kd-sync <sweep dir>")
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
+    parser.add_argument("--alpha", type=float, default=0.25, help="alpha of the per-epoch curves (default 0.25)")
+    parser.add_argument("--metric", choices=list(METRICS), default="final_top1",
+                        help="final_top1 (default); test_top1_at_best_val (the epoch picked on val: needs a sweep "
+                             "with data.val_size or a folder's val/); best_top1 (picked on test: optimistic)")
+    parser.add_argument("--wandb", action="store_true", help="also publish a W&B Report over the sweep's runs")
+    parser.add_argument("--entity", help="W&B entity of the report (default: the runs', else your default)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/train.py: SUMMARY_KEYS)
+        print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
+              "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "
+              "test_top1_at_best_val", file=sys.stderr)
+        return 2
+    try:
+        students = load_sweep(args.sweep_dir)
+        check_metric(students, args.metric, str(args.sweep_dir))
+    except (NotASweepError, MetricUnavailableError) as err:
+        print(f"kd-report: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        written = write_report(students, args.sweep_dir, args.alpha, args.metric)
+    except PooledCellsError as err:
+        print(f"kd-report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"Students' {METRICS[args.metric]} (%):")
+    print(format_tables(students, args.metric))
+    lines, warnings = sweep_provenance(students)
+    print("\n".join(lines))
+    for warning in warnings:
+        print(f"kd-report: warning: {warning}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written))
+    if args.wandb:
+        from kd.report.wandb_report import ReportError, publish  # wandb-workspaces only when asked for
+
+        try:
+            print(f"W&B report: {publish(students, args.sweep_dir, args.alpha, args.metric, args.entity)}")
+        except ReportError as err:
+            print(f"kd-report: error: {err}; the local files were written: {', '.join(p.name for p in written)}",
+                  file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Hydra callback that prints the Table-1-style grid when a multirun ends."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from kd.results import collect_sweep
+from kd.report.table import METRICS, VAL_METRICS, format_tables
+
+
+class PrintGridTable(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        print_grid_table(Path(config.hydra.sweep.dir))
+
+
+def print_grid_table(sweep_dir: Path) -> None:
+    """Print the students' grid of a sweep dir; also used by kd's launchers when cells failed."""
+    results = collect_sweep(sweep_dir)
+    students = [r for r in results if r.get("stage") == "student"]
+    if not students:
+        return
+    teachers = sorted({f"{r['teacher']} {r['teacher_top1']:.2f}%" for r in students
+                       if r.get("teacher_top1") is not None})
+    print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}")
+    if teachers:
+        print(f"teacher: {', '.join(teachers)}")
+    print(format_tables(students))
+    completed = [r for r in students if r.get("status") == "completed"]
+    for metric in VAL_METRICS:  # with a val split, also the epoch picked honestly
+        if completed and all(metric in r for r in completed):
+            print(f"\nStudents' {METRICS[metric]} (%)")
+            print(format_tables(students, metric))

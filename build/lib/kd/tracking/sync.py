@@ -1,0 +1,51 @@
+"""Upload (or list) every offline W&B run of a sweep, the teachers' included.
+
+    kd-sync <sweep dir>           # wandb sync of every run not uploaded yet
+    kd-sync <sweep dir> --list    # print the run dirs (synced ones marked) and upload nothing
+
+`wandb sync <sweep dir>` misses the teachers: a teacher trains in its cache (KD_HOME/teachers/<name>.work),
+outside any sweep, so that every sweep can reuse it; each student's results.json names that dir
+(teacher_work_dir). A resumed job has one offline run dir per attempt, all of the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from kd.results import collect_sweep
+from kd.tracking.wandb_tracker import RUN_FILE, is_synced, offline_run_dirs
+
+
+def sweep_job_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's job dirs that opened a W&B run (finished or not), then the teachers' work dirs they used."""
+    jobs = sorted(p.parent for p in sweep_dir.glob(f"*/{RUN_FILE}"))
+    teachers = sorted({Path(r["teacher_work_dir"]) for r in collect_sweep(sweep_dir)
+                       if r.get("teacher_work_dir") is not None})  # absent: alpha=0, unfinished, a given checkpoint
+    return jobs + teachers
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="kd-sync", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
+    parser.add_argument("--list", action="store_true", help="only print the offline run dirs, one a line")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"kd-sync: error: {args.sweep_dir} is not a directory; pass a sweep dir (e.g. multirun/<date>/<time>)",
+              file=sys.stderr)
+        return 2
+    runs = [d for job in sweep_job_dirs(args.sweep_dir) for d in offline_run_dirs(job)]
+    if args.list:
+        print("\n".join(f"{d}{' (synced)' if is_synced(d) else ''}" for d in runs))
+        return 0
+    todo = [str(d) for d in runs if not is_synced(d)]
+    if not todo:
+        print(f"kd-sync: no offline run left to upload in {args.sweep_dir} ({len(runs)} already synced)")
+        return 0
+    return subprocess.run([sys.executable, "-m", "wandb", "sync", *todo]).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

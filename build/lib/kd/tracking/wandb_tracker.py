@@ -1,0 +1,205 @@
+"""`logger=wandb`: one Weights & Biases run per job (the teacher's training, each grid cell).
+
+W&B is a convenience, results.json is the record: if W&B cannot start or a call fails,
+the job warns once and trains on without it. Without credentials, or when the server
+cannot be reached, the run is written offline into the job's output dir, and one log
+line says how to upload it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+import wandb
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from kd.config import WandbMode
+from kd.tracking.null import NullRun
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "wandb_run.json"  # in the job's output dir: a requeued job resumes the same W&B run
+MAX_GROUP_LEN = 128  # W&B's limit on a group name
+
+
+def sweep_group() -> Optional[str]:
+    """The multirun's sweep dir, which all of its jobs share; None outside a multirun."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)[-MAX_GROUP_LEN:]
+
+
+def read_run_file(job_dir: Path) -> Optional[dict[str, Any]]:
+    """What the tracker recorded about a job's W&B run (id, project, entity, group, sync_dir), if anything."""
+    path = Path(job_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def offline_run_dirs(job_dir: Path) -> list[Path]:
+    """Every offline W&B run dir of a job: one per attempt (a resumed job starts a new one, same run id)."""
+    info = read_run_file(job_dir)
+    if info is None or "sync_dir" not in info:  # W&B never started for it (an id is written before the start)
+        return []
+    attempt = re.compile(rf"offline-run-\d+_\d+-{re.escape(info['id'])}(-\d+)?")  # wandb adds -N within a second
+    return sorted(p for p in Path(info["sync_dir"]).parent.iterdir() if attempt.fullmatch(p.name))
+
+
+def is_synced(run_dir: Path) -> bool:
+    return any(run_dir.glob("*.wandb.synced"))  # the marker `wandb sync` leaves
+
+
+class WandbRun:
+    """A started W&B run whose calls can fail without failing the job: the first failure warns, then all are no-ops."""
+
+    def __init__(self, run: Any) -> None:
+        self._run = run
+        self._broken = False
+
+    def _call(self, what: str, fn: Callable[[], Any], even_if_broken: bool = False) -> None:
+        if self._broken and not even_if_broken:
+            return
+        try:
+            fn()
+        except Exception as err:  # wandb fails in many ways (network, service, disk); none may stop training
+            if not self._broken:
+                log.warning("W&B %s failed (%s: %s); training goes on without W&B, results.json is unaffected",
+                            what, type(err).__name__, err)
+            self._broken = True
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        # A resumed job logs its checkpointed epochs again (kd.engine.resume); an online run resumed on the
+        # server already holds those before its starting_step (an offline one starts at 0 and takes them).
+        if step < self._run.starting_step:
+            return
+        self._call("log", lambda: self._run.log(metrics, step=step))
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._call("summary", lambda: self._run.summary.update(values))
+
+    def record(self, config: dict[str, Any]) -> None:
+        self._call("config", lambda: self._run.config.update(config, allow_val_change=True))
+
+    def mark_preempting(self) -> None:
+        self._call("mark_preempting", self._run.mark_preempting)
+
+    def finish(self, exit_code: int) -> None:
+        # Tried even after a failure: an unfinished run would be reused by the next job in this process.
+        self._call("finish", lambda: self._run.finish(exit_code=exit_code), even_if_broken=True)
+
+
+class WandbTracker:
+    """Opens one W&B run per job with the whole resolved config (under `config`), grouped by sweep."""
+
+    def __init__(self, project: str, entity: Optional[str], group: Optional[str], tags: list[str],
+                 mode: Union[WandbMode, str], dir: Optional[str], finish_timeout_s: float) -> None:
+        self.project = project
+        self.entity = entity
+        self.group = group
+        self.tags = list(tags)
+        self.mode = WandbMode(mode)
+        self.dir = dir
+        self.finish_timeout_s = finish_timeout_s
+
+    @contextlib.contextmanager
+    def run(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str) -> Iterator[Union[WandbRun, NullRun]]:
+        run = self._start(cfg, Path(out_dir), job_type, name)
+        if run is None:
+            yield NullRun()
+            return
+        exit_code = 1
+        try:
+            yield run
+            exit_code = 0
+        except (KeyboardInterrupt, SystemExit):
+            run.mark_preempting()  # a signal (requeue) or Ctrl-C: the job resumes into this same run
+            raise
+        finally:
+            run.finish(exit_code)  # always: wandb would otherwise reuse this run for the next job in the process
+
+    def _resolve_mode(self) -> tuple[Optional[str], str]:
+        """(mode for wandb.init, why), where None lets wandb read WANDB_MODE."""
+        if self.mode != WandbMode.auto:
+            return self.mode.value, "logger.mode"
+        if "WANDB_MODE" in os.environ:
+            return None, "WANDB_MODE"
+        if wandb.login(prompt=False, verify=False):
+            return "online", "credentials found"
+        return "offline", "no W&B credentials: `wandb login` or set WANDB_API_KEY to log online"
+
+    def _start(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str) -> Optional[WandbRun]:
+        mode, why = None, ""
+        try:
+            mode, why = self._resolve_mode()
+            run = self._init(cfg, out_dir, job_type, name, mode, self._run_id(out_dir, mode))
+        except Exception as err:  # see WandbRun._call
+            failure = f"{type(err).__name__}: {err}"
+            run = None
+            if mode != "offline":  # no network, a server error: keep the run on disk for `wandb sync`
+                with contextlib.suppress(Exception):
+                    # A new id: wandb's service still holds the one that failed to start online.
+                    run_id = self._run_id(out_dir, "offline", fresh=True)
+                    run, why = self._init(cfg, out_dir, job_type, name, "offline", run_id), f"online failed: {failure}"
+            if run is None:
+                log.warning("W&B could not start the %s run %r (%s); training goes on without W&B, "
+                            "results.json is written as usual", job_type, name, failure)
+                return None
+        if run.disabled:
+            return WandbRun(run)
+        self._record(run, out_dir, job_type, name)
+        if run.offline:
+            log.info("W&B run %r is offline (%s), saved in %s; upload it with: wandb sync %s",
+                     name, why, run.settings.sync_dir, run.settings.sync_dir)
+        else:
+            log.info("W&B run %r: %s", name, run.url)
+        return WandbRun(run)
+
+    def _run_id(self, out_dir: Path, mode: Optional[str], fresh: bool = False) -> Optional[str]:
+        """The job's W&B run id: the one it had, or a new one written down before the run starts, so that a job
+        killed while W&B starts resumes that run instead of opening a second one."""
+        previous = None if fresh else read_run_file(out_dir)
+        if previous is not None:
+            return previous["id"]
+        if (mode or os.environ.get("WANDB_MODE")) == "disabled":
+            return None
+        run_id = secrets.token_hex(6)  # W&B takes any [a-z0-9] id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_file(out_dir, {"id": run_id})
+        return run_id
+
+    def _init(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str, mode: Optional[str],
+              run_id: Optional[str]) -> Any:
+        wandb_dir = Path(self.dir if self.dir is not None else out_dir)
+        wandb_dir.mkdir(parents=True, exist_ok=True)  # the teacher's work dir is made later, by its first checkpoint
+        return wandb.init(
+            project=self.project, entity=self.entity, job_type=job_type, name=name, tags=self.tags,
+            group=self.group if self.group is not None else sweep_group(),
+            # Under "config": the top level is for the flat keys the job records (aug: fcra, alpha: 0.5, ...),
+            # which the UI can group by; the whole config's nodes (aug._target_) cannot be grouped on.
+            config={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
+            dir=str(wandb_dir), mode=mode, id=run_id, resume="allow",
+            # silent: the one line that _start logs replaces wandb's own banner; create_new: a pack has one run
+            # open per cell at once
+            settings=wandb.Settings(silent=True, finish_timeout=self.finish_timeout_s, reinit="create_new"),
+        )
+
+    def _record(self, run: Any, out_dir: Path, job_type: str, name: str) -> None:
+        """Write RUN_FILE: the id to resume after a requeue, where `kd.report --wandb` finds the sweep, and where
+        this attempt's files are (kd-sync finds every attempt's beside it)."""
+        self._write_run_file(out_dir, {"id": run.id, "project": run.project, "entity": run.entity or self.entity,
+                                       "group": run.group, "job_type": job_type, "name": name,
+                                       "sync_dir": str(Path(run.settings.sync_dir).absolute())})
+
+    @staticmethod
+    def _write_run_file(out_dir: Path, record: dict[str, Any]) -> None:
+        try:
+            (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
+        except OSError as err:
+            log.warning("could not write %s (%s); a resumed job will start a new W&B run", out_dir / RUN_FILE, err)

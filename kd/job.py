@@ -1,0 +1,279 @@
+"""A job: one pack of cells (a single run is a pack of one) checked, locked, trained and recorded.
+
+kd/train.py is the command; this is the work it starts, kept apart so that `--help` and a typo are
+answered before torch loads.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from kd.augment import aug_name
+from kd.checks import check_cell
+from kd.config import Stage, defining_config
+from kd.cpu import warn_if_busy
+from kd.data import ImageSplits, on_disk
+from kd.device import resolve_device, speed_switches
+from kd.engine import Cell, fit, test_top1
+from kd.locking import exclusive_job_dir
+from kd.models.summary import network_size
+from kd.provenance import environment, now
+from kd.report.axes import TABLE_KEYS, cell_overrides, swept_keys
+from kd.results import RESULTS_FILE, read_results, write_results
+from kd.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
+                        teacher_work_dir)
+
+log = logging.getLogger("kd.train")
+
+
+def describe(cfg: DictConfig) -> dict[str, Any]:
+    """The job's place in the grid, as stored in results.json and used for run names."""
+    return {
+        "stage": Stage(cfg.stage).value,
+        "data": data_name(cfg.data),
+        "model": arch_name(cfg.model),
+        "teacher": arch_name(cfg.teacher.arch),
+        "aug": aug_name(cfg.aug._target_),
+        "alpha": float(cfg.alpha),
+        "loss": cfg.loss._target_.rsplit(".", 1)[-1],
+        "temperature": cfg.loss.get("temperature"),  # None for a loss of one's own without one
+        "seed": int(cfg.seed),
+        "epochs": int(cfg.trainer.epochs),
+        "teacher_epochs": int(cfg.teacher.epochs),
+    }
+
+
+def data_name(data_cfg: DictConfig) -> str:
+    """`cifar100`, `digits`; a folder by its own name (`folder:shapes`), so that two folders never read alike."""
+    kind = data_cfg._target_.rsplit(".", 1)[-1]
+    if kind == "folder" and not OmegaConf.is_missing(data_cfg, "root"):
+        return f"folder:{Path(os.path.expanduser(str(data_cfg.root))).resolve().name}"
+    return kind
+
+
+def run_name(cfg: DictConfig) -> str:
+    """`aug=fc alpha=0.5 seed=0`, then the job's other swept keys as typed (`loss.beta=0.1 pair=vgg13-vgg8`), so
+    that the cells of a pack and their W&B runs never share a name."""
+    d = describe(cfg)
+    if d["stage"] == Stage.teacher.value:
+        return f"teacher {d['teacher']} {d['data']} seed={d['seed']}"
+    swept = swept_keys(Path(cfg.out_dir).parent)
+    others = sorted((k, v) for k, v in cell_overrides(Path(cfg.out_dir)).items() if k in swept and k not in TABLE_KEYS)
+    return " ".join([f"aug={d['aug']} alpha={d['alpha']:g} seed={d['seed']}", *(f"{k}={v}" for k, v in others)])
+
+
+def prepare_out_dir(path: str) -> Path:
+    """Create the job's output dir and prove it writable before any work is done."""
+    out_dir = Path(path)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"output dir {out_dir} is not writable ({err.strerror}). Set hydra.run.dir / hydra.sweep.dir "
+            f"(or out_dir) to a writable place."
+        ) from None
+    return out_dir
+
+
+def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
+    """A finished job's results, so rerunning a sweep skips its completed cells."""
+    path = out_dir / RESULTS_FILE
+    if not path.is_file():
+        return None
+    previous = read_results(path)
+    if previous.get("status") != "completed":
+        return None
+    if previous.get("defining_config") != defining_config(cfg):
+        raise ValueError(
+            f"{path} holds the completed results of a different config. Use a new hydra.sweep.dir "
+            f"(or hydra.run.dir) for a changed config; kd will not overwrite finished results."
+        )
+    return previous
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job (a grid cell, or the teacher) and return what it writes to results.json: a pack of one."""
+    (outcome,) = train_pack([cfg])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
+    """Run the jobs of one pack (cells that differ only in the loss's settings) in this process.
+
+    Each job gets its results (also in its results.json), or the error that stopped it alone (bad
+    input, a NaN loss); the others train on. An error that stops the whole pack is raised.
+    """
+    outcomes: list[Any] = [None] * len(cfgs)
+    todo = []
+    # In a multirun another copy of the sweep may hold a cell: wait for it (then skip or resume). A
+    # single run stops at once instead.
+    wait = in_multirun()
+    with contextlib.ExitStack() as locks:
+        for i, cfg in enumerate(cfgs):
+            try:
+                check_cell(cfg)
+                out_dir = prepare_out_dir(cfg.out_dir)
+                locks.enter_context(exclusive_job_dir(out_dir, wait))
+                previous = completed_results(out_dir, cfg)
+            except Exception as err:
+                outcomes[i] = err
+                continue
+            if previous is not None:
+                log.info("%s already completed with this config (skipped; delete its %s to run it again)",
+                         out_dir, RESULTS_FILE)
+                outcomes[i] = previous
+            else:
+                todo.append(i)
+        if todo:
+            for i, outcome in zip(todo, _run_recorded([cfgs[i] for i in todo])):
+                outcomes[i] = outcome
+    return outcomes
+
+
+def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
+    """Train the pack, writing every job's results.json however it ends."""
+    device, device_choice = resolve_device(cfgs[0].trainer.device)  # the pack shares its trainer settings
+    if device.type == "cpu":
+        warn_if_busy(torch.get_num_threads())
+    env = environment(device)
+    # What ran, beside what was asked for (config.trainer): bf16 and compile are CUDA-only.
+    ran_with = {"device_choice": device_choice, "speed": speed_switches(cfgs[0].trainer, device)}
+    results = [{**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+                "defining_config": defining_config(cfg), "environment": env, **ran_with, "started_at": now()}
+               for cfg in cfgs]
+    outcomes: list[Union[dict[str, Any], BaseException]] = []
+    started = time.time()
+    try:
+        outcomes = _train(cfgs, device, {"environment": env, **ran_with})
+    except BaseException as err:
+        # A signal or Ctrl-C (requeue, preemption) leaves the runs resumable; anything else is a failure.
+        status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+        for result in results:
+            result.update(status=status, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
+        raise
+    finally:
+        for cfg, result, outcome in itertools.zip_longest(cfgs, results, outcomes):
+            if isinstance(outcome, BaseException):
+                result.update(status="failed", error=f"{type(outcome).__name__}: {outcome}",
+                              traceback="".join(traceback.format_exception(outcome)))
+            elif outcome is not None:
+                result.update(outcome, status="completed")
+            result["wall_time_s"] = time.time() - started
+            result["ended_at"] = now()
+            write_results(Path(cfg.out_dir), result)
+    return [outcome if isinstance(outcome, BaseException) else result for outcome, result in zip(outcomes, results)]
+
+
+def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any]
+           ) -> list[Union[dict[str, Any], BaseException]]:
+    """Train the pack on `device`; `ran_with` (environment, device choice, speed switches) goes to each W&B run."""
+    cfg = cfgs[0]  # what the pack shares: data, models, aug, optim, trainer, seed
+    t = cfg.trainer
+    splits = instantiate(cfg.data)  # downloads if allowed; torchvision checks every file's md5
+    stage = Stage(cfg.stage)
+    if stage == Stage.data:
+        found = on_disk(splits)
+        log.info("data %s ready: %d training and %d test images, %d classes, in %s (%d files, %.1f MB)",
+                 splits.name, found["train_images"], found["test_images"], found["num_classes"],
+                 found["data_location"], found["data_files"], found["data_bytes"] / 1e6)
+        return [dict(found) for _ in cfgs]
+    image_shape = tuple(splits.split("train")[0].shape[1:])
+    networks = ([] if stage == Stage.teacher else [("model", cfg.model)]) + (
+        [("teacher.arch", cfg.teacher.arch)] if stage == Stage.teacher or any(c.alpha > 0 for c in cfgs) else [])
+    for key, node in networks:  # before any training: a network that cannot take these images stops here
+        size = network_size(node, splits.num_classes, image_shape, key)
+        log.info("%s %s: %s (%s images)", key, arch_name(node), size.format(), "x".join(map(str, image_shape[1:])))
+    if t.batch_size > len(splits.train_labels):
+        raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
+                         f"training images of {splits.name}; lower trainer.batch_size")
+    distils = [c.alpha > 0 for c in cfgs]
+    teacher, teacher_info = None, {}
+    if stage == Stage.teacher or any(distils):
+        teacher, teacher_info = prepare_teacher(cfg, splits, device, ran_with)
+    if stage == Stage.teacher:
+        return [dict(teacher_info) for _ in cfgs]
+
+    with contextlib.ExitStack() as stack:
+        runs, cells = [], []
+        for c in cfgs:
+            run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
+                                                                name=run_name(c)))
+            run.record({**describe(c), **ran_with})  # flat keys (aug: fcra, alpha, seed, ...) the UI groups by
+            runs.append(run)
+            cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
+                              name=run_name(c) if in_multirun() else "",
+                              stale_fix="Rerun with the same overrides, or use a new hydra.run.dir / hydra.sweep.dir."))
+        outcomes = fit(cells, splits, device, teacher)
+        finished: list[Union[dict[str, Any], BaseException]] = []
+        for run, outcome, distilled in zip(runs, outcomes, distils):
+            if isinstance(outcome, BaseException):
+                finished.append(outcome)
+                continue
+            # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
+            result = {**outcome, "test_images": len(splits.test_labels),  # one image is 100 / test_images points
+                      **(teacher_info if distilled else {"teacher_top1": None})}
+            run.summary({**summary_metrics(result), "teacher_top1": result["teacher_top1"],
+                         "teacher_sha256": result.get("teacher_sha256")})
+            finished.append(result)
+    return finished
+
+
+# What a run's W&B summary shows: the final epoch's test top-1 and, with a val split, the epoch picked on val.
+# Never best_top1: an epoch picked on the test set is no result (it stays in results.json, named as such).
+SUMMARY_KEYS = ("final_top1", "best_val_top1", "test_top1_at_best_val", "best_epoch")
+
+
+def summary_metrics(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {key: outcome[key] for key in SUMMARY_KEYS if key in outcome}
+
+
+def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
+                    ) -> tuple[Any, dict[str, Any]]:
+    """The teacher (trained first if it is not cached), measured on the test split and refused at chance."""
+    path = ensure_teacher(cfg, splits, lambda tcfg: fit_teacher(tcfg, splits, device, ran_with))
+    teacher, fmt = load_teacher(path, cfg, splits)
+    top1 = test_top1(teacher, cfg, splits, device)
+    digest = sha256_of(path)
+    log.info("teacher %s: test top-1 %.2f%% (%s, %s format, sha256 %s)", arch_name(cfg.teacher.arch), top1, path,
+             fmt, digest[:12])
+    check_teacher_accuracy(top1, cfg, splits.num_classes, path)
+    work_dir = teacher_work_dir(path)  # kd-sync finds the teacher's W&B run there; none for a given checkpoint
+    return teacher, {"teacher_top1": top1, "teacher_checkpoint": str(path), "teacher_sha256": digest,
+                     "teacher_format": fmt, "teacher_work_dir": str(work_dir) if work_dir.is_dir() else None}
+
+
+def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
+                ) -> dict[str, Any]:
+    """Train the teacher from its own recipe (`tcfg`), resuming its work dir whatever the student asks."""
+    work_dir = Path(tcfg.out_dir)
+    with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
+        run.record({**describe(tcfg), **ran_with})
+        cell = Cell(tcfg, work_dir, teacher_recipe(tcfg, splits.content_digest), run.log, name="",
+                    stale_fix=f"{work_dir} holds the work of another teacher recipe (an older kd?); delete "
+                              f"{work_dir} to train this teacher afresh.")
+        (outcome,) = fit([cell], splits, device, None)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        run.summary(summary_metrics(outcome))
+        return outcome

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
 
-from conftest import FAST, TRAIN_SCRIPT, cell_dir, run_cli
+from conftest import FAST, REPO, TRAIN_SCRIPT, cell_dir, run_cli
 from kd.report.cli import main as report_main
 from kd.results import RESULTS_FILE, read_results
 from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
@@ -75,33 +76,8 @@ def test_a_fitnet_cell_saves_and_restores_its_regressor(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-OWN_DISTILLER = '''
-import torch.nn.functional as F
-
-from kd.distillers.base import Distiller
-
-
-class PooledFeatureMSE(Distiller):
-    """Match the teacher's pooled feature vector, its width projected by a learned linear map."""
-
-    needs_features = True
-
-    def __init__(self, weight=1.0, scale=1.0):
-        super().__init__(scale)
-        self.weight = weight
-
-    def setup(self, student, teacher, images):
-        import torch
-        with torch.no_grad():
-            s = student.eval()(images, features=True)[1].pooled
-            t = teacher.eval()(images, features=True)[1].pooled
-        student.train()
-        self.project = torch.nn.Linear(s.shape[1], t.shape[1])
-
-    def term(self, student, teacher, targets, epoch):
-        mse = F.mse_loss(self.project(student.features.pooled.float()), teacher.features.pooled.float())
-        return {"kd": self.weight * mse, "mse": mse}
-'''
+# The README's own example ("A distiller of your own"), run from this very text.
+OWN_DISTILLER = re.search(r"```python\n# my_distiller.py\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
 
 
 def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):

@@ -193,22 +193,43 @@ def test_wandb_report_object(report):
     sweep, _ = report
     students = load_sweep(sweep)
     runs = sweep_runs(students)
-    assert (runs["project"], runs["entity"], runs["groups"]) == ("kd", None, [GROUP])
-    built = build_report(students, sweep, runs["project"], "kd-tests", runs["groups"], alpha=0.25,
-                         metric="final_top1")
-    assert (built.project, built.entity) == ("kd", "kd-tests")
+    finished = sorted(json.loads((Path(r["job_dir"]) / RUN_FILE).read_text())["id"] for r in students
+                      if r["status"] == "completed")
+    assert (runs["project"], runs["entity"], runs["ids"]) == ("kd", None, finished)
+    assert len(runs["unfinished"]) == 3  # fc@0.5 twice, none@1 seed 1: listed in the text, not in the panels
+    built = build_report(students, sweep, runs, "the-runs-entity", "kd-tests", alpha=0.25, metric="final_top1")
+    assert (built.project, built.entity) == ("kd", "kd-tests")  # --entity moves the report only
     table = next(b for b in built.blocks if isinstance(b, wr.MarkdownBlock))
-    assert format_table(students) in table.text
+    assert format_table(students) in table.text and "Not in the panels" in table.text
     cells, curves = [b for b in built.blocks if isinstance(b, wr.PanelGrid)]
     (by_cell,) = cells.runsets
-    assert GROUP in by_cell.filters and "'student'" in by_cell.filters
-    assert by_cell.groupby == ["config.aug", "config.alpha"]  # the flat keys kd.train records
+    assert by_cell.entity == "the-runs-entity" and all(run_id in by_cell.filters for run_id in finished)
+    assert "'finished'" in by_cell.filters and GROUP not in by_cell.filters  # exactly these runs, not a group name
+    assert by_cell.groupby == ["config.aug", "config.alpha"]  # the flat keys kd records
     assert {type(p) for p in cells.panels} == {wr.BarPlot, wr.ScatterPlot}
+    bar = next(p for p in cells.panels if isinstance(p, wr.BarPlot))
+    assert bar.metrics == ["final_top1"]  # the plain key, W&B's documented form
     (curve_runs,) = curves.runsets
-    assert GROUP in curve_runs.filters and 'Config("alpha") == 0.25' in curve_runs.filters
-    assert curve_runs.groupby == ["config.aug"]  # every augmentation of the sweep
+    assert 'Config("alpha") == 0.25' in curve_runs.filters and curve_runs.groupby == ["config.aug"]
     (line,) = curves.panels
     assert isinstance(line, wr.LinePlot) and line.y == ["test/top1"]
+    assert "2025-01-01/12-00-00" not in built.title and "/sweep" in built.title  # the dir's last two parts
+
+
+def test_a_wandb_report_without_the_curves_alpha_gets_no_filter_on_it(report):
+    sweep, _ = report
+    students = load_sweep(sweep)
+    built = build_report(students, sweep, sweep_runs(students), "e", "e", alpha=0.75, metric="final_top1")
+    assert len([b for b in built.blocks if isinstance(b, wr.PanelGrid)]) == 1
+    assert any("no finished cell at alpha=0.75" in b.text for b in built.blocks if isinstance(b, wr.MarkdownBlock))
+
+
+def test_a_sweep_with_online_and_offline_runs_is_one_project(report, tmp_path):
+    sweep = Path(shutil.copytree(report[0], tmp_path / "sweep"))
+    first = next(sweep.glob(f"*/{RUN_FILE}"))
+    first.write_text(json.dumps({**json.loads(first.read_text()), "entity": "me"}))  # this one ran online
+    runs = sweep_runs(load_sweep(sweep))
+    assert (runs["project"], runs["entity"]) == ("kd", "me")
 
 
 def test_wandb_without_server_is_a_clear_error(report, tmp_path):

@@ -18,7 +18,7 @@ from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from reliability import saved_epoch
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.job import train
-from kd.tracking.wandb_tracker import RUN_FILE, WandbTracker
+from kd.tracking.wandb_tracker import RUN_FILE, WandbTracker, newest_attempt
 
 WANDB = [sys.executable, "-m", "wandb"]
 # After FAST, so that logger=wandb wins; no augmentation and two steps an epoch keep a job to seconds on a CPU.
@@ -158,6 +158,11 @@ def test_killed_and_resumed_job_shows_its_whole_history(tmp_path):
     assert [row["epoch"] for row in wb["history"]] == list(range(1, epochs + 1))
     history = read_results(run_dir / RESULTS_FILE)["history"]
     assert [row["test/top1"] for row in wb["history"]] == pytest.approx([row["test/top1"] for row in history])
+    # kd-sync uploads the newest attempt only: uploading both would append epochs 1..k a second time.
+    assert newest_attempt(run_dir) == resumed
+    listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(tmp_path), "--list"], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert listed == [f"{killed} (older attempt: skipped)", str(resumed)]
 
 
 def single_run(tmp_path: Path, *overrides: str) -> dict:

@@ -5,7 +5,8 @@
 
 `wandb sync <sweep dir>` misses the teachers: a teacher trains in its cache (KD_HOME/teachers/<name>.work),
 outside any sweep, so that every sweep can reuse it; each student's results.json names that dir
-(teacher_work_dir). A resumed job has one offline run dir per attempt, all of the same run.
+(teacher_work_dir). A resumed job has one offline run dir per attempt, all of the same run: only the newest,
+which re-logged the checkpointed epochs and so holds the whole history, is uploaded.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from kd.results import collect_sweep
-from kd.tracking.wandb_tracker import RUN_FILE, is_synced, offline_run_dirs
+from kd.tracking.wandb_tracker import RUN_FILE, is_synced, newest_attempt, offline_run_dirs
 
 
 def sweep_job_dirs(sweep_dir: Path) -> list[Path]:
@@ -36,11 +37,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"kd-sync: error: {args.sweep_dir} is not a directory; pass a sweep dir (e.g. multirun/<date>/<time>)",
               file=sys.stderr)
         return 2
-    runs = [d for job in sweep_job_dirs(args.sweep_dir) for d in offline_run_dirs(job)]
+    jobs = sweep_job_dirs(args.sweep_dir)
+    runs = [d for job in jobs for d in offline_run_dirs(job)]
+    newest = {d for job in jobs if (d := newest_attempt(job)) is not None}
     if args.list:
-        print("\n".join(f"{d}{' (synced)' if is_synced(d) else ''}" for d in runs))
+        print("\n".join(f"{d}{' (synced)' if is_synced(d) else ''}{'' if d in newest else ' (older attempt: skipped)'}"
+                        for d in runs))
         return 0
-    todo = [str(d) for d in runs if not is_synced(d)]
+    todo = [str(d) for d in runs if d in newest and not is_synced(d)]
+    older = len(runs) - len(newest)
+    if older:
+        print(f"kd-sync: {older} older attempt(s) of resumed runs skipped: each run's newest attempt holds its whole "
+              f"history (uploading both would log its first epochs twice)")
     if not todo:
         print(f"kd-sync: no offline run left to upload in {args.sweep_dir} ({len(runs)} already synced)")
         return 0

@@ -52,6 +52,13 @@ def offline_run_dirs(job_dir: Path) -> list[Path]:
     return sorted(p for p in Path(info["sync_dir"]).parent.iterdir() if attempt.fullmatch(p.name))
 
 
+def newest_attempt(job_dir: Path) -> Optional[Path]:
+    """The job's latest offline run dir: a resumed attempt logs the checkpointed epochs again, so it holds the
+    run's whole history, and uploading an older attempt too would append epochs 1..k a second time."""
+    attempts = offline_run_dirs(job_dir)
+    return max(attempts, key=lambda d: (d.stat().st_mtime_ns, d.name)) if attempts else None
+
+
 def is_synced(run_dir: Path) -> bool:
     return any(run_dir.glob("*.wandb.synced"))  # the marker `wandb sync` leaves
 

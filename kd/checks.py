@@ -25,8 +25,9 @@ def check_trainer(t: DictConfig) -> None:
                          "set trainer.compile=true, or drop trainer.graph_capture")
 
 
-def check_cell(cfg: DictConfig) -> None:
-    """Bad input that the schemas cannot see, caught before any work."""
+def check_cell(cfg: DictConfig, here: bool = True) -> None:
+    """Bad input that the schemas cannot see, caught before any work; `here=False` where the job will run on
+    another machine (the device is then checked by name only)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:  # e.g. data=folder without data.root
         hint = (" (data.root: the folder holding train/<class>/<image> and test/<class>/<image>)"
@@ -35,7 +36,7 @@ def check_cell(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     check_alpha(cfg.alpha)
     check_trainer(cfg.trainer)
-    check_device(cfg.trainer.device)
+    check_device(cfg.trainer.device, here)  # `here=False`: where a sweep is submitted, not where it runs
     check_targets(cfg)
     check_distiller(cfg.loss)
 
@@ -65,7 +66,7 @@ def sweep_errors(config: DictConfig) -> list[str]:
     errors = []
     for overrides in cells:
         try:
-            check_cell(compose(config_name=config.hydra.job.config_name, overrides=list(overrides)))
+            check_cell(compose(config_name=config.hydra.job.config_name, overrides=list(overrides)), here=False)
         except Exception as err:  # every kind of bad input, each named by the overrides that make its cell
             swept = [o for o in overrides if not all(o in other for other in cells)] or overrides
             errors.append(f"{' '.join(swept)}: {type(err).__name__}: {err}")

@@ -43,10 +43,13 @@ def _cuda_unavailable_reason() -> str | None:
     return "no NVIDIA driver or GPU found"
 
 
-def check_device(name: str) -> None:
-    """Refuse a trainer.device that is no device name, or names a device this machine lacks."""
+def check_device(name: str, here: bool = True) -> None:
+    """Refuse a trainer.device that is no device name, or (`here`) names a device this machine lacks; a sweep
+    checked where it is submitted (a SLURM login node without a GPU) checks the name only."""
     if not _DEVICE.fullmatch(name):
         raise DeviceError(f"trainer.device={name} is not a device; use one of {VALID_DEVICES}")
+    if not here:
+        return
     if name.startswith("cuda"):
         reason = _cuda_unavailable_reason()
         if reason is not None:

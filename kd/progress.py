@@ -1,7 +1,7 @@
 """How far a running grid is and when it will end: one progress line per pack every so often, read off the
 clock only (never the device, so no host sync), and the whole grid's estimate once its first epoch is timed.
 
-    progress: epoch 3/60, 5 cells, 2130 images/s; pack 2/6 ends in 1m12s; grid ends in ~6m40s
+    progress: 3 of 60 epochs, 5 cell(s), 2130 images/s; pack 2/6 ends in 1m12s; grid ends in ~6m40s
 
 The grid's part needs to know the packs: kd's default launcher, which runs them one after another in one
 process, says so (`start_grid`); a pack on its own (a single run, a SLURM task) shows its own ETA only.
@@ -70,7 +70,7 @@ class PackProgress:
         if done > 1 and epoch + 1 < self.epochs and now - self.last_line < EVERY_S:
             return
         self.last_line = now
-        text = f"progress: epoch {epoch + 1}/{self.epochs}, {self.cells} cell(s), {images_per_s:.0f} images/s; "
+        text = f"progress: {epoch + 1} of {self.epochs} epochs, {self.cells} cell(s), {images_per_s:.0f} images/s; "
         if grid is not None:
             pack_s = per_epoch * self.epochs
             mean_pack = sum(grid.pack_seconds + [pack_s]) / (len(grid.pack_seconds) + 1)

@@ -88,7 +88,7 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
             with exclusive_job_dir(run_dir, wait=False):
                 pass
     except (ValueError, JobDirBusyError) as err:
-        raise SystemExit(f"Error: {err} Nothing was written.") from None
+        raise SystemExit(f"Error: {type(err).__name__}: {err} Nothing was written.") from None
 
 
 # An absolute config dir: relative to a module Hydra would look for a `conf` package instead.

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from filelock import FileLock
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, run_cli
@@ -81,6 +82,7 @@ def wandb_run_ids(sweep: Path) -> set[str]:
     return {run.name.rsplit("-", 1)[-1] for job in sweep.iterdir() if job.is_dir() for run in offline_runs(job)}
 
 
+@pytest.mark.chaos
 def test_a_sweep_killed_at_random_three_times_ends_as_if_never_killed(tmp_path, capsys):
     args = [*FAST, "trainer.epochs=3", "teacher=resnet8", "logger=wandb", "logger.mode=offline", *GRID]
     reference = tmp_path / "reference"

@@ -49,7 +49,7 @@ def test_a_grid_prints_its_estimate_progress_with_eta_and_its_wall_time(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert re.search(r"grid: 2 pack\(s\); estimated total ~\d+", log)
-    assert re.search(r"progress: epoch 3/3, 2 cell\(s\), \d+ images/s; pack 2/2 ends in \d+s; grid ends in ~\d+s", log)
-    assert re.search(r"progress: epoch \d/\d, 1 cell\(s\), \d+ images/s; teacher ends in", log)
+    assert re.search(r"progress: 3 of 3 epochs, 2 cell\(s\), \d+ images/s; pack 2/2 ends in \d+s; grid ends in ~\d+s", log)
+    assert re.search(r"progress: \d of \d epochs, 1 cell\(s\), \d+ images/s; teacher ends in", log)
     assert re.search(r"this multirun took \d+", done.stdout)
     assert all(r["environment"]["cpu_capability"] == cpu_capability() for r in collect_sweep(out))

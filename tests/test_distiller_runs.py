@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import FAST, REPO, TRAIN_SCRIPT, cell_dir, run_cli
@@ -53,6 +54,7 @@ def test_a_grid_over_distillers_reports_one_table_per_loss(tmp_path, capsys):
     assert "## loss=kd" in claims and "## loss=fitnet" in claims
 
 
+@pytest.mark.chaos
 def test_a_fitnet_cell_saves_and_restores_its_regressor(tmp_path):
     args = [*CELL, "loss=fitnet", "alpha=0.5", "trainer.epochs=3", "trainer.deterministic=true"]
     reference = tmp_path / "reference"

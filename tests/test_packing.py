@@ -116,6 +116,7 @@ def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_
     assert ce[(0.2, 0.0)] != ce[(0.0, 0.0)]  # the smoothing reached each cell's own loss
 
 
+@pytest.mark.chaos
 def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_different_epochs(tmp_path):
     grid = [*CELL, "trainer.epochs=4", ALPHAS, "trainer.deterministic=true", "optim.scheduler.milestones=[2]"]
     reference = sweep(tmp_path, "reference", grid)
@@ -230,6 +231,7 @@ def test_a_stacked_step_of_every_family_matches_its_loop_step(model, tmp_path):
             torch.testing.assert_close(stacked[name], loop[name], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.chaos
 def test_a_stacked_pack_trains_resumes_and_agrees_with_the_loop(tmp_path):
     grid = [*CELL, "trainer.epochs=3", ALPHAS, "optim.scheduler.milestones=[1]"]
     loop = sweep(tmp_path, "loop", grid)

@@ -54,6 +54,7 @@ def run_and_kill(args: list[str], env: dict, kd_home: Path, run_dir: Path, after
     return kills
 
 
+@pytest.mark.chaos
 def test_run_killed_repeatedly_then_completed_matches_an_uninterrupted_run(tmp_path, isolated_kd_home,
                                                                             one_torch_thread):
     reference = train(compose_config(KILLED_RUN, out_dir=tmp_path / "reference"))

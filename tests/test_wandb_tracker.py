@@ -133,6 +133,7 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert wb["exit_code"] == 0
 
 
+@pytest.mark.chaos
 def test_killed_and_resumed_job_shows_its_whole_history(tmp_path):
     """SIGKILL flushes nothing: the killed attempt's offline file may hold no epoch; the resumed one holds them all."""
     epochs, run_dir = 12, tmp_path / "job"

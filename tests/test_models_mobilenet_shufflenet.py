@@ -48,30 +48,6 @@ def test_parameter_counts_are_repdistillers(name):
     assert sum(p.numel() for p in THEIRS[name](100).parameters()) == PARAMETERS[name]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_one_seed_gives_their_initial_weights_under_their_names(name):
-    torch.manual_seed(0)
-    theirs = THEIRS[name](100).state_dict()
-    torch.manual_seed(0)
-    ours = build(name).state_dict()
-    assert list(ours) == list(theirs)
-    for key, value in theirs.items():
-        assert torch.equal(ours[key], value), key
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_their_checkpoint_loads_strictly_and_gives_their_logits(name):
-    torch.manual_seed(0)
-    theirs = randomised(THEIRS[name](100))
-    ours = copy.deepcopy(shared(name))
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():
-        want, got = theirs(x), ours(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # their fixed pooling vs adaptive: same window
-    assert want.std() > 0.1  # not a vacuous comparison
-
-
 @pytest.mark.parametrize("size", [32, 16, 8])
 @pytest.mark.parametrize("name", ALL)
 def test_every_model_maps_images_to_class_logits(name, size):

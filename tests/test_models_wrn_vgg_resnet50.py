@@ -2,7 +2,6 @@
 names and logits (their transcription: tests/theirs_wrn_vgg_resnet50.py), and kd's feature layout."""
 from __future__ import annotations
 
-import copy
 import functools
 
 import pytest
@@ -49,32 +48,6 @@ def shared(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_counts_are_repdistillers(name):
     assert sum(p.numel() for p in shared(name).parameters()) == PARAMETERS[name]
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_one_seed_gives_their_initial_weights_under_their_names(name):
-    torch.manual_seed(0)
-    theirs = THEIRS[name](100).state_dict()
-    torch.manual_seed(0)
-    ours = build(name).state_dict()
-    assert list(ours) == list(theirs)
-    for key, value in theirs.items():
-        assert torch.equal(ours[key], value), key
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_their_checkpoint_loads_strictly_and_gives_their_logits(name):
-    torch.manual_seed(0)
-    theirs = randomised(THEIRS[name](100))
-    ours = copy.deepcopy(shared(name))
-    ours.load_state_dict(theirs.state_dict(), strict=True)
-    # In float64: random BN statistics drive WRN-40's logits to ~1e3, where float32 alone moves them by 1e-4
-    # (WRN's avg_pool2d(8) and kd's adaptive pooling sum in another order).
-    theirs, ours, x = theirs.double(), ours.double(), torch.randn(2, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():
-        want, got = theirs(x), ours(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert want.std() > 0.1  # not a vacuous comparison
 
 
 def test_vgg_pools_a_64x64_input_four_times_as_theirs():

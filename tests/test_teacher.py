@@ -48,9 +48,9 @@ def test_a_different_recipe_gets_its_own_teacher(tmp_path, isolated_kd_home):
     assert len(list((isolated_kd_home / "teachers").glob("*.pt"))) == 2
 
 
-def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path):
+def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path, isolated_kd_home):
     train(compose_config(TEACHER_ONLY, out_dir=tmp_path / "t"))
-    path = next((tmp_path.parent).glob("**/teachers/*.pt"), None) or next(tmp_path.glob("**/*.pt"))
+    (path,) = (isolated_kd_home / "teachers").glob("*.pt")  # this test's own teacher, not another test's
     cfg = compose_config([*FAST, "teacher=resnet14", f"teacher.checkpoint={path}", "alpha=0.5"],
                          out_dir=tmp_path / "s")
     with pytest.raises(CheckpointError, match="holds resnet8 with 10 classes, but the config asks for resnet14"):

@@ -53,8 +53,10 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str
     alpha, and the per-epoch curves at `alpha` when the grid has it. `runs_entity` is where the runs are,
     `report_entity` where the report goes."""
     cells = expr.And(expr.Metric("ID").isin(runs["ids"]), expr.Metric("State") == "finished")
+    # The flat keys kd records (kd/job.py: describe); seeds form one group, and runs of another distiller or
+    # teacher-student pair never join one (keys that do not vary group nothing away).
     by_cell = wr.Runset(entity=runs_entity, project=runs["project"], name="grid cells", filters=cells,
-                        groupby=["config.aug", "config.alpha"])  # the flat keys kd records; seeds form one group
+                        groupby=["config.model", "config.teacher", "config.loss", "config.aug", "config.alpha"])
     text = format_tables(students, metric) + "\n\n`*` best cell. " + GAINS_LEGEND
     if runs["unfinished"]:
         text += "\n\nNot in the panels (failed, interrupted or unfinished): " + ", ".join(runs["unfinished"])
@@ -70,7 +72,8 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str
     alphas = sorted({float(r["alpha"]) for r in students if r.get("status") == "completed"})
     if alpha in alphas:
         curves = wr.Runset(entity=runs_entity, project=runs["project"], name=f"every augmentation at alpha={alpha:g}",
-                           filters=expr.And(cells, expr.Config("alpha") == alpha), groupby=["config.aug"])
+                           filters=expr.And(cells, expr.Config("alpha") == alpha),
+                           groupby=["config.model", "config.teacher", "config.loss", "config.aug"])
         blocks += [wr.H2(f"Test top-1 per epoch at alpha={alpha:g}, per augmentation"),
                    wr.PanelGrid(runsets=[curves], panels=[
                        wr.LinePlot(title=f"test top-1 per epoch, alpha={alpha:g}", x="epoch", y=["test/top1"],

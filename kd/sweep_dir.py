@@ -68,18 +68,19 @@ def grid_axes(task_overrides: Sequence[str]) -> dict[str, list[str]]:
     return axes
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flat_keys(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {"a.b.c": value}."""
     if not isinstance(node, dict):
         return {prefix: node}
     out: dict[str, Any] = {}
     for key, value in node.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        out.update(flat_keys(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
 
 
 def _body(cfg: DictConfig, skipped: set[str]) -> dict[str, Any]:
     """The config as written (interpolations unresolved), flat, minus Hydra's part and the skipped key paths."""
-    flat = _flat(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+    flat = flat_keys(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     return {k: v for k, v in flat.items() if k.split(".")[0] != "hydra" and defines_cell(k) and
             not any(k == s or k.startswith(s + ".") for s in skipped)}
 

@@ -71,13 +71,13 @@ class Distiller(nn.Module):
         check_alpha(alpha)
         ce = self.cross_entropy(student.logits, targets)
         if alpha == 0.0:  # the teacher is not run for such a cell: its results are those of plain CE
-            return LossParts(self.scale * ce if self.scale != 1.0 else ce, ce, torch.zeros_like(ce))
+            return LossParts(self.scale * ce, ce, torch.zeros_like(ce))  # x * 1.0 is x, bit for bit
         if teacher is None:
             raise ValueError("the teacher's outputs are required when alpha > 0")
         parts = dict(self.term(student, teacher, targets, epoch))
         kd = parts.pop("kd")
         total = (1.0 - alpha) * ce + alpha * kd
-        return LossParts(self.scale * total if self.scale != 1.0 else total, ce, kd, parts)
+        return LossParts(self.scale * total, ce, kd, parts)
 
 
 class CrossEntropy(Distiller):

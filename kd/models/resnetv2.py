@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features, staged_features
+from kd.models.resnet import shortcut
 
 MIN_IMAGE_SIZE = 1
 EXPANSION = 4
@@ -30,11 +31,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride, bias=False), nn.BatchNorm2d(out_planes)
-            )
+        self.shortcut = shortcut(in_planes, out_planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.preact(x))

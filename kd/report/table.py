@@ -10,6 +10,7 @@ from typing import Any
 
 from kd.report.axes import axis_values, other_axes, split_by_axes
 from kd.report.stats import Estimate, estimate, paired
+from kd.sweep_dir import flat_keys
 
 AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
 # The metrics a table can show (results.json keys), in words. Only a validation split can pick an epoch
@@ -75,15 +76,9 @@ def _same_cell(a: dict[str, Any], b: dict[str, Any]) -> bool:
             and float(a["alpha"]) == float(b["alpha"]) and int(a["seed"]) == int(b["seed"]))
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
-
-
 def _collision(a: dict[str, Any], b: dict[str, Any]) -> str:
-    fa, fb = _flat(a.get("defining_config", {})), _flat(b.get("defining_config", {}))
-    differ = sorted(k.rstrip(".") for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    fa, fb = flat_keys(a.get("defining_config", {})), flat_keys(b.get("defining_config", {}))
+    differ = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
     return (f"{a.get('job_dir')} and {b.get('job_dir')} both hold aug={a['aug']} alpha={float(a['alpha']):g} "
             f"seed={a['seed']} but differ in {', '.join(differ) or 'nothing kd records'}; kd will not pool them "
             f"as seeds. Report them from separate sweep dirs, or rerun with the differing key on the command "

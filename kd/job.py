@@ -12,7 +12,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -72,6 +72,12 @@ def run_name(cfg: DictConfig) -> str:
     swept = swept_keys(Path(cfg.out_dir).parent)
     others = sorted((k, v) for k, v in cell_overrides(Path(cfg.out_dir)).items() if k in swept and k not in TABLE_KEYS)
     return " ".join([f"aug={d['aug']} alpha={d['alpha']:g} seed={d['seed']}", *(f"{k}={v}" for k, v in others)])
+
+
+def axis_tags(cfg: DictConfig) -> list[str]:
+    """The cell's swept overrides as `key=value` tags (`aug=fc`, `alpha=0.5`), to filter runs by any axis."""
+    swept = swept_keys(Path(cfg.out_dir).parent)
+    return [f"{k}={v}" for k, v in sorted(cell_overrides(Path(cfg.out_dir)).items()) if k in swept]
 
 
 def prepare_out_dir(path: str) -> Path:
@@ -218,8 +224,11 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
         runs, cells = [], []
         for c in cfgs:
             run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
-                                                                name=run_name(c)))
+                                                                name=run_name(c), tags=axis_tags(c)))
             run.record({**describe(c), **ran_with})  # flat keys (aug: fcra, alpha, seed, ...) the UI groups by
+            if c.alpha > 0:  # lineage: which teacher (by sha256) taught this student
+                run.use_teacher(Path(teacher_info["teacher_checkpoint"]), teacher_info["teacher_sha256"],
+                                teacher_info["teacher_top1"])
             runs.append(run)
             cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
                               name=run_name(c) if in_multirun() else "",
@@ -251,7 +260,7 @@ def summary_metrics(outcome: dict[str, Any]) -> dict[str, Any]:
 def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
                     ) -> tuple[Any, dict[str, Any]]:
     """The teacher (trained first if it is not cached), measured on the test split and refused at chance."""
-    path = ensure_teacher(cfg, splits, lambda tcfg: fit_teacher(tcfg, splits, device, ran_with))
+    path = ensure_teacher(cfg, splits, lambda tcfg, publish: fit_teacher(tcfg, splits, device, ran_with, publish))
     teacher, fmt = load_teacher(path, cfg, splits)
     top1 = test_top1(teacher, cfg, splits, device)
     digest = sha256_of(path)
@@ -263,9 +272,10 @@ def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, 
                      "teacher_format": fmt, "teacher_work_dir": str(work_dir) if work_dir.is_dir() else None}
 
 
-def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
-                ) -> dict[str, Any]:
-    """Train the teacher from its own recipe (`tcfg`), resuming its work dir whatever the student asks."""
+def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any],
+                publish: Callable[[dict[str, Any]], Path]) -> dict[str, Any]:
+    """Train the teacher from its own recipe (`tcfg`), resuming its work dir whatever the student asks; its
+    run logs the published cache file as the teacher's artifact, which every student run then uses."""
     work_dir = Path(tcfg.out_dir)
     with instantiate(tcfg.logger).run(tcfg, work_dir, job_type="teacher", name=run_name(tcfg)) as run:
         run.record({**describe(tcfg), **ran_with})
@@ -276,4 +286,6 @@ def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran
         if isinstance(outcome, BaseException):
             raise outcome
         run.summary(summary_metrics(outcome))
+        path = publish(outcome)
+        run.log_teacher(path, sha256_of(path), outcome["final_top1"])
         return outcome

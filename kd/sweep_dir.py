@@ -9,6 +9,8 @@ before Hydra writes a byte, naming the keys that differ.
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from kd.config import NON_DEFINING_KEYS
 
 CELL_DIR_RESOLVER = "kd.cell_dir"
+SWEEP_ID_FILE = ".sweep_id"  # in the sweep dir: which sweep this is, beside where it lies (W&B's group)
 MAX_CELL_NAME = 160  # bytes: a cell dir name stays readable and far below the 255 of a path component  # conf/config.yaml: hydra.sweep.subdir: ${kd.cell_dir:...}
 
 
@@ -51,6 +54,34 @@ def cell_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
             break
         shown = candidate
     return shown + digest
+
+
+def sweep_id(sweep_dir: Path) -> str:
+    """The sweep dir's short random id, made once by the first to need it (the submit host, RecordSweepId;
+    else the first job) and then only read: a rerun into the dir keeps it, a deleted and re-created dir gets
+    a new one. Written whole under a private name and hard-linked into place, so no reader sees it half written
+    and of two racing jobs one wins."""
+    path = Path(sweep_dir) / SWEEP_ID_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        draft.write_text(secrets.token_hex(4))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()
+
+
+class RecordSweepId(Callback):
+    """Make the sweep's id on the host that starts the multirun, before any job, once the other callbacks have
+    accepted the sweep (a refused multirun writes nothing)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra does next: the dir may use ${hydra:job.name}
+        sweep_id(Path(str(config.hydra.sweep.dir)))
 
 
 def register_resolvers() -> None:

@@ -91,8 +91,12 @@ def teacher_work_dir(path: Path) -> Path:
     return path.with_name(path.stem + ".work")
 
 
-def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[DictConfig], dict]) -> Path:
-    """Return the teacher checkpoint, training it first (once, under a lock) if it is not cached."""
+def ensure_teacher(cfg: DictConfig, splits: ImageSplits,
+                   fit_teacher: Callable[[DictConfig, Callable[[dict], Path]], dict]) -> Path:
+    """Return the teacher checkpoint, training it first (once, under a lock) if it is not cached.
+
+    `fit_teacher(tcfg, publish)` trains the teacher and calls `publish(result)`, which saves the cache file and
+    returns its path, while its run is still open: the teacher's W&B run logs that very file as its artifact."""
     path = teacher_checkpoint_path(cfg, splits)
     if cfg.teacher.checkpoint is not None:
         if not path.is_file():
@@ -112,20 +116,24 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits, fit_teacher: Callable[[
         work_dir = teacher_work_dir(path)
         log.info("teacher: training %s for %d epochs (its own recipe; checkpoints in %s)",
                  path.name, cfg.teacher.epochs, work_dir)
-        result = fit_teacher(teacher_training_config(cfg, work_dir))
-        model_state = load_checkpoint(work_dir / "checkpoint.pt", "teacher work checkpoint", "")["model"]
-        save_atomic(
-            {
-                "arch": arch_name(cfg.teacher.arch),
-                "num_classes": splits.num_classes,
-                "data": splits.name,
-                "state_dict": model_state,
-                "test_top1": result["final_top1"],
-                "recipe": json.dumps(teacher_recipe(cfg, splits.content_digest), sort_keys=True),
-            },
-            path,
-        )
-        log.info("teacher: saved %s (test top-1 %.2f%%)", path, result["final_top1"])
+
+        def publish(result: dict) -> Path:
+            model_state = load_checkpoint(work_dir / "checkpoint.pt", "teacher work checkpoint", "")["model"]
+            save_atomic(
+                {
+                    "arch": arch_name(cfg.teacher.arch),
+                    "num_classes": splits.num_classes,
+                    "data": splits.name,
+                    "state_dict": model_state,
+                    "test_top1": result["final_top1"],
+                    "recipe": json.dumps(teacher_recipe(cfg, splits.content_digest), sort_keys=True),
+                },
+                path,
+            )
+            log.info("teacher: saved %s (test top-1 %.2f%%)", path, result["final_top1"])
+            return path
+
+        fit_teacher(teacher_training_config(cfg, work_dir), publish)
     return path
 
 

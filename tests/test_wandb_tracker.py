@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,13 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 import wandb
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 
-from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
+from conftest import CONF_DIR, FAST, TRAIN_SCRIPT, compose_config, run_cli
 from reliability import saved_epoch
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.job import train
-from kd.tracking.wandb_tracker import RUN_FILE, WandbTracker, newest_attempt
+from kd.sweep_dir import SWEEP_ID_FILE, RecordSweepId
+from kd.tracking.wandb_tracker import (MAX_GROUP_LEN, MAX_TAG_LEN, RUN_FILE, WandbTracker, fit_tag,
+                                     newest_attempt, sweep_group)
 
 WANDB = [sys.executable, "-m", "wandb"]
 # After FAST, so that logger=wandb wins; no augmentation and two steps an epoch keep a job to seconds on a CPU.
@@ -49,6 +55,7 @@ def read_offline_run(run_dir: Path) -> dict:
     return {
         "run": run,
         "config": config,
+        "artifacts": [r["artifact"] for r in records if r["type"] == "artifact"],
         "history": [r["history"]["item"] for r in records if r["type"] == "history"],
         "summary": summary,
         "exit_code": next(r["exit"].get("exit_code", 0) for r in records if r["type"] == "exit"),
@@ -71,7 +78,7 @@ def no_credentials(monkeypatch, tmp_path: Path) -> None:
 def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_home):
     no_credentials(monkeypatch, tmp_path)
     proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5", "data.train_size=280",
-                    "data.val_size=50"], cwd=tmp_path)
+                    "data.val_size=50", "logger.tags=[mine]"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep_dir = next((tmp_path / "multirun").glob("*/*"))
     students = collect_sweep(sweep_dir)
@@ -83,7 +90,8 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     assert len(sync_lines) == 3  # one line per job: the teacher and two cells
     assert all("no W&B credentials" in line for line in sync_lines)
 
-    group = str(sweep_dir.relative_to(tmp_path))  # Hydra's sweep dir, as configured (relative to the cwd)
+    # Hydra's sweep dir as configured (relative to the cwd), then the id made once for that dir
+    group = f"{sweep_dir.relative_to(tmp_path)}#{(sweep_dir / SWEEP_ID_FILE).read_text()}"
     teacher = read_offline_run(*offline_runs(teacher_dir))
     assert teacher["run"]["job_type"] == "teacher"
     assert teacher["run"]["display_name"] == "teacher resnet8 digits seed=0"
@@ -93,6 +101,15 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         "teacher", "resnet8", "digits")
     assert teacher["summary"]["final_top1"] == students[1]["teacher_top1"]
     assert students[1]["teacher_work_dir"] == str(teacher_dir)  # where kd-sync finds the teacher's run
+    # Lineage: the teacher run logs its cache file as a model artifact; the student who learned from it names the
+    # same artifact (wandb refuses use_artifact offline, so the offline run's config records it).
+    (artifact,) = teacher["artifacts"]
+    checkpoint = Path(students[1]["teacher_checkpoint"])
+    assert (artifact["name"], artifact["type"]) == (f"teacher-{checkpoint.stem}", "model")
+    assert json.loads(artifact["metadata"]) == {"sha256": students[1]["teacher_sha256"], "file": checkpoint.name,
+                                                "top1": students[1]["teacher_top1"]}
+    assert sorted(artifact["aliases"]) == ["latest", f"sha256-{students[1]['teacher_sha256'][:12]}"]
+    assert [entry["local_path"] for entry in artifact["manifest"]["contents"]] == [str(checkpoint)]
 
     # One command lists every offline run of the sweep, the teacher's (under KD_HOME) included
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep_dir), "--list"], capture_output=True,
@@ -107,6 +124,10 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
         assert wb["run"]["display_name"] == f"aug=none alpha={result['alpha']:g} seed=0"
         assert wb["run"]["job_type"] == "student"
         assert wb["run"]["run_group"] == group
+        assert wb["run"]["tags"] == ["mine", f"alpha={result['alpha']:g}"]  # logger.tags, then the swept overrides
+        used = {"name": artifact["name"], "type": "model", "digest": artifact["digest"],
+                "sha256": students[1]["teacher_sha256"]}
+        assert wb["config"].get("teacher_artifact") == (used if result["alpha"] > 0 else None)
         assert wb["run"]["run_id"] == json.loads((job_dir / RUN_FILE).read_text())["id"]
         config = wb["config"]["config"]
         flat = {k: wb["config"][k] for k in ("aug", "alpha", "seed", "model", "teacher", "data")}
@@ -131,6 +152,12 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
             assert wb["summary"].get(key) == result.get(key)
         assert result["best_epoch"] == 1 and "best_top1" not in wb["summary"]  # picked on test: never a result
         assert wb["exit_code"] == 0
+
+    # A teacher given as a file (no teacher job): its students still name it, by the same content digest.
+    given = train(compose_config([*FAST_WANDB, "teacher=resnet8", "alpha=0.5", f"teacher.checkpoint={checkpoint}",
+                                  "data.train_size=280", "data.val_size=50"], out_dir=tmp_path / "given"))
+    assert given["teacher_checkpoint"] == str(checkpoint)
+    assert read_offline_run(*offline_runs(tmp_path / "given"))["config"]["teacher_artifact"] == used
 
 
 @pytest.mark.chaos
@@ -256,3 +283,38 @@ def test_logger_config_defaults_to_wandb_and_rejects_typos():
     with pytest.raises(Exception, match="bogus"):
         compose_config(["logger.mode=bogus"])
     assert compose_config(["logger=none"]).logger._target_ == "kd.tracking.null.NullTracker"
+
+
+def test_long_tags_keep_their_start_and_stay_apart():
+    short = "aug=fc"
+    long_a, long_b = "data.root=" + "x" * 60 + "/a", "data.root=" + "x" * 60 + "/b"
+    assert fit_tag(short) == short
+    assert len(fit_tag(long_a)) == MAX_TAG_LEN and fit_tag(long_a).startswith("data.root=xxx")
+    assert fit_tag(long_a) != fit_tag(long_b)
+
+
+def test_group_is_the_sweep_dir_and_an_id_kept_by_a_rerun_and_new_for_a_new_dir(tmp_path):
+    sweep = tmp_path / ("long-" * 40) / "sweep"
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=[f"hydra.sweep.dir={sweep}"], return_hydra_config=True)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig.instance().set_config(cfg)
+    try:
+        RecordSweepId().on_multirun_start(cfg)  # where the multirun starts, before any job
+        first = sweep_group()
+        assert first.endswith(str(sweep)[-40:] + "#" + (sweep / SWEEP_ID_FILE).read_text())
+        assert len(first) == MAX_GROUP_LEN
+        assert sweep_group() == first  # a job, or a rerun into the same dir: the same group
+        shutil.rmtree(sweep)
+        assert sweep_group() not in (None, first)  # the dir made again (by its first job): another sweep
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_racing_jobs_agree_on_one_sweep_id(tmp_path):
+    code = "import sys; from pathlib import Path; from kd.sweep_dir import sweep_id; print(sweep_id(Path(sys.argv[1])))"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "sweep")], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    ids = {p.communicate()[0].strip() for p in procs}
+    assert len(ids) == 1 and ids == {(tmp_path / "sweep" / SWEEP_ID_FILE).read_text()}
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [SWEEP_ID_FILE]  # no draft left behind

@@ -8,13 +8,14 @@ line says how to upload it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import wandb
 from hydra.core.hydra_config import HydraConfig
@@ -22,19 +23,43 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import WandbMode
+from kd.sweep_dir import sweep_id
 from kd.tracking.null import NullRun
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "wandb_run.json"  # in the job's output dir: a requeued job resumes the same W&B run
 MAX_GROUP_LEN = 128  # W&B's limit on a group name
+MAX_TAG_LEN = 64  # W&B's limit on a tag
 
 
 def sweep_group() -> Optional[str]:
-    """The multirun's sweep dir, which all of its jobs share; None outside a multirun."""
+    """`<sweep dir>#<its id>`, which all of the multirun's jobs share; None outside a multirun. The id
+    (kd/sweep_dir.py: sweep_id) tells apart two sweeps of one path: a deleted and re-run sweep dir, the same
+    relative path in another clone."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
-    return str(HydraConfig.get().sweep.dir)[-MAX_GROUP_LEN:]
+    sweep_dir = str(HydraConfig.get().sweep.dir)
+    suffix = "#" + sweep_id(Path(sweep_dir))
+    return sweep_dir[-(MAX_GROUP_LEN - len(suffix)):] + suffix
+
+
+def fit_tag(tag: str) -> str:
+    """The tag within W&B's limit: a longer one keeps its start and ends with a digest of the whole, so two long
+    values that share a start stay two tags."""
+    if len(tag) <= MAX_TAG_LEN:
+        return tag
+    return f"{tag[:MAX_TAG_LEN - 9]}~{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
+
+
+def teacher_artifact(path: Path, sha256: str, top1: float) -> wandb.Artifact:
+    """The teacher checkpoint as a W&B model artifact named after its cache file. Its digest comes from the
+    file's content, so the artifact a student builds from the same file is the version its teacher logged."""
+    artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]+", "-", f"teacher-{path.stem}")[:128], type="model",
+                              metadata={"sha256": sha256, "top1": top1, "file": path.name})
+    # immutable: no copy into wandb's staging dir; the cache file is only ever replaced whole (kd/teacher.py)
+    artifact.add_file(str(path.absolute()), name=path.name, policy="immutable")
+    return artifact
 
 
 def read_run_file(job_dir: Path) -> Optional[dict[str, Any]]:
@@ -94,6 +119,23 @@ class WandbRun:
     def record(self, config: dict[str, Any]) -> None:
         self._call("config", lambda: self._run.config.update(config, allow_val_change=True))
 
+    def log_teacher(self, path: Path, sha256: str, top1: float) -> None:
+        self._call("log_artifact", lambda: self._run.log_artifact(teacher_artifact(path, sha256, top1),
+                                                                  aliases=[f"sha256-{sha256[:12]}"]))
+
+    def use_teacher(self, path: Path, sha256: str, top1: float) -> None:
+        """Declare the teacher's artifact an input of this run; offline, where wandb refuses use_artifact ("Cannot
+        use artifact when in offline mode"), the run's config names it (teacher_artifact) instead."""
+        def use() -> None:
+            artifact = teacher_artifact(path, sha256, top1)
+            self._run.config.update({"teacher_artifact": {"name": artifact.name, "type": artifact.type,
+                                                          "digest": artifact.digest, "sha256": sha256}},
+                                    allow_val_change=True)
+            if not self._run.offline:
+                self._run.use_artifact(artifact)
+
+        self._call("use_artifact", use)
+
     def mark_preempting(self) -> None:
         self._call("mark_preempting", self._run.mark_preempting)
 
@@ -116,8 +158,10 @@ class WandbTracker:
         self.finish_timeout_s = finish_timeout_s
 
     @contextlib.contextmanager
-    def run(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str) -> Iterator[Union[WandbRun, NullRun]]:
-        run = self._start(cfg, Path(out_dir), job_type, name)
+    def run(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str,
+            tags: Sequence[str] = ()) -> Iterator[Union[WandbRun, NullRun]]:
+        """The job's run, tagged with logger.tags and `tags` (a cell's swept overrides)."""
+        run = self._start(cfg, Path(out_dir), job_type, name, [*self.tags, *tags])
         if run is None:
             yield NullRun()
             return
@@ -141,11 +185,11 @@ class WandbTracker:
             return "online", "credentials found"
         return "offline", "no W&B credentials: `wandb login` or set WANDB_API_KEY to log online"
 
-    def _start(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str) -> Optional[WandbRun]:
+    def _start(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str, tags: list[str]) -> Optional[WandbRun]:
         mode, why = None, ""
         try:
             mode, why = self._resolve_mode()
-            run = self._init(cfg, out_dir, job_type, name, mode, self._run_id(out_dir, mode))
+            run = self._init(cfg, out_dir, job_type, name, tags, mode, self._run_id(out_dir, mode))
         except Exception as err:  # see WandbRun._call
             failure = f"{type(err).__name__}: {err}"
             run = None
@@ -153,7 +197,8 @@ class WandbTracker:
                 with contextlib.suppress(Exception):
                     # A new id: wandb's service still holds the one that failed to start online.
                     run_id = self._run_id(out_dir, "offline", fresh=True)
-                    run, why = self._init(cfg, out_dir, job_type, name, "offline", run_id), f"online failed: {failure}"
+                    run = self._init(cfg, out_dir, job_type, name, tags, "offline", run_id)
+                    why = f"online failed: {failure}"
             if run is None:
                 log.warning("W&B could not start the %s run %r (%s); training goes on without W&B, "
                             "results.json is written as usual", job_type, name, failure)
@@ -181,12 +226,13 @@ class WandbTracker:
         self._write_run_file(out_dir, {"id": run_id})
         return run_id
 
-    def _init(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str, mode: Optional[str],
+    def _init(self, cfg: DictConfig, out_dir: Path, job_type: str, name: str, tags: list[str], mode: Optional[str],
               run_id: Optional[str]) -> Any:
         wandb_dir = Path(self.dir if self.dir is not None else out_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)  # the teacher's work dir is made later, by its first checkpoint
         return wandb.init(
-            project=self.project, entity=self.entity, job_type=job_type, name=name, tags=self.tags,
+            project=self.project, entity=self.entity, job_type=job_type, name=name,
+            tags=list(dict.fromkeys(fit_tag(t) for t in tags)),
             group=self.group if self.group is not None else sweep_group(),
             # Under "config": the top level is for the flat keys the job records (aug: fcra, alpha: 0.5, ...),
             # which the UI can group by; the whole config's nodes (aug._target_) cannot be grouped on.

@@ -3,7 +3,7 @@
     python benchmarks/bench_distillers.py                      # CPU: resnet32x4 -> resnet8x4, fc, ~2 min
     python benchmarks/bench_distillers.py --device cuda --steps 100 --warmup 30 --pair wrn40_2-wrn16_2
 
-Each distiller trains one cell (alpha 0.5, a pack of one) through kd's own make_pack / make_teacher_fn /
+Each distiller trains one cell (alpha 0.5, a pack of one) through kd's own make_pack / make_teaching /
 train_one_epoch on synthetic CIFAR-shaped data; rounds alternate between the distillers so that a noisy
 machine slows all of them alike, and the best round counts. KD and DKD read logits only; FitNet and AT
 also make the student and the teacher return their stage features (FitNet adds its regressor's step).

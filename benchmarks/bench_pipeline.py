@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 import kd.train  # noqa: F401  (registers the config schemas)
 from kd.data import ImageSplits
 from kd.capture import plan_compile
-from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teacher_fn, train_one_epoch
+from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teaching, train_one_epoch
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EPOCH_IMAGES = 50_000  # CIFAR-100's training split
@@ -86,18 +86,20 @@ class Setup:
         aug = instantiate(cfg.aug)
         self.autocast = autocast_for(device, cfg.trainer.bf16)
         features = any(s.alpha > 0 and s.distiller.needs_features for s in self.update.students)
+        self.batches = make_batches(cfg, splits, "train", aug, device, shuffle=True)
+        views = {s.view for s in self.update.students if s.alpha > 0}
         sync(device)
         started = time.perf_counter()
-        self.teacher_fn = make_teacher_fn(cfg, teacher, splits, aug, device, self.autocast, self.plan, features)
+        self.teaching = make_teaching(cfg, teacher, splits, aug, self.batches, views, device, self.autocast, self.plan,
+                                      features)
         sync(device)
         self.cache_s = time.perf_counter() - started  # ~0 unless it built the aug=none logit cache
-        self.batches = make_batches(cfg, splits, "train", aug, device, shuffle=True)
 
     def images_per_s(self, warmup: int, steps: int) -> float:
         """Training images per second summed over the pack's cells: the grid's progress rate."""
         torch.backends.cudnn.benchmark = self.cfg.trainer.cudnn_benchmark
         timed = TimedBatches(self.batches, warmup, steps, self.device)
-        train_one_epoch(self.update, timed, self.teacher_fn, self.autocast, 0, set(), self.plan)
+        train_one_epoch(self.update, timed, self.teaching, self.autocast, 0, set(), self.plan)
         sync(self.device)
         return self.k * steps * self.cfg.trainer.batch_size / (time.perf_counter() - timed.started)
 

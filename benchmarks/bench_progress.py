@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from bench_pipeline import compose_config
 from kd import progress
 from kd.capture import EAGER
-from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teacher_fn, train_one_epoch
+from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teaching, train_one_epoch
 
 CALLS = 100_000
 
@@ -44,12 +44,13 @@ def digits_epoch_s() -> float:
     update = make_pack(cells, splits.num_classes, device, EAGER, teacher, example)
     autocast = autocast_for(device, False)
     aug = instantiate(cfgs[0].aug)
-    teacher_fn = make_teacher_fn(cfgs[0], teacher, splits, aug, device, autocast)
     batches = make_batches(cfgs[0], splits, "train", aug, device, shuffle=True)
+    teaching = make_teaching(cfgs[0], teacher, splits, aug, batches, {s.view for s in update.students if s.alpha > 0},
+                             device, autocast)
     times = []
     for epoch in range(5):
         started = time.perf_counter()
-        train_one_epoch(update, batches, teacher_fn, autocast, epoch, set())
+        train_one_epoch(update, batches, teaching, autocast, epoch, set())
         times.append(time.perf_counter() - started)
     return sorted(times)[2]
 

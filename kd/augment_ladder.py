@@ -210,6 +210,44 @@ class FlipCropCutMix(MixWithinBatch):
         return v2.CutMix(alpha=self.alpha, num_classes=num_classes)
 
 
+class FlipCropCutMixPick(FlipCropCutMix):
+    """`aug=fccutmixpick`: Wang et al.'s CutMixPick (NeurIPS 2022, "What makes a 'good' data augmentation in KD",
+    sec. 4.3; their helper/loops.py `cutmix_pick` with `--cutmix_pick_criterion teacher_entropy`): fc, then
+    `aug.runs` CutMix draws of the batch pooled (runs x N images, each with its soft targets), of which the N
+    that the teacher is least sure of (the highest entropy of its softmax, T=1) are kept. A picked image may
+    come twice (two boxes on one image); the teacher scores the pool, so even an alpha=0 cell needs a teacher."""
+
+    name = "fccutmixpick"
+
+    def __init__(self, padding: int | None = None, alpha: float | None = None, runs: int = 2) -> None:
+        super().__init__(padding, alpha)
+        if runs < 2:
+            raise ValueError(f"aug.runs={runs}: CutMixPick picks from a pool of runs >= 2 CutMix draws of the batch")
+        self.runs = runs
+
+    def pool(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, generator: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`runs` CutMix draws of one fc batch, stacked: (images, soft targets, each row's image in the batch)."""
+        draws = [self.mix(images, labels, num_classes, generator) for _ in range(self.runs)]
+        rows = torch.arange(len(images), device=images.device).repeat(self.runs)
+        return torch.cat([x for x, _ in draws]), torch.cat([y for _, y in draws]), rows
+
+    @staticmethod
+    def pick(scores: torch.Tensor, n: int) -> torch.Tensor:
+        """The rows of the n highest scores (the earliest of equal ones first: reproducible)."""
+        return torch.argsort(scores, descending=True, stable=True)[:n]
+
+    def batch_transform(self, num_classes: int):
+        raise ValueError("aug=fccutmixpick needs the teacher inside the data stream, which only "
+                         "trainer.pipeline=device has; use trainer.pipeline=device")
+
+
+def teacher_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per row, in nats: CutMixPick's score (0 log 0 counts as 0)."""
+    logp = torch.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(1)
+
+
 def cutmix_box(h: int, w: int, lam: float, generator: torch.Generator, device: torch.device
                ) -> tuple[int, int, int, int]:
     """torchvision.transforms.v2.CutMix's box: a uniform centre, sides sqrt(1 - lam) of the image's, clipped."""

@@ -9,7 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kd.config import check_known_keys
+from kd.config import Pipeline, TeacherView, check_known_keys
 from kd.device import check_device
 from kd.distillers.base import Distiller, check_alpha
 from kd.targets import ConfigTargetError, check_targets
@@ -20,6 +20,10 @@ def check_trainer(t: DictConfig) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every"):
         if t[key] < 1:
             raise ValueError(f"trainer.{key}={t[key]} must be >= 1")
+    if t.teacher_view != TeacherView.same and t.pipeline != Pipeline.device:
+        raise ValueError(f"trainer.teacher_view={TeacherView(t.teacher_view).value} draws the teacher's view per image "
+                         f"on the device, which trainer.pipeline=dataloader does not; use trainer.pipeline=device "
+                         f"or trainer.teacher_view=same")
     if t.graph_capture and not t.compile:
         raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
                          "set trainer.compile=true, or drop trainer.graph_capture")
@@ -36,6 +40,9 @@ def check_cell(cfg: DictConfig, here: bool = True) -> None:
     check_known_keys(cfg)
     check_alpha(cfg.alpha)
     check_trainer(cfg.trainer)
+    if cfg.aug._target_.endswith("CutMixPick") and cfg.trainer.pipeline != Pipeline.device:
+        raise ValueError("aug=fccutmixpick picks each batch with the teacher inside the data stream, which only "
+                         "trainer.pipeline=device has; use trainer.pipeline=device")
     check_device(cfg.trainer.device, here)  # `here=False`: where a sweep is submitted, not where it runs
     check_targets(cfg)
     check_distiller(cfg.loss)

@@ -38,6 +38,14 @@ class PackMode(Enum):
     stacked = "stacked"  # all of a pack's students as one vmapped model: fewer kernel launches on accelerators
 
 
+class TeacherView(Enum):
+    """What the teacher sees of each training image (README: "The teacher's view"); Mixup/CutMix rules there."""
+
+    same = "same"  # the student's augmented (and mixed) batch: Beyer et al.'s "consistent" teaching, the default
+    clean = "clean"  # the un-augmented image, never mixed
+    independent = "independent"  # its own draw of the same augmentation of the same image, from its own generator
+
+
 class WandbMode(Enum):
     auto = "auto"  # online if W&B credentials exist, else offline; a set WANDB_MODE decides instead
     online = "online"
@@ -177,6 +185,14 @@ class FlipCropCutMixConfig:
 
 
 @dataclass
+class FlipCropCutMixPickConfig:
+    _target_: str = "kd.augment_ladder.FlipCropCutMixPick"
+    padding: Optional[int] = None
+    alpha: float = 1.0  # lambda ~ Beta(alpha, alpha), per CutMix draw
+    runs: int = 2  # CutMix draws pooled per batch (Wang et al.'s mix_n_run)
+
+
+@dataclass
 class TeacherConfig:
     """The teacher's own recipe: nothing a student sets (trainer.epochs, optim, loss, aug, alpha) changes it.
 
@@ -214,6 +230,7 @@ class TrainerConfig:
     teacher_logit_cache: bool = True  # aug=none: teacher logits computed once, reused every epoch
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/stacking.py)
+    teacher_view: TeacherView = TeacherView.same  # what the teacher sees in training (kd/teacher_views.py)
 
 
 @dataclass
@@ -274,6 +291,7 @@ def register_schemas() -> None:
     cs.store(group="schema/aug", name="fccutout", node=FlipCropCutoutConfig)
     cs.store(group="schema/aug", name="fcmixup", node=FlipCropMixupConfig)
     cs.store(group="schema/aug", name="fccutmix", node=FlipCropCutMixConfig)
+    cs.store(group="schema/aug", name="fccutmixpick", node=FlipCropCutMixPickConfig)
     cs.store(group="schema/loss", name="kd", node=KDLossConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)

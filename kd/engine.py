@@ -30,15 +30,18 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd.augment import NoAugment
+from kd.augment_ladder import teacher_entropy
 from kd.capture import EAGER, CompilePlan, float_lrs, log_plan, plan_compile
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
-from kd.config import PackMode, Pipeline, Stage
+from kd.config import PackMode, Pipeline, Stage, TeacherView
 from kd.data import ImageSplits
+from kd.diagnostics import TEST_KEYS, fidelity_sums
 from kd.distillers.base import Distiller, Outputs
 from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.progress import PackProgress
 from kd.stacking import StackedUpdate
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
+from kd.teacher_views import TeacherViews, Teaching
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Student:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     distiller: Distiller  # its loss, with any learned parts (a FitNet regressor) that train with the student
     alpha: float
+    view: TeacherView  # what its teacher sees (kd/teacher_views.py)
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     rng: Optional[dict] = None  # random states of its checkpoint, when resumed
@@ -104,14 +108,15 @@ class LoopUpdate:
     def __init__(self, students: list[Student]) -> None:
         self.students = students
 
-    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher: Optional[Outputs],
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
              autocast: Callable, epoch: int) -> dict[int, tuple]:
+        """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view."""
         out = {}
         for i in live:
             s = self.students[i]
             with autocast():
                 student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
-            parts = s.distiller(student, teacher if s.alpha > 0 else None, labels, s.alpha, epoch)
+            parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch)
             s.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             s.optimizer_step()
@@ -135,10 +140,11 @@ def student_outputs(forward: Callable, images: torch.Tensor, features: bool) -> 
     return Outputs(*forward(images, features=True)) if features else Outputs(forward(images))
 
 
-def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: Callable, epoch: int,
+def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Callable, epoch: int,
                     skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
-    that stopped it (None for those skipped: they wait for the pack to reach their epoch)."""
+    that stopped it (None for those skipped: they wait for the pack to reach their epoch). `teaching`
+    (None: no live cell distils) runs the teacher on each view the live distilling students ask for."""
     n_students = len(update.students)
     device = next(update.students[0].model.parameters()).device
     sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
@@ -149,12 +155,16 @@ def train_one_epoch(update, batches, teacher_fn: Optional[TeacherFn], autocast: 
     for s in update.students:
         s.model.train()
     seen = 0
+    if teaching is not None:
+        teaching.begin_epoch(epoch)
     for step, (images, labels, indices) in enumerate(batches):
         plan.begin_step()
-        teacher = teacher_fn(images, indices) if teacher_fn is not None else None
+        distilling = [i for i in live if update.students[i].alpha > 0] if teaching is not None else []
+        on_view = teaching.step({update.students[i].view for i in distilling}, images, labels, indices) if distilling else {}
+        teachers = {i: on_view[update.students[i].view] for i in distilling}
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
-        for i, (parts, logits) in update.step(live, images, labels, teacher, autocast, epoch).items():
+        for i, (parts, logits) in update.step(live, images, labels, teachers, autocast, epoch).items():
             correct = (logits.argmax(1) == hard).sum()
             sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
             for name, value in parts.extra.items():
@@ -194,19 +204,28 @@ def _drop_nonfinite(live: list[int], first_bad: list[torch.Tensor], errors: dict
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test") -> dict[str, float]:
-    """Top-1 and top-5 accuracy (%) on `split` ("test" or "val"), read from the device once."""
+def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test",
+             teacher: Optional[CachedTeacherLogits] = None) -> dict[str, float]:
+    """Top-1 and top-5 accuracy (%) and the mean cross-entropy on `split` ("test" or "val"), read from the
+    device once; with the teacher's logits on the split, the student's fidelity to it (kd/diagnostics.py)."""
     model.eval()
     device = next(model.parameters()).device
-    counts = torch.zeros(3, device=device)  # top1, top5, images
-    for images, labels, _ in batches:
+    counts = torch.zeros(6, device=device)  # top1, top5, images, summed CE, agreements, summed KL
+    for images, labels, indices in batches:
         with autocast():
             logits = model(images)
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top5 == labels[:, None]
-        counts += torch.stack([hits[:, 0].sum(), hits.any(1).sum(), torch.tensor(labels.shape[0], device=device)])
-    top1, top5, n = counts.tolist()
-    return {f"{split}/top1": 100.0 * top1 / n, f"{split}/top5": 100.0 * top5 / n}
+        ce = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        fidelity = (fidelity_sums(logits, teacher(images, indices).logits) if teacher is not None
+                    else torch.zeros(2, device=device))
+        counts += torch.cat([torch.stack([hits[:, 0].sum(), hits.any(1).sum(),
+                                          torch.tensor(labels.shape[0], device=device), ce]), fidelity])
+    top1, top5, n, ce, agree, kl = counts.tolist()
+    row = {f"{split}/top1": 100.0 * top1 / n, f"{split}/top5": 100.0 * top5 / n, f"{split}/loss": ce / n}
+    if teacher is not None:
+        row.update(zip(TEST_KEYS, (100.0 * agree / n, kl / n)))
+    return row
 
 
 def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: torch.device,
@@ -248,7 +267,8 @@ def make_student(cell: Cell, num_classes: int, device: torch.device, plan: Compi
     distiller = distiller.to(device)
     optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.parameters()])
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
-    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller, float(cfg.alpha))
+    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller, float(cfg.alpha),
+                   TeacherView(t.teacher_view))
 
 
 def resume(student: Student) -> None:
@@ -292,18 +312,28 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
     return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
 
 
-def make_teacher_fn(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug,
-                    device: torch.device, autocast: Callable, plan: CompilePlan = EAGER,
-                    features: bool = False) -> Optional[TeacherFn]:
-    """None when no cell needs it (the teacher never runs); cached logits for aug=none (when no distiller reads
-    the teacher's features); else the live teacher, computing its features only for a distiller that reads them."""
-    if teacher is None:
+def make_teaching(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug, batches,
+                  views: set[TeacherView], device: torch.device, autocast: Callable, plan: CompilePlan = EAGER,
+                  features: bool = False) -> Optional[Teaching]:
+    """None when no cell needs the teacher (it never runs). Else the teacher for each view the pack's distilling
+    cells ask for: its logits computed once where they cannot change between epochs (the clean view, or any
+    view of aug=none) and no distiller reads its features; else the live teacher, with features only for a
+    distiller that reads them."""
+    if teacher is None or not views:
         return None
     frozen = FrozenTeacher(teacher.to(device), autocast, plan.model, features)
-    if isinstance(aug, NoAugment) and cfg.trainer.teacher_logit_cache and not features:
-        clean = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=False)
-        return CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
-    return frozen
+    fixed = [v for v in views if v == TeacherView.clean or isinstance(aug, NoAugment)]
+    cached = None
+    if fixed and cfg.trainer.teacher_logit_cache and not features:
+        clean = make_batches(cfg, splits, "train", aug=NoAugment(), device=device, shuffle=False)
+        cached = CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
+    fns = {v: cached if cached is not None and v in fixed else frozen for v in views}
+    return Teaching(fns, TeacherViews(batches, cfg.seed, device), cfg.trainer.batch_size, device)
+
+
+def test_logits(teacher: nn.Module, batches, splits: ImageSplits, autocast: Callable) -> CachedTeacherLogits:
+    """The teacher's logits on the test split, once per pack: what the students' fidelity is measured against."""
+    return CachedTeacherLogits(FrozenTeacher(teacher, autocast), batches, len(splits.test_labels), splits.num_classes)
 
 
 def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
@@ -327,9 +357,13 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     eval_batches = {split: make_batches(cfg, splits, split, aug=NoAugment(), device=device, shuffle=False)
                     for split in ("val", "test") if splits.split(split)[0] is not None}
     # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
-    distils = any(s.alpha > 0 for s in students)
+    views = {s.view for s in students if s.alpha > 0}
     features = any(s.alpha > 0 and s.distiller.needs_features for s in students)
-    teacher_fn = make_teacher_fn(cfg, teacher if distils else None, splits, aug, device, autocast, plan, features)
+    teaching = make_teaching(cfg, teacher, splits, aug, train_batches, views, device, autocast, plan, features)
+    if hasattr(aug, "pick"):  # CutMixPick: the teacher scores the pool the batch is picked from
+        scorer = FrozenTeacher(teacher.to(device), autocast, plan.model)
+        train_batches.scorer = lambda images: teacher_entropy(scorer(images, None).logits)
+    teacher_on_test = test_logits(teacher, eval_batches["test"], splits, autocast) if views else None
     # The stream is shared, so the pack restarts at its least advanced cell; cells further on wait there.
     first = min(students, key=lambda s: s.start_epoch)
     if first.rng is not None:
@@ -342,8 +376,9 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
         started = time.perf_counter()
         needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
         lrs = [update.lr(i) for i in range(len(students))]
-        stats = train_one_epoch(update, train_batches, teacher_fn if needs_teacher else None,
+        stats = train_one_epoch(update, train_batches, teaching if needs_teacher else None,
                                 autocast, epoch, waiting, plan)
+        on_views = teaching.read() if needs_teacher else {}
         update.end_epoch([i for i in range(len(students)) if i not in waiting])
         train_s = time.perf_counter() - started
         pack_images = sum(st["images"] for st in stats if isinstance(st, dict))  # every cell's, this epoch
@@ -355,15 +390,18 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 log.error("%s%s", _prefix(s), st)
                 continue
             images_per_s = st.pop("images") / train_s
-            row = {"epoch": epoch + 1, "lr": lrs[i], **st}
+            row = {"epoch": epoch + 1, "lr": lrs[i], **st, **(on_views[s.view] if s.alpha > 0 else {})}
             for split, batches in eval_batches.items():
-                row.update(evaluate(s.model, batches, autocast, split))
+                fidelity = teacher_on_test if split == "test" and s.alpha > 0 else None
+                row.update(evaluate(s.model, batches, autocast, split, fidelity))
             row.update(epoch_time_s=time.perf_counter() - started, images_per_s=images_per_s)
             s.history.append(row)
             val = f"val top-1 {row['val/top1']:.2f}%  " if "val/top1" in row else ""
-            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  %stest top-1 %.2f%% top-5 %.2f%%  lr %.4g  %.1fs",
+            diag = (f"  T.stddev {row['diag/t_stddev']:.4f} agree {row['diag/test_agreement']:.1f}%"
+                    if "diag/t_stddev" in row else "")
+            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  %stest top-1 %.2f%% top-5 %.2f%%%s  lr %.4g  %.1fs",
                      _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"], val,
-                     row["test/top1"], row["test/top5"], row["lr"], row["epoch_time_s"])
+                     row["test/top1"], row["test/top5"], diag, row["lr"], row["epoch_time_s"])
             s.cell.log_metrics(row, epoch + 1)
             if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
                 optimizer_state, scheduler_state = update.states(i)

@@ -17,12 +17,12 @@ from typing import Any, Callable, Union
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.augment import aug_name
 from kd.checks import check_cell
-from kd.config import Stage, defining_config
+from kd.config import Stage, TeacherView, defining_config
 from kd.cpu import warn_if_busy
 from kd.data import ImageSplits, on_disk
 from kd.device import resolve_device, speed_switches
@@ -52,7 +52,13 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "epochs": int(cfg.trainer.epochs),
         "teacher_epochs": int(cfg.teacher.epochs),
+        "teacher_view": TeacherView(cfg.trainer.teacher_view).value,
     }
+
+
+def uses_teacher(cfg: DictConfig) -> bool:
+    """A cell that distils, or whose augmentation the teacher picks (CutMixPick): even at alpha=0."""
+    return cfg.alpha > 0 or hasattr(get_class(cfg.aug._target_), "pick")
 
 
 def data_name(data_cfg: DictConfig) -> str:
@@ -206,14 +212,14 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
         return [dict(found) for _ in cfgs]
     image_shape = tuple(splits.split("train")[0].shape[1:])
     networks = ([] if stage == Stage.teacher else [("model", cfg.model)]) + (
-        [("teacher.arch", cfg.teacher.arch)] if stage == Stage.teacher or any(c.alpha > 0 for c in cfgs) else [])
+        [("teacher.arch", cfg.teacher.arch)] if stage == Stage.teacher or any(map(uses_teacher, cfgs)) else [])
     for key, node in networks:  # before any training: a network that cannot take these images stops here
         size = network_size(node, splits.num_classes, image_shape, key)
         log.info("%s %s: %s (%s images)", key, arch_name(node), size.format(), "x".join(map(str, image_shape[1:])))
     if t.batch_size > len(splits.train_labels):
         raise ValueError(f"trainer.batch_size={t.batch_size} is larger than the {len(splits.train_labels)} "
                          f"training images of {splits.name}; lower trainer.batch_size")
-    distils = [c.alpha > 0 for c in cfgs]
+    distils = [uses_teacher(c) for c in cfgs]
     teacher, teacher_info = None, {}
     if stage == Stage.teacher or any(distils):
         teacher, teacher_info = prepare_teacher(cfg, splits, device, ran_with)
@@ -239,7 +245,7 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
             if isinstance(outcome, BaseException):
                 finished.append(outcome)
                 continue
-            # An alpha=0 cell never uses the teacher: its results are those of the same cell run alone.
+            # An alpha=0 cell never uses the teacher (but under CutMixPick): its results are those of the cell alone.
             result = {**outcome, "test_images": len(splits.test_labels),  # one image is 100 / test_images points
                       **(teacher_info if distilled else {"teacher_top1": None})}
             run.summary({**summary_metrics(result), "teacher_top1": result["teacher_top1"],

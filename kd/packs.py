@@ -12,7 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from kd.config import defining_config
 
-PACK_FREE_KEYS = ("alpha", "loss")  # what the cells of one pack may differ in
+PACK_FREE_KEYS = ("alpha", "loss")  # what the cells of one pack may differ in, and what their teacher sees:
+PACK_FREE_TRAINER_KEYS = ("teacher_view",)  # each kind of view is drawn once per step (kd/teacher_views.py)
 UNRESOLVED_KEYS = ("hydra", "out_dir")  # per-job values that are not known before the job starts
 
 
@@ -22,7 +23,10 @@ def pack_key(cfg: DictConfig) -> str:
     # The whole data node, paths included: a job may resume from a moved copy of its data (data.root is not
     # defining), but cells reading two folders cannot share one data stream.
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    return json.dumps({**defining_config(OmegaConf.masked_copy(cfg, kept)), "data": data}, sort_keys=True)
+    shared = defining_config(OmegaConf.masked_copy(cfg, kept))
+    for key in PACK_FREE_TRAINER_KEYS:
+        shared.get("trainer", {}).pop(key, None)
+    return json.dumps({**shared, "data": data}, sort_keys=True)
 
 
 def group_packs(cfgs: Sequence[DictConfig]) -> list[list[int]]:

@@ -47,6 +47,7 @@ class DevicePipeline:
         self.batch_size = batch_size
         self.generator = generator
         self.shuffle = shuffle
+        self.scorer = None  # a picking augmentation's: images -> one score per image (kd/augment_ladder.py)
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -58,12 +59,36 @@ class DevicePipeline:
                  else torch.arange(n, device=device))
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
-            with one_cpu_thread(device):
-                images = self.normalize(self.aug(self.images[idx], self.generator))
-            labels = self.labels[idx]
-            if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/augment_ladder.py)
-                images, labels = self.aug.mix(images, labels, self.num_classes, self.generator)
+            if hasattr(self.aug, "pick"):  # CutMixPick: the teacher picks from a pool of mixed batches
+                yield self.picked(idx)
+                continue
+            images, labels = self.view(idx, self.generator)
             yield images, labels, idx
+
+    def view(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images `idx` augmented (and mixed, with soft targets) from `generator`, normalized: the
+        student's batch from the pipeline's own generator, the teacher's independent view from its own."""
+        with one_cpu_thread(self.images.device):
+            images = self.normalize(self.aug(self.images[idx], generator))
+        labels = self.labels[idx]
+        if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/augment_ladder.py)
+            images, labels = self.aug.mix(images, labels, self.num_classes, generator)
+        return images, labels
+
+    def clean(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images `idx` as stored, normalized, with their hard labels: the teacher's clean view."""
+        return self.normalize(self.images[idx]), self.labels[idx]
+
+    def picked(self, idx: torch.Tensor) -> Batch:
+        """A picking augmentation's batch: the pool it mixes from `idx`, cut down to len(idx) by the scores of
+        `self.scorer` (the teacher's, set by the loop); the indices are each picked image's own (un-pasted) one."""
+        if self.scorer is None:
+            raise RuntimeError(f"aug={self.aug.name} picks its batch with the teacher, but no teacher is loaded")
+        with one_cpu_thread(self.images.device):
+            base = self.normalize(self.aug(self.images[idx], self.generator))
+        images, labels, rows = self.aug.pool(base, self.labels[idx], self.num_classes, self.generator)
+        keep = self.aug.pick(self.scorer(images), len(idx))
+        return images[keep], labels[keep], idx[rows[keep]]
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ class StackedUpdate:
     def _forward(self, params: dict, buffers: dict, images: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (images,))
 
-    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teacher, autocast: Callable,
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict, autocast: Callable,
              epoch: int) -> dict[int, tuple]:
         held = [i for i in range(len(self.students)) if i not in live]
         kept = self._slices(held)  # before the forward, which moves every student's BatchNorm statistics
@@ -58,7 +58,7 @@ class StackedUpdate:
         out, total = {}, 0.0
         for i in live:
             s = self.students[i]
-            parts = s.distiller(Outputs(logits[i]), teacher if s.alpha > 0 else None, labels, s.alpha, epoch)
+            parts = s.distiller(Outputs(logits[i]), teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch)
             total = total + parts.total
             out[i] = (parts, logits[i])
         self.optimizer.zero_grad(set_to_none=True)

@@ -21,7 +21,8 @@ from torch import nn
 from kd.augment import (RANDAUGMENT_BINS, RANDAUGMENT_OPS, FlipCrop, FlipCropRandAugment, NoAugment,
                         apply_rand_augment, draw_rand_augment, rand_augment, random_crop, random_flip)
 from kd.data import ImageSplits
-from kd.engine import Cell, LoopUpdate, autocast_for, fit, make_batches, make_student, make_teacher_fn, train_one_epoch
+from kd.config import TeacherView
+from kd.engine import Cell, LoopUpdate, autocast_for, fit, make_batches, make_student, make_teaching, train_one_epoch
 from kd.models.resnet import resnet8
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
 from conftest import FAST, compose_config
@@ -128,14 +129,18 @@ def test_a_training_step_on_cuda_never_syncs_with_the_host(tmp_path):
     cell = Cell(cfg, tmp_path, {}, lambda row, step: None, name="", stale_fix="")
     update = LoopUpdate([make_student(cell, 10, device)])
     autocast = autocast_for(device, True)
-    teacher = FrozenTeacher(resnet8(num_classes=10).to(device), autocast)
     batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), device, shuffle=True)
-    train_one_epoch(update, itertools.islice(batches, 2), teacher, autocast, 0, set())  # warm up allocations
+    views = set(TeacherView)  # every view and its diagnostics (kd/diagnostics.py) are in the step
+    teaching = make_teaching(cfg, resnet8(num_classes=10), splits, instantiate(cfg.aug), batches, views, device,
+                             autocast)
+    train_one_epoch(update, itertools.islice(batches, 2), teaching, autocast, 0, set())  # warm up allocations
+    teaching.begin_epoch(1)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for images, labels, indices in itertools.islice(batches, 3):
-            update.step([0], images, labels, teacher(images, indices), autocast, epoch=0)
+            on_view = teaching.step(views, images, labels, indices)
+            update.step([0], images, labels, {0: on_view[TeacherView.independent]}, autocast, epoch=0)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -254,17 +259,23 @@ def test_cached_teacher_logits_equal_running_the_teacher(pipeline: str):
                           "trainer.batch_size=32"])
     splits, device = synthetic_splits(), torch.device("cpu")
     teacher = resnet8(num_classes=10)
-    teacher_fn = make_teacher_fn(cfg, teacher, splits, NoAugment(), device, autocast_for(device, False))
+    batches = make_batches(cfg, splits, "train", NoAugment(), device, shuffle=True)
+    teaching = make_teaching(cfg, teacher, splits, NoAugment(), batches, {TeacherView.same}, device,
+                             autocast_for(device, False))
+    teacher_fn = teaching.fns[TeacherView.same]
     assert isinstance(teacher_fn, CachedTeacherLogits)
     frozen = FrozenTeacher(teacher, autocast_for(device, False))
-    for images, _, indices in make_batches(cfg, splits, "train", NoAugment(), device, shuffle=True):
+    for images, _, indices in batches:
         assert torch.equal(teacher_fn(images, indices).logits, frozen(images, indices).logits)
 
 
 def test_teacher_runs_live_on_augmented_batches():
     cfg = compose_config([*FAST, "aug=fc", "alpha=0.5"])
-    teacher_fn = make_teacher_fn(cfg, resnet8(num_classes=10), synthetic_splits(), FlipCrop(), torch.device("cpu"),
-                                 autocast_for(torch.device("cpu"), False))
+    splits, device = synthetic_splits(), torch.device("cpu")
+    batches = make_batches(cfg, splits, "train", FlipCrop(), device, shuffle=True)
+    teaching = make_teaching(cfg, resnet8(num_classes=10), splits, FlipCrop(), batches, {TeacherView.same}, device,
+                             autocast_for(device, False))
+    teacher_fn = teaching.fns[TeacherView.same]
     assert isinstance(teacher_fn, FrozenTeacher)
     assert not teacher_fn.model.training and not any(p.requires_grad for p in teacher_fn.model.parameters())
 

@@ -154,14 +154,17 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
     assert torch.equal(first[2], plain[2]) and not torch.equal(first[0], plain[0])  # same images, mixed
     # train_one_epoch hands that very tensor to the teacher and to each student (kd/engine.py): record it.
     seen = []
+    from kd.config import TeacherView
     from kd.engine import Cell, LoopUpdate, make_student, train_one_epoch
+    from kd.teacher_views import Teaching, TeacherViews
     cell = Cell(cfg, Path("unused"), {}, lambda row, step: None, "", "")
     update = LoopUpdate([make_student(cell, 10, device)])
     student_forward = update.students[0].forward
     update.students[0].forward = lambda x: (seen.append(("student", x)), student_forward(x))[1]
     teacher = lambda x, idx: (seen.append(("teacher", x)), Outputs(torch.zeros(x.shape[0], 10)))[1]  # noqa: E731
-    train_one_epoch(update, make_batches(cfg, splits, "train", mixing, device, shuffle=True), teacher,
-                    lambda: torch.autocast("cpu", enabled=False), 0, set())
+    batches = make_batches(cfg, splits, "train", mixing, device, shuffle=True)
+    teaching = Teaching({TeacherView.same: teacher}, TeacherViews(batches, 0, device), 32, device)
+    train_one_epoch(update, batches, teaching, lambda: torch.autocast("cpu", enabled=False), 0, set())
     assert seen[0][0] == "teacher" and seen[1][0] == "student" and seen[0][1] is seen[1][1]
     assert torch.equal(seen[0][1], first[0])
 

@@ -7,7 +7,8 @@ from hydra.utils import instantiate
 
 from conftest import FAST, compose_config, run_cli
 from kd.capture import EAGER, CompilePlan, plan_compile
-from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teacher_fn, train_one_epoch
+from kd.config import TeacherView
+from kd.engine import Cell, LoopUpdate, autocast_for, make_batches, make_student, make_teaching, train_one_epoch
 from kd.models.resnet import resnet8
 from test_augment import synthetic_splits
 
@@ -26,11 +27,12 @@ def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path) -> 
     update = LoopUpdate([student])
     autocast = autocast_for(device, cfg.trainer.bf16)
     torch.manual_seed(0)
-    teacher_fn = make_teacher_fn(cfg, resnet8(num_classes=10), splits, instantiate(cfg.aug), device, autocast, plan)
     batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), device, shuffle=True)
+    teaching = make_teaching(cfg, resnet8(num_classes=10), splits, instantiate(cfg.aug), batches,
+                             {TeacherView(cfg.trainer.teacher_view)}, device, autocast, plan)
     stats, weights = [], []
     for epoch in range(2):
-        stats += train_one_epoch(update, batches, teacher_fn, autocast, epoch, set(), plan)
+        stats += train_one_epoch(update, batches, teaching, autocast, epoch, set(), plan)
         update.end_epoch([0])
         weights.append({k: v.detach().clone().float().cpu() for k, v in student.model.named_parameters()})
     return stats, weights

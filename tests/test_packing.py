@@ -182,7 +182,8 @@ def one_step(update_cls, dtype: torch.dtype, tmp_path: Path):
     teacher_logits = torch.randn(16, 10, dtype=dtype)
     for s in students:
         s.model.train()
-    out = update.step([0, 1, 2], images, labels, Outputs(teacher_logits), contextlib.nullcontext, epoch=0)
+    out = update.step([0, 1, 2], images, labels, {i: Outputs(teacher_logits) for i in range(3)}, contextlib.nullcontext,
+                      epoch=0)
     losses = [out[i][0].total.detach() for i in range(3)]
     grads = [{n: p.grad.clone() for n, p in s.model.named_parameters()} for s in students] \
         if update_cls is LoopUpdate else \
@@ -224,7 +225,7 @@ def test_a_stacked_step_of_every_family_matches_its_loop_step(model, tmp_path):
             s.optimizer_step, s.scheduler = s.optimizer.step, instantiate(cfg.optim.scheduler)(s.optimizer)
             students.append(s)
         update = StackedUpdate(students, cfgs[0].optim) if update_cls is StackedUpdate else LoopUpdate(students)
-        update.step([0, 1], images, labels, teacher, contextlib.nullcontext, epoch=0)
+        update.step([0, 1], images, labels, {0: teacher, 1: teacher}, contextlib.nullcontext, epoch=0)
         weights.append([{k: v.clone() for k, v in s.model.state_dict().items()} for s in students])
     for loop, stacked in zip(*weights):
         for name in loop:

@@ -12,7 +12,8 @@ from kd.report.axes import axis_values, other_axes, split_by_axes
 from kd.report.stats import Estimate, estimate, paired
 from kd.sweep_dir import flat_keys
 
-AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]  # the ladder, weakest first
+# The ladder, weakest first
+AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix", "fccutmixpick"]
 # The metrics a table can show (results.json keys), in words. Only a validation split can pick an epoch
 # honestly; best_top1 picks it on the test set, as the public KD code bases do, and flatters every cell.
 METRICS = {

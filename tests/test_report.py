@@ -215,7 +215,8 @@ def test_wandb_report_object(report):
     assert curve_runs.groupby == ["config.model", "config.teacher", "config.loss", "config.aug"]
     (line,) = curves.panels
     assert isinstance(line, wr.LinePlot) and line.y == ["test/top1"]
-    assert "2025-01-01/12-00-00" not in built.title and "/sweep" in built.title  # the dir's last two parts
+    # the dir's last two parts; no "/", which would split the report's URL
+    assert built.title.endswith(f"{sweep.parent.name} sweep") and "/" not in built.title
 
 
 def test_a_wandb_report_without_the_curves_alpha_gets_no_filter_on_it(report):

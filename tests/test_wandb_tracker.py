@@ -180,14 +180,14 @@ def test_killed_and_resumed_job_shows_its_whole_history(tmp_path):
     done = run_cli(args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     killed, resumed = offline_runs(run_dir)  # one offline run dir per attempt, the same W&B run
-    wb = read_offline_run(resumed)
+    assert newest_attempt(run_dir) == resumed  # what kd-sync uploads, read back as W&B will: each epoch once
+    wb = read_offline_run(newest_attempt(run_dir))
     run_id = json.loads((run_dir / RUN_FILE).read_text())["id"]
     assert wb["run"]["run_id"] == run_id and killed.name.endswith(run_id)
     assert [row["epoch"] for row in wb["history"]] == list(range(1, epochs + 1))
     history = read_results(run_dir / RESULTS_FILE)["history"]
     assert [row["test/top1"] for row in wb["history"]] == pytest.approx([row["test/top1"] for row in history])
     # kd-sync uploads the newest attempt only: uploading both would append epochs 1..k a second time.
-    assert newest_attempt(run_dir) == resumed
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(tmp_path), "--list"], capture_output=True,
                             text=True, check=True).stdout.splitlines()
     assert listed == [f"{killed} (older attempt: skipped)", str(resumed)]

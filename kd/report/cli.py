@@ -232,10 +232,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"kd-report: warning: {warning}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     if args.wandb:
-        from kd.report.wandb_report import ReportError, publish  # wandb-workspaces only when asked for
+        from kd.report.wandb_report import ReportError, publish, sweep_runs  # wandb-workspaces only when asked for
+        from kd.report.wandb_run import log_report_run
 
         try:
-            print(f"W&B report: {publish(students, args.sweep_dir, args.alpha, args.metric, args.entity)}")
+            offline = log_report_run(students, args.sweep_dir, written, args.metric, sweep_runs(students))
+            if offline is not None:
+                print(f"W&B report run (the grid table, figures, claims.md) logged offline in {offline}; upload it "
+                      f"with the sweep's runs: kd-sync {args.sweep_dir}")
+            claims = next(p for p in written if p.name == "claims.md").read_text()
+            print(f"W&B report: {publish(students, args.sweep_dir, args.alpha, args.metric, args.entity, claims)}")
         except ReportError as err:
             print(f"kd-report: error: {err}; the local files were written: {', '.join(p.name for p in written)}",
                   file=sys.stderr)

@@ -23,7 +23,7 @@ class ReportError(RuntimeError):
     """The W&B report could not be built or published; the message says why."""
 
 
-REPORT_FILE = "wandb_report.json"  # in the sweep dir: the report's URL, so that a rerun updates it in place
+REPORT_FILE = "wandb_report.json"  # in the sweep dir: the report's URL and id, so that a rerun updates it in place
 
 
 def sweep_runs(students: list[dict[str, Any]]) -> dict[str, Any]:
@@ -48,10 +48,10 @@ def sweep_runs(students: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str, Any], runs_entity: str,
-                 report_entity: str, alpha: float, metric: str) -> wr.Report:
+                 report_entity: str, alpha: float, metric: str, claims: str = "") -> wr.Report:
     """The Report object over exactly the sweep's finished runs (by id): the gains table, top-1 by aug and
-    alpha, and the per-epoch curves at `alpha` when the grid has it. `runs_entity` is where the runs are,
-    `report_entity` where the report goes."""
+    alpha, the per-epoch curves at `alpha` when the grid has it, and `claims` (claims.md's text). `runs_entity`
+    is where the runs are, `report_entity` where the report goes."""
     cells = expr.And(expr.Metric("ID").isin(runs["ids"]), expr.Metric("State") == "finished")
     # The flat keys kd records (kd/job.py: describe); seeds form one group, and runs of another distiller or
     # teacher-student pair never join one (keys that do not vary group nothing away).
@@ -82,13 +82,15 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str
     else:
         blocks.append(wr.MarkdownBlock(text=f"No per-epoch curves: the grid has no finished cell at alpha={alpha:g} "
                                             f"(its alphas: {', '.join(f'{a:g}' for a in alphas)}); pick one with --alpha."))
+    if claims:
+        blocks.append(wr.MarkdownBlock(text=claims))
     return wr.Report(project=runs["project"], entity=report_entity,
-                     title=f"KD x augmentation gains: {'/'.join(sweep_dir.resolve().parts[-2:])}"[:128],
+                     title=f"KD x augmentation gains: {' '.join(sweep_dir.resolve().parts[-2:])}"[:128],
                      description=f"kd sweep {sweep_dir.resolve()}", blocks=blocks)
 
 
 def publish(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str,
-            entity: str | None = None) -> str:
+            entity: str | None = None, claims: str = "") -> str:
     """Save the Report to W&B (updating the sweep's earlier one in place) and return its URL. `entity` is the
     report's only: the panels look for the runs where they are."""
     runs = sweep_runs(students)
@@ -100,17 +102,15 @@ def publish(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metri
         api = wandb.Api(timeout=API_TIMEOUT_S)  # also proves the server reachable
         runs_entity = runs["entity"] if runs["entity"] is not None else api.default_entity
         try:
-            api.project(runs["project"], entity=runs_entity).name
+            api.project(runs["project"], entity=runs_entity).id  # a request (.name is only the argument)
         except Exception:  # never uploaded: say what to do, not the server's "project not found"
             raise ReportError(f"W&B has no project {runs_entity}/{runs['project']} yet: upload the sweep's runs "
                               f"first (kd-sync {sweep_dir}), then rerun kd-report --wandb") from None
-        report = build_report(students, sweep_dir, runs, runs_entity, entity or runs_entity, alpha, metric)
-        if saved.is_file():  # one report per sweep: the earlier one gets the new blocks
-            earlier = wr.Report.from_url(json.loads(saved.read_text())["url"])
-            earlier.blocks, earlier.title, earlier.description = report.blocks, report.title, report.description
-            report = earlier
+        report = build_report(students, sweep_dir, runs, runs_entity, entity or runs_entity, alpha, metric, claims)
+        if saved.is_file():  # one report per sweep: saved under the earlier one's id, W&B replaces it in place
+            report.id = json.loads(saved.read_text())["id"]
         report.save()
-        saved.write_text(json.dumps({"url": report.url}, indent=2))
+        saved.write_text(json.dumps({"url": report.url, "id": report.id}, indent=2))
         return report.url
     except ReportError:
         raise

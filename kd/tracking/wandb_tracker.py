@@ -136,6 +136,23 @@ class WandbRun:
 
         self._call("use_artifact", use)
 
+    @property
+    def offline(self) -> bool:
+        return bool(self._run.offline)
+
+    def log_values(self, values: dict[str, Any]) -> None:
+        """Values outside the per-epoch history (a report run's table and figures), at wandb's next step."""
+        self._call("log", lambda: self._run.log(values))
+
+    def log_files(self, name: str, type: str, paths: list[Path]) -> None:
+        def log_artifact() -> None:
+            artifact = wandb.Artifact(name, type=type)
+            for path in paths:
+                artifact.add_file(str(path), name=path.name)
+            self._run.log_artifact(artifact)
+
+        self._call("log_artifact", log_artifact)
+
     def mark_preempting(self) -> None:
         self._call("mark_preempting", self._run.mark_preempting)
 

@@ -1,0 +1,161 @@
+"""What `kd-report --wandb` sends W&B, captured at wandb's one request point, on a real digits sweep.
+
+No W&B server exists here: `wandb.apis.public.service_api.ServiceApi.send_api_request` (through which the
+public API, and wandb-workspaces' reports with it, sends every GraphQL request in wandb 0.31) is replaced by
+a fake that answers each request the way W&B's server is documented to and records what was sent. What a
+real server then does with the report (renders its panels) is not tested.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb
+from wandb.apis.public.service_api import ServiceApi
+from wandb.proto.wandb_api_pb2 import ApiResponse
+
+from conftest import run_cli
+from test_wandb_tracker import FAST_WANDB, read_offline_run
+from kd.report.cli import main
+from kd.report.wandb_report import REPORT_FILE
+from kd.report.wandb_run import REPORT_RUN_DIR
+from kd.results import collect_sweep
+from kd.tracking.wandb_tracker import RUN_FILE, newest_attempt, read_run_file
+
+VIEWER = "me"  # the entity the fake server says the API key belongs to
+
+
+class FakeServer:
+    """Answers the requests kd-report's publish makes, keeps each report it is sent, records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict]] = []  # (operation, variables)
+        self.views: dict[str, dict] = {}
+
+    def __call__(self, api: ServiceApi, request, timeout=None) -> ApiResponse:
+        response = ApiResponse()
+        kind = request.WhichOneof("request")
+        if kind == "auth_request":
+            response.auth_response.authenticate_response.default_entity = VIEWER
+            return response
+        assert kind == "graphql_request", kind
+        query, variables = request.graphql_request.query, json.loads(request.graphql_request.variables_json)
+        operation = re.search(r"(?:query|mutation)\s+(\w+)", query).group(1)
+        self.requests.append((operation, variables))
+        response.graphql_response.data_json = json.dumps(self.answer(operation, variables))
+        return response
+
+    def answer(self, operation: str, v: dict) -> dict:
+        project = {"__typename": "Project", "id": "UHJvamVjdDox", "name": "kd", "entityName": VIEWER,
+                   "createdAt": "2026-01-01T00:00:00", "isBenchmark": False, "user": None}
+        if operation == "GetDefaultEntity":
+            return {"viewer": {"id": "VXNlcjox", "entity": VIEWER}}
+        if operation == "GetProject":
+            return {"project": project}
+        if operation == "ProjectInternalId":
+            return {"project": {"id": project["id"], "internalId": "p1"}}
+        if operation == "GetProjects":
+            return {"models": {"edges": [{"node": project, "cursor": "c"}],
+                               "pageInfo": {"__typename": "PageInfo", "endCursor": "c", "hasNextPage": False}}}
+        if operation == "upsertView":
+            view_id = v["id"] or f"VmlldzoxMD{len(self.views)}="
+            inserted = view_id not in self.views
+            self.views[view_id] = {"id": view_id, "type": v["type"], "name": v["name"], "displayName": v["displayName"],
+                                   "description": v["description"], "spec": v["spec"], "updatedAt": "2026-01-01T00:00:00",
+                                   "project": {"id": project["id"], "name": v["projectName"], "entityName": v["entityName"]}}
+            return {"upsertView": {"view": self.views[view_id], "inserted": inserted}}
+        raise AssertionError(f"kd sent a request the fake server does not know: {operation} {v}")
+
+    def saved_specs(self) -> list[tuple[dict, dict]]:
+        """(the upsertView variables, its report spec) of every report saved."""
+        return [(v, json.loads(v["spec"])) for op, v in self.requests if op == "upsertView"]
+
+
+def runsets(spec: dict) -> list[dict]:
+    return [rs for block in spec["blocks"] if block["type"] == "panel-grid" for rs in block["metadata"]["runSets"]]
+
+
+@pytest.fixture(scope="module")
+def digits_sweep(tmp_path_factory) -> Path:
+    """A real 2-cell digits multirun (alpha 0 and 0.5, no 0.25) logged offline, with its own teacher."""
+    root = tmp_path_factory.mktemp("capture")
+    env = {"KD_HOME": str(root / "kd_home"), "KD_DATA_DIR": str(root / "kd_home" / "data"), "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true"}
+    proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5", "data.train_size=280"], cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next((root / "multirun").glob("*/*"))
+
+
+@pytest.fixture
+def server(monkeypatch) -> FakeServer:
+    fake = FakeServer()
+    monkeypatch.setattr(ServiceApi, "send_api_request", lambda api, request, timeout=None: fake(api, request, timeout))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    yield fake
+    wandb.teardown()
+
+
+def publish_twice(sweep: Path, *args: str, capsys) -> str:
+    assert main([str(sweep), "--wandb", *args]) == 0
+    out = capsys.readouterr().out
+    assert main([str(sweep), "--wandb", *args]) == 0
+    return out
+
+
+def test_the_report_selects_the_sweeps_finished_runs_and_is_updated_in_place(digits_sweep, server, tmp_path, capsys):
+    sweep = Path(shutil.copytree(digits_sweep, tmp_path / "sweep"))
+    online, offline = sorted(sweep.glob(f"*/{RUN_FILE}"))
+    # one cell as an online run records itself; the other as kd's online-to-offline fallback does (no entity)
+    online.write_text(json.dumps({**json.loads(online.read_text()), "entity": VIEWER}))
+    assert json.loads(offline.read_text())["entity"] is None
+    publish_twice(sweep, "--entity", "team", capsys=capsys)
+
+    (first, first_spec), (second, second_spec) = server.saved_specs()  # one report per publish, not two per sweep
+    ids = sorted(read_run_file(Path(r["job_dir"]))["id"] for r in collect_sweep(sweep) if r["stage"] == "student")
+    for sent, spec in server.saved_specs():
+        assert (sent["entityName"], sent["projectName"]) == ("team", "kd")  # --entity moves the report only
+        (cells,) = runsets(spec)  # no curves run set: the grid has no alpha 0.25
+        assert cells["project"] == {"name": "kd", "entityName": VIEWER, "id": "p1"}  # the runs' own entity
+        assert cells["filters"]["filters"] == [
+            {"key": {"section": "run", "name": "name"}, "op": "IN", "value": ids, "disabled": False},
+            {"key": {"section": "run", "name": "state"}, "op": "=", "value": "finished", "disabled": False,
+             "connector": "AND"}]
+        assert "0.25" not in json.dumps(cells)
+        texts = [b["content"] for b in spec["blocks"] if b["type"] == "markdown-block"]
+        assert any("no finished cell at alpha=0.25" in t for t in texts)
+        assert (sweep / "claims.md").read_text() in texts
+    assert first["id"] is None and second["id"] is not None  # the second save names the first report
+    assert list(server.views) == [second["id"]] and json.loads((sweep / REPORT_FILE).read_text())["id"] == second["id"]
+    panels = [p for b in first_spec["blocks"] if b["type"] == "panel-grid"
+              for p in b["metadata"]["panelBankSectionConfig"]["panels"]]
+    assert [(p["viewType"], p["config"].get("metrics"), p["config"].get("yAxis")) for p in panels] == [
+        ("Bar Chart", ["final_top1"], None), ("Scatter Plot", None, "summary:final_top1")]
+
+
+def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, server, tmp_path, capsys):
+    sweep = Path(shutil.copytree(digits_sweep, tmp_path / "sweep"))
+    out = publish_twice(sweep, capsys=capsys)
+    assert f"logged offline in" in out and f"kd-sync {sweep}" in out
+    # a new run per report; kd-sync uploads the latest one only (its id is the one recorded)
+    assert len(list((sweep / REPORT_RUN_DIR / "wandb").glob("offline-run-*"))) == 2
+    latest = newest_attempt(sweep / REPORT_RUN_DIR)
+    assert latest.name.endswith(read_run_file(sweep / REPORT_RUN_DIR)["id"])
+    wb = read_offline_run(latest)
+    cell = read_run_file(next(sweep.glob(f"*/{RUN_FILE}")).parent)
+    assert (wb["run"]["job_type"], wb["run"]["project"], wb["run"]["run_group"]) == ("report", "kd", cell["group"])
+    (logged,) = wb["history"]
+    # wandb's record flattens a media value's keys: gains._type, gains.nrows, ...
+    assert logged["gains._type"] == "table-file" and logged["gains.nrows"] == len(
+        (sweep / "gains.csv").read_text().splitlines()) - 1
+    assert logged["figures/top1_by_alpha._type"] == "image-file"
+    (artifact,) = [a for a in wb["artifacts"] if a["type"] == "report"]  # beside wandb's own for the table
+    assert sorted(e["path"] for e in artifact["manifest"]["contents"]) == [
+        "claims.md", "gains.csv", "gains.md"]
+    listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
+                            text=True, check=True).stdout
+    assert listed.count(REPORT_RUN_DIR) == 1 and str(latest) in listed  # kd-sync uploads it with the cells' runs

@@ -193,3 +193,71 @@ def test_settings_the_views_and_the_pick_cannot_run_are_refused(overrides, says,
         cfg = compose_config([*FAST, *overrides], out_dir=tmp_path)
         check_cell(cfg)
         instantiate(cfg.aug)
+
+
+# ---- kd-report: the diagnostics table, the figure, the fourth claim ----
+
+REPORT_AUGS = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment",
+               "fccutmix": "kd.augment_ladder.FlipCropCutMix"}
+SEED_NOISE = {0: -0.002, 1: 0.001, 2: 0.0015}
+
+
+def diag_sweep(root: Path, loss_of, views=("same", "independent")) -> Path:
+    """Students at alpha 0.5 per (aug, view, seed): T. stddev rising along REPORT_AUGS, test loss = loss_of(rank)."""
+    from kd.results import write_results
+
+    sweep, job = root / "sweep", 0
+    for rank, (aug, target) in enumerate(REPORT_AUGS.items()):
+        for view in views:
+            for seed in (0, 1, 2):
+                t_stddev = 0.004 + 0.001 * rank + 0.0001 * seed
+                loss = loss_of(rank) + SEED_NOISE[seed]
+                history = [{"epoch": e, "test/top1": 90.0 - rank, "test/loss": loss + 0.1 * (2 - e),
+                            "diag/t_stddev": t_stddev + 0.0002 * (e - 1.5), "diag/teacher_top1": 99.0 - 3 * rank,
+                            "diag/teacher_p_true": 0.9 - 0.05 * rank, "diag/test_agreement": 95.0 - rank,
+                            "diag/test_kl": 0.1 + 0.01 * rank} for e in (1, 2)]
+                job_dir = sweep / str(job)
+                job += 1
+                job_dir.mkdir(parents=True)
+                (job_dir / ".hydra").mkdir()
+                (job_dir / ".hydra" / "overrides.yaml").write_text(
+                    f"- aug={aug}\n- trainer.teacher_view={view}\n- seed={seed}\n")
+                write_results(job_dir, {
+                    "stage": "student", "status": "completed", "aug": aug, "alpha": 0.5, "seed": seed,
+                    "teacher_view": view, "model": "resnet8", "teacher": "resnet20", "data": "digits", "epochs": 2,
+                    "temperature": 4.0, "final_top1": 90.0 - rank + seed * 0.1, "best_top1": 90.0,
+                    "history": history, "teacher_top1": 96.0,
+                    "config": {"alpha": 0.5, "aug": {"_target_": target}, "trainer": {"teacher_view": view}}})
+    return sweep
+
+
+def test_the_diagnostics_table_figure_and_fourth_claim(tmp_path):
+    from kd.report.claims import write_claims
+    from kd.report.cli import load_sweep, main
+    from kd.report.stats import estimate
+
+    sweep = diag_sweep(tmp_path / "agrees", lambda rank: 1.0 + 0.2 * rank)
+    assert main([str(sweep)]) == 0
+    text = (sweep / "diagnostics.md").read_text()
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:3]): [c.strip() for c in line.strip("|").split("|")]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| aug ")}
+    assert len(rows) == 8  # 4 augs x 2 views, alpha 0.5
+    fcra = rows["fcra", "independent", "0.5"]
+    # T. stddev: each seed's mean over its epochs, then the interval over seeds
+    t = estimate([0.004 + 0.002 + 0.0001 * s for s in (0, 1, 2)])
+    assert fcra[3] == f"{t.mean:.5f} ± {t.half_width:.5f}"
+    loss = estimate([1.4 + SEED_NOISE[s] for s in (0, 1, 2)])  # the final epoch's test loss
+    assert fcra[8] == f"{loss.mean:.3f} ± {loss.half_width:.3f}"
+    assert fcra[10].startswith("-2.00")  # gain vs none at the same view, paired by seed: exactly -2 (88 - 90)
+    assert rows["none", "same", "0.5"][10] == "-"
+    assert (sweep / "tstddev_vs_test_loss.png").stat().st_size > 10_000 and (sweep / "diagnostics.csv").is_file()
+    assert "[diagnostics.md](diagnostics.md)" in (sweep / "gains.md").read_text()
+    claims = write_claims(load_sweep(sweep), "final_top1", sweep).read_text()
+    fourth = [line for line in claims.splitlines() if line.startswith("### 4.")]
+    assert fourth and all(line.endswith("**supported**") for line in fourth)  # one per view (each its own slice)
+    assert "ρ(T. stddev, S. test loss) = +1.00, one-sided p = 0.042" in claims  # 1/4!: the exact test's floor
+
+    reversed_sweep = diag_sweep(tmp_path / "reverses", lambda rank: 2.0 - 0.2 * rank, views=("same",))
+    claims = write_claims(load_sweep(reversed_sweep), "final_top1", reversed_sweep).read_text()
+    assert "ρ(T. stddev, S. test loss) = -1.00" in claims
+    assert next(line for line in claims.splitlines() if line.startswith("## 4.")).endswith("**contradicted**")

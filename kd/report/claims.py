@@ -4,6 +4,8 @@
 2. Alpha matters little under augmentation: per aug, the spread of the alpha means and the
    largest paired difference between two alphas, against an equivalence margin (points of top-1).
 3. Alpha = 1 (pure KD) gains least: the gain fcra - none at alpha = 1 against the other alphas' gains.
+4. Not the paper's, Wang et al.'s (NeurIPS 2022): the teacher's T. stddev orders the augmentation levels as
+   the students' test losses do (kd/report/diagnostics.py: Spearman's rho, an exact one-sided permutation p).
 
 Every difference is paired by seed (kd/report/stats.py). A one-sided claim is *supported* when the whole
 95% interval lies on the claimed side, *contradicted* when it lies wholly on the other side, and
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kd.report.axes import other_axes, split_by_axes
+from kd.report.diagnostics import SIGNIFICANCE, tstddev_orders_augmentations
 from kd.report.stats import Estimate, estimate, paired
 from kd.report.table import METRICS, grid_cells
 
@@ -104,6 +107,8 @@ def claim_sections(students: list[dict[str, Any]], metric: str, margin: float) -
         (f"2. α matters little under augmentation (every paired difference within ±{margin:g} points)",
          alpha_matters_little(cells, alphas, margin)),
         ("3. α = 1 (pure KD) gains least from augmentation", pure_kd_gains_least(cells, alphas)),
+        ("4. The teacher's T. stddev orders the augmentations as the students' test losses do (Wang et al. 2022: "
+         f"Spearman ρ > 0, one-sided p < {SIGNIFICANCE:g})", tstddev_orders_augmentations(students, metric)),
     ]
 
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from kd.report.claims import write_claims
+from kd.report.diagnostics import format_diagnostics, has_diagnostics, write_diagnostics
 from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
 from kd.provenance import sweep_provenance
 from kd.results import RESULTS_FILE, collect_sweep
@@ -150,7 +151,9 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
         lines += [describe_sweep(part) + ".", "", format_table(part, metric), ""]
     lines += [f"`*` best cell of its table (every one of a tie). {GAINS_LEGEND} "
               "`failed` / `missing`: no result (never counted as 0). The paper's claims, checked: "
-              "[claims.md](claims.md).", ""]
+              "[claims.md](claims.md)." + (" Why the gains are what they are (the teacher's T. stddev, fidelity): "
+                                           "[diagnostics.md](diagnostics.md)." if has_diagnostics(students) else ""),
+              ""]
     if len(slices) > 1:
         lines.insert(4, f"One table per {' and '.join(other_axes(students))}: cells that differ in them are never "
                         f"pooled.\n")
@@ -162,6 +165,11 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
     return [md_path, csv_path]
 
 
+def slice_suffix(label: str) -> str:
+    """A figure's file-name suffix for a slice of the sweep's other axes (`_loss=dkd_pair=vgg13-vgg8`)."""
+    return "" if not label else "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+
+
 def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, sweep_dir: Path) -> list[Path]:
     """The figures that the sweep has data for, per combination of its other axes (file names suffixed by
     it); says so when the curves' alpha is not in it."""
@@ -170,7 +178,7 @@ def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, swe
         completed = [r for r in part if r["status"] == "completed"]
         if not completed:
             continue
-        suffix = "" if not label else "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+        suffix = slice_suffix(label)
         subtitle = describe_sweep(part) + (f"; {label}" if label else "")
         figures = {f"top1_by_alpha{suffix}.png": plot_top1_by_alpha(part, metric, subtitle)}
         if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
@@ -190,7 +198,9 @@ def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, swe
 def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
     """Write the figures and tables into the sweep dir; return the files written."""
     figures = write_figures(students, metric, alpha, sweep_dir)
-    return write_tables(students, metric, sweep_dir, figures) + [write_claims(students, metric, sweep_dir)] + figures
+    diagnostics = write_diagnostics(students, metric, sweep_dir, slice_suffix)
+    return (write_tables(students, metric, sweep_dir, figures) + [write_claims(students, metric, sweep_dir)] + figures
+            + diagnostics)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +236,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     print(f"Students' {METRICS[args.metric]} (%):")
     print(format_tables(students, args.metric))
+    if has_diagnostics(students):
+        print("\nDiagnostics (diagnostics.md says what each column is):")
+        print(format_diagnostics(students, args.metric))
     lines, warnings = sweep_provenance(students)
     print("\n".join(lines))
     for warning in warnings:

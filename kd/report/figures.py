@@ -31,6 +31,7 @@ AUG_STYLE = {  # one color and label per augmentation level, the same in every f
     "fccutout": ("tab:brown", "fccutout (fc + Cutout)"),
     "fcmixup": ("tab:pink", "fcmixup (fc + Mixup)"),
     "fccutmix": ("tab:red", "fccutmix (fc + CutMix)"),
+    "fccutmixpick": ("darkred", "fccutmixpick (fc + CutMixPick)"),
 }
 MIN_SPAN_IMAGES = 20  # a top-1 axis spans at least this many test images' worth: one image <= 1/20 of its height
 ZOOM_EPOCHS = 0.25  # the curves' second panel: the last quarter of the epochs

@@ -27,7 +27,8 @@ from omegaconf import DictConfig
 import kd.train  # noqa: F401  (registers the config schemas)
 from kd.data import ImageSplits
 from kd.capture import plan_compile
-from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teaching, train_one_epoch
+from kd.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
+from kd.students import make_pack
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EPOCH_IMAGES = 50_000  # CIFAR-100's training split

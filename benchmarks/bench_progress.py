@@ -18,7 +18,8 @@ from hydra.utils import instantiate
 from bench_pipeline import compose_config
 from kd import progress
 from kd.capture import EAGER
-from kd.engine import Cell, autocast_for, make_batches, make_pack, make_teaching, train_one_epoch
+from kd.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
+from kd.students import make_pack
 
 CALLS = 100_000
 

@@ -41,7 +41,7 @@ class TeacherViewStats:
         p_true = p.gather(1, hard[:, None])[:, 0] if labels.ndim == 1 else (p * labels).sum(1)
         n = labels.shape[0]  # known on the host: no sync
         self.sums += torch.stack([(p.argmax(1) == hard).sum().double(), p_true.double().sum(),
-                                  torch.tensor(float(n), device=p.device, dtype=torch.float64)])
+                                  p.new_full((), float(n), dtype=torch.float64)])  # a fill, not a host copy
         if n == self.batch_size:
             self.chunk_means.append(p.double().mean(0))
 

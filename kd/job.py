@@ -232,7 +232,7 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
             run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
                                                                 name=run_name(c), tags=axis_tags(c)))
             run.record({**describe(c), **ran_with})  # flat keys (aug: fcra, alpha, seed, ...) the UI groups by
-            if c.alpha > 0:  # lineage: which teacher (by sha256) taught this student
+            if uses_teacher(c):  # lineage: which teacher (by sha256) taught (or picked the data of) this student
                 run.use_teacher(Path(teacher_info["teacher_checkpoint"]), teacher_info["teacher_sha256"],
                                 teacher_info["teacher_top1"])
             runs.append(run)

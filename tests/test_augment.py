@@ -22,7 +22,8 @@ from kd.augment import (RANDAUGMENT_BINS, RANDAUGMENT_OPS, FlipCrop, FlipCropRan
                         apply_rand_augment, draw_rand_augment, rand_augment, random_crop, random_flip)
 from kd.data import ImageSplits
 from kd.config import TeacherView
-from kd.engine import Cell, LoopUpdate, autocast_for, fit, make_batches, make_student, make_teaching, train_one_epoch
+from kd.engine import Cell, autocast_for, fit, make_batches, make_teaching, train_one_epoch
+from kd.students import LoopUpdate, make_student
 from kd.models.resnet import resnet8
 from kd.teacher import CachedTeacherLogits, FrozenTeacher
 from conftest import FAST, compose_config

@@ -155,7 +155,8 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
     # train_one_epoch hands that very tensor to the teacher and to each student (kd/engine.py): record it.
     seen = []
     from kd.config import TeacherView
-    from kd.engine import Cell, LoopUpdate, make_student, train_one_epoch
+    from kd.engine import Cell, train_one_epoch
+    from kd.students import LoopUpdate, make_student
     from kd.teacher_views import Teaching, TeacherViews
     cell = Cell(cfg, Path("unused"), {}, lambda row, step: None, "", "")
     update = LoopUpdate([make_student(cell, 10, device)])

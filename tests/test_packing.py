@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
 from kd.distillers.base import Outputs
-from kd.engine import Cell, LoopUpdate, make_batches, make_student
+from kd.engine import Cell, make_batches
+from kd.students import LoopUpdate, make_student
 from kd.packs import group_packs, pack_key
 from kd.results import RESULTS_FILE, collect_sweep, read_results
 from kd.stacking import StackedUpdate

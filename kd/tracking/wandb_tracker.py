@@ -107,7 +107,7 @@ class WandbRun:
             self._broken = True
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        # A resumed job logs its checkpointed epochs again (kd.engine.resume); an online run resumed on the
+        # A resumed job logs its checkpointed epochs again (kd.students.resume); an online run resumed on the
         # server already holds those before its starting_step (an offline one starts at 0 and takes them).
         if step < self._run.starting_step:
             return

@@ -1,0 +1,173 @@
+"""A pack's students: each cell's network, distiller, optimizer and schedule, built and resumed the same way
+whether the cell trains alone or in a pack, and the loop update that steps them one after another.
+
+Why a pack is exact: a student's initial weights come from the global RNG re-seeded right before it is built
+(`make_student`), so they never depend on alpha, the loss, or which other cells share the pack.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from kd.capture import EAGER, CompilePlan, float_lrs
+from kd.checkpoint import CheckpointError, load_checkpoint
+from kd.config import PackMode, TeacherView
+from kd.distillers.base import Distiller, Outputs
+from kd.stacking import StackedUpdate
+
+log = logging.getLogger("kd.engine")  # the loop's log lines, wherever their code lives
+
+
+@dataclass
+class Cell:
+    """One job as `fit` trains it: its config, where it writes, how it logs."""
+
+    cfg: DictConfig
+    out_dir: Path
+    identity: dict  # what out_dir/checkpoint.pt must have been written for to be resumed
+    log_metrics: Callable[[dict, int], None]
+    name: str  # prefixes its log lines in a pack
+    stale_fix: str  # what to do when out_dir holds a checkpoint of something else
+
+
+@dataclass
+class Student:
+    """A cell's training state inside a pack."""
+
+    cell: Cell
+    model: nn.Module
+    forward: Callable  # the model, compiled where that is on
+    optimizer: torch.optim.Optimizer
+    optimizer_step: Callable[[], None]  # optimizer.step, compiled where graph capture is on
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    distiller: Distiller  # its loss, with any learned parts (a FitNet regressor) that train with the student
+    alpha: float
+    view: TeacherView  # what its teacher sees (kd/teacher_views.py)
+    history: list[dict] = field(default_factory=list)
+    start_epoch: int = 0
+    rng: Optional[dict] = None  # random states of its checkpoint, when resumed
+    error: Optional[BaseException] = None
+
+
+def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA); `deterministic` turns on PyTorch's deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+
+
+class LoopUpdate:
+    """`trainer.pack_mode=loop`: each student its own forward, backward and optimizer step. Exact; the default."""
+
+    def __init__(self, students: list[Student]) -> None:
+        self.students = students
+
+    def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
+             autocast: Callable, epoch: int) -> dict[int, tuple]:
+        """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view."""
+        out = {}
+        for i in live:
+            s = self.students[i]
+            with autocast():
+                student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
+            parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch)
+            s.optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            s.optimizer_step()
+            out[i] = (parts, student.logits)
+        return out
+
+    def end_epoch(self, trained: list[int]) -> None:
+        for i in trained:  # a waiting student's schedule waits with it
+            self.students[i].scheduler.step()
+
+    def lr(self, i: int) -> float:
+        return float(self.students[i].optimizer.param_groups[0]["lr"])  # a tensor under graph capture
+
+    def states(self, i: int) -> tuple[dict, dict]:
+        """Student i's optimizer and scheduler states, as its checkpoint keeps them."""
+        return float_lrs(self.students[i].optimizer.state_dict()), self.students[i].scheduler.state_dict()
+
+
+def student_outputs(forward: Callable, images: torch.Tensor, features: bool) -> Outputs:
+    """The network's logits, and its features only when its distiller reads them (the plain forward otherwise)."""
+    return Outputs(*forward(images, features=True)) if features else Outputs(forward(images))
+
+
+def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER,
+                 teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None) -> Student:
+    """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack.
+
+    Its distiller's learned parts (FitNet's regressor) are built after the student, from the shapes of
+    `example` (a batch like the training ones), and train with the student's optimizer."""
+    cfg, t = cell.cfg, cell.cfg.trainer
+    seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
+    distiller = instantiate(cfg.loss)
+    if float(cfg.alpha) > 0 and example is not None:  # an alpha=0 cell never runs its term (nor the teacher)
+        distiller.setup(model, teacher, example)
+    distiller = distiller.to(device)
+    optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.parameters()])
+    scheduler = instantiate(cfg.optim.scheduler)(optimizer)
+    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller, float(cfg.alpha),
+                   TeacherView(t.teacher_view))
+
+
+def resume(student: Student) -> None:
+    """Continue from the cell's own checkpoint.pt, if it has one written for this very config."""
+    path = student.cell.out_dir / "checkpoint.pt"
+    if not path.exists():
+        return
+    state = load_checkpoint(path, "run checkpoint", f"Delete {path} to start this run afresh.")
+    if state.get("config") != student.cell.identity:
+        raise CheckpointError(f"{path} was written by a run with a different config; resuming would mix the "
+                              f"two. {student.cell.stale_fix}")
+    student.model.load_state_dict(state["model"])
+    if "distiller" in state:  # checkpoints of kd before distillers had learned parts hold none
+        student.distiller.load_state_dict(state["distiller"])
+    student.optimizer.load_state_dict(state["optimizer"])
+    student.scheduler.load_state_dict(state["scheduler"])
+    student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
+    # A resumed W&B offline run is a new file, and a killed attempt's may hold nothing (SIGKILL flushes
+    # nothing): log the checkpointed epochs again, so that the run shows its whole history.
+    for row in student.history:
+        student.cell.log_metrics(row, row["epoch"])
+    log.info("%sresumed from %s at epoch %d/%d", _prefix(student), path, student.start_epoch,
+             student.cell.cfg.trainer.epochs)
+
+
+def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan,
+              teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None
+              ) -> Union[LoopUpdate, StackedUpdate]:
+    """A pack's students, each resumed from its own checkpoint, in the update that trains them."""
+    students = [make_student(cell, num_classes, device, plan, teacher, example) for cell in cells]
+    for s in students:
+        resume(s)
+        s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
+    stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
+    unstackable = [s.cell.name or type(s.distiller).__name__ for s in students
+                   if s.distiller.needs_features or any(True for _ in s.distiller.parameters())]
+    if stacked and unstackable:
+        log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
+                 "features or own parameters (%s), which the stacked forward does not carry", ", ".join(unstackable))
+        stacked = False
+    return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
+
+
+def _prefix(student: Student) -> str:
+    return f"[{student.cell.name}] " if student.cell.name else ""

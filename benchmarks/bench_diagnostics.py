@@ -11,12 +11,11 @@ the two so that a noisy machine slows both alike; the best round counts.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from bench_pipeline import NUM_CLASSES, Setup, compose_config, sync, synthetic_splits
+from bench_pipeline import step_arguments, NUM_CLASSES, Setup, compose_config, sync, synthetic_splits
 from kd.augment import NoAugment
 from kd.data import ImageSplits
 from kd.engine import autocast_for, evaluate, make_batches, test_logits
@@ -51,14 +50,7 @@ def eval_seconds(setup: Setup, splits: ImageSplits, with_fidelity: bool) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--pair", default="resnet32x4-resnet8x4", help="a conf/pair/ option")
-    parser.add_argument("--aug", default="fc")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = step_arguments(__doc__)
     parser.add_argument("--test-images", type=int, default=2000)
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -10,24 +10,16 @@ also make the student and the teacher return their stage features (FitNet adds i
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from bench_pipeline import Setup, compose_config, synthetic_splits
+from bench_pipeline import step_arguments, Setup, compose_config, synthetic_splits
 
 LOSSES = ("kd", "dkd", "fitnet", "at")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--pair", default="resnet32x4-resnet8x4", help="a conf/pair/ option")
-    parser.add_argument("--aug", default="fc")
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser = step_arguments(__doc__)
     args = parser.parse_args()
     device = torch.device(args.device)
     base = compose_config([])

@@ -65,6 +65,19 @@ class TimedBatches:
             yield batch
 
 
+def step_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options of a side-by-side step benchmark of one pair (bench_distillers.py, bench_diagnostics.py)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--pair", default="resnet32x4-resnet8x4", help="a conf/pair/ option")
+    parser.add_argument("--aug", default="fc")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    return parser
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -326,6 +326,9 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
 # Keys that say where things live or how they are tracked, not what is trained: a finished
 # or interrupted job may be resumed with other values of these.
 NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download", "data.cache_dir")
+# Keys added after results and checkpoints were written without them: at these values (what those jobs did)
+# they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
+ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value}
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,
@@ -338,12 +341,13 @@ def defining_config(cfg: DictConfig) -> dict:
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     data = container.get("data", {})
     root = data.get("root") if data.get("_target_") in ROOT_IS_CONTENT else None
-    for dotted in NON_DEFINING_KEYS:
+    for dotted in (*NON_DEFINING_KEYS, *ADDED_KEYS_AT_OLD_BEHAVIOUR):
         *parents, leaf = dotted.split(".")
         node = container
         for key in parents:
             node = node.get(key, {})
-        node.pop(leaf, None)
+        if dotted not in ADDED_KEYS_AT_OLD_BEHAVIOUR or node.get(leaf) == ADDED_KEYS_AT_OLD_BEHAVIOUR[dotted]:
+            node.pop(leaf, None)
     if root is not None:  # absolute: the same relative root typed in another directory is another folder
         data["root"] = os.path.abspath(os.path.expanduser(root))
     return container

@@ -261,3 +261,13 @@ def test_the_diagnostics_table_figure_and_fourth_claim(tmp_path):
     claims = write_claims(load_sweep(reversed_sweep), "final_top1", reversed_sweep).read_text()
     assert "ρ(T. stddev, S. test loss) = -1.00" in claims
     assert next(line for line in claims.splitlines() if line.startswith("## 4.")).endswith("**contradicted**")
+
+
+def test_the_default_view_leaves_a_cells_identity_as_older_kd_wrote_it(tmp_path):
+    """A sweep begun before trainer.teacher_view existed still resumes and skips its finished cells."""
+    from kd.config import defining_config
+
+    same = defining_config(compose_config([*FAST], out_dir=tmp_path))
+    assert "teacher_view" not in same["trainer"]
+    other = defining_config(compose_config([*FAST, "trainer.teacher_view=clean"], out_dir=tmp_path))
+    assert other["trainer"]["teacher_view"] == "clean" and other != same

@@ -203,7 +203,7 @@ def plot_tstddev(part: list[dict[str, Any]], metric: str, subtitle: str) -> Opti
         if len(points) >= 3:
             rho, p_value = rank_correlation(x, y)
             label += f": ρ={rho:+.2f}, p={p_value:.3f}"
-        ax.plot(x, y, marker=next(markers), linestyle=":", label=label)
+        ax.plot(x, y, marker=next(markers), linestyle="none", label=label)  # points: the aug levels have no order here
         for aug, xi, yi, _ in points:
             ax.annotate(aug, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("teacher's T. stddev on its training views (mean over epochs)")

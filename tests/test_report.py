@@ -206,13 +206,14 @@ def test_wandb_report_object(report):
     assert by_cell.entity == "the-runs-entity" and all(run_id in by_cell.filters for run_id in finished)
     assert "'finished'" in by_cell.filters and GROUP not in by_cell.filters  # exactly these runs, not a group name
     # the flat keys kd records: never pooled across pairs or distillers
-    assert by_cell.groupby == ["config.model", "config.teacher", "config.loss", "config.aug", "config.alpha"]
+    assert by_cell.groupby == ["config.model", "config.teacher", "config.loss", "config.teacher_view", "config.aug",
+                               "config.alpha"]
     assert {type(p) for p in cells.panels} == {wr.BarPlot, wr.ScatterPlot}
     bar = next(p for p in cells.panels if isinstance(p, wr.BarPlot))
     assert bar.metrics == ["final_top1"]  # the plain key, W&B's documented form
     (curve_runs,) = curves.runsets
     assert 'Config("alpha") == 0.25' in curve_runs.filters
-    assert curve_runs.groupby == ["config.model", "config.teacher", "config.loss", "config.aug"]
+    assert curve_runs.groupby == ["config.model", "config.teacher", "config.loss", "config.teacher_view", "config.aug"]
     (line,) = curves.panels
     assert isinstance(line, wr.LinePlot) and line.y == ["test/top1"]
     # the dir's last two parts; no "/", which would split the report's URL

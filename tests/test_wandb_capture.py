@@ -119,7 +119,8 @@ def test_the_report_selects_the_sweeps_finished_runs_and_is_updated_in_place(dig
     ids = sorted(read_run_file(Path(r["job_dir"]))["id"] for r in collect_sweep(sweep) if r["stage"] == "student")
     for sent, spec in server.saved_specs():
         assert (sent["entityName"], sent["projectName"]) == ("team", "kd")  # --entity moves the report only
-        (cells,) = runsets(spec)  # no curves run set: the grid has no alpha 0.25
+        cells, *more = runsets(spec)  # no curves run set: the grid has no alpha 0.25
+        assert all(r == cells for r in more)  # the diagnostics' panel shows the same cells
         assert cells["project"] == {"name": "kd", "entityName": VIEWER, "id": "p1"}  # the runs' own entity
         assert cells["filters"]["filters"] == [
             {"key": {"section": "run", "name": "name"}, "op": "IN", "value": ids, "disabled": False},
@@ -134,7 +135,8 @@ def test_the_report_selects_the_sweeps_finished_runs_and_is_updated_in_place(dig
     panels = [p for b in first_spec["blocks"] if b["type"] == "panel-grid"
               for p in b["metadata"]["panelBankSectionConfig"]["panels"]]
     assert [(p["viewType"], p["config"].get("metrics"), p["config"].get("yAxis")) for p in panels] == [
-        ("Bar Chart", ["final_top1"], None), ("Scatter Plot", None, "summary:final_top1")]
+        ("Bar Chart", ["final_top1"], None), ("Scatter Plot", None, "summary:final_top1"),
+        ("Scatter Plot", None, "summary:test/loss")]  # the alpha=0.5 cell's diagnostics: test loss vs T. stddev
 
 
 def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, server, tmp_path, capsys):
@@ -155,7 +157,7 @@ def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, se
     assert logged["figures/top1_by_alpha._type"] == "image-file"
     (artifact,) = [a for a in wb["artifacts"] if a["type"] == "report"]  # beside wandb's own for the table
     assert sorted(e["path"] for e in artifact["manifest"]["contents"]) == [
-        "claims.md", "gains.csv", "gains.md"]
+        "claims.md", "diagnostics.csv", "diagnostics.md", "gains.csv", "gains.md"]
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
                             text=True, check=True).stdout
     assert listed.count(REPORT_RUN_DIR) == 1 and str(latest) in listed  # kd-sync uploads it with the cells' runs

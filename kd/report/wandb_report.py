@@ -13,6 +13,7 @@ import wandb
 import wandb_workspaces.reports.v2 as wr
 from wandb_workspaces import expr
 
+from kd.report.diagnostics import format_diagnostics, has_diagnostics
 from kd.report.table import GAINS_LEGEND, METRICS, format_tables
 from kd.tracking.wandb_tracker import is_synced, newest_attempt, read_run_file
 
@@ -56,7 +57,8 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str
     # The flat keys kd records (kd/job.py: describe); seeds form one group, and runs of another distiller or
     # teacher-student pair never join one (keys that do not vary group nothing away).
     by_cell = wr.Runset(entity=runs_entity, project=runs["project"], name="grid cells", filters=cells,
-                        groupby=["config.model", "config.teacher", "config.loss", "config.aug", "config.alpha"])
+                        groupby=["config.model", "config.teacher", "config.loss", "config.teacher_view", "config.aug",
+                                 "config.alpha"])
     text = format_tables(students, metric) + "\n\n`*` best cell. " + GAINS_LEGEND
     if runs["unfinished"]:
         text += "\n\nNot in the panels (failed, interrupted or unfinished): " + ", ".join(runs["unfinished"])
@@ -69,11 +71,18 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str
             wr.ScatterPlot(title=f"{metric} by alpha", x=wr.Config("alpha"), y=metric),
         ]),
     ]
+    if has_diagnostics(students):  # why the gains are what they are (kd/report/diagnostics.py)
+        blocks += [wr.H2("Why: the teacher's T. stddev, its views, and the students' fidelity"),
+                   wr.MarkdownBlock(text=format_diagnostics(students, metric)),
+                   wr.PanelGrid(runsets=[by_cell], panels=[
+                       wr.ScatterPlot(title="students' final test loss against the teacher's T. stddev (final epoch)",
+                                      x="diag/t_stddev", y="test/loss")])]
     alphas = sorted({float(r["alpha"]) for r in students if r.get("status") == "completed"})
     if alpha in alphas:
         curves = wr.Runset(entity=runs_entity, project=runs["project"], name=f"every augmentation at alpha={alpha:g}",
                            filters=expr.And(cells, expr.Config("alpha") == alpha),
-                           groupby=["config.model", "config.teacher", "config.loss", "config.aug"])
+                           groupby=["config.model", "config.teacher", "config.loss", "config.teacher_view",
+                                    "config.aug"])
         blocks += [wr.H2(f"Test top-1 per epoch at alpha={alpha:g}, per augmentation"),
                    wr.PanelGrid(runsets=[curves], panels=[
                        wr.LinePlot(title=f"test top-1 per epoch, alpha={alpha:g}", x="epoch", y=["test/top1"],

@@ -155,6 +155,7 @@ def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, se
     assert logged["gains._type"] == "table-file" and logged["gains.nrows"] == len(
         (sweep / "gains.csv").read_text().splitlines()) - 1
     assert logged["figures/top1_by_alpha._type"] == "image-file"
+    assert logged["diagnostics._type"] == "table-file" and logged["diagnostics.nrows"] == 1  # alpha=0.5's cell
     (artifact,) = [a for a in wb["artifacts"] if a["type"] == "report"]  # beside wandb's own for the table
     assert sorted(e["path"] for e in artifact["manifest"]["contents"]) == [
         "claims.md", "diagnostics.csv", "diagnostics.md", "gains.csv", "gains.md"]

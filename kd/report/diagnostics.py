@@ -69,7 +69,8 @@ def diagnostic_cells(students: list[dict[str, Any]], metric: str) -> dict[tuple[
 
 
 def has_diagnostics(students: list[dict[str, Any]]) -> bool:
-    return any("diag/t_stddev" in (r.get("history") or [{}])[-1] for r in students if r.get("status") == "completed")
+    return any("diag/teacher_top1" in (r.get("history") or [{}])[-1] for r in students
+               if r.get("status") == "completed")
 
 
 def slices(students: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -94,7 +95,7 @@ def _rows(part: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     order = {a: i for i, a in enumerate(AUG_ORDER + sorted(augs - set(AUG_ORDER)))}
     rows = []
     for (aug, view, alpha), cell in sorted(cells.items(), key=lambda kv: (kv[0][2], kv[0][1], order[kv[0][0]])):
-        if alpha == 0 or "diag/t_stddev" not in cell:
+        if alpha == 0 or "diag/teacher_top1" not in cell:  # T. stddev alone may be missing: one batch an epoch
             continue
         none = cells.get(("none", view, alpha), {}).get(metric)
         rows.append({"aug": aug, "teacher_view": view, "alpha": alpha,

@@ -1,4 +1,5 @@
-"""`kd-report --wandb`'s own W&B run (job_type `report`): the grid as a table, the figures, claims.md.
+"""`kd-report --wandb`'s own W&B run (job_type `report`): the grid (and its diagnostics) as tables, the figures,
+claims.md.
 
 The Report's panels recompute means from the cells' runs; this run keeps what kd-report computed (the
 gains and their intervals, one row each as in gains.csv) so that the UI can sort and group them, beside
@@ -14,6 +15,7 @@ from typing import Any, Optional
 import wandb
 from omegaconf import OmegaConf
 
+from kd.report.diagnostics import csv_rows as diagnostic_rows, has_diagnostics
 from kd.report.table import csv_records
 from kd.tracking.wandb_tracker import RUN_FILE, WandbRun, WandbTracker, read_run_file
 
@@ -36,7 +38,11 @@ def log_report_run(students: list[dict[str, Any]], sweep_dir: Path, written: lis
         if not isinstance(run, WandbRun):
             return None
         figures = [p for p in written if p.suffix == ".png"]
-        run.log_values({"gains": wandb.Table(columns=columns, data=[[row[c] for c in columns] for row in rows]),
+        tables = {"gains": (columns, rows)}
+        if has_diagnostics(students):  # why the gains are what they are, as diagnostics.csv has it
+            tables["diagnostics"] = diagnostic_rows(students, metric)
+        run.log_values({**{key: wandb.Table(columns=c, data=[[row[k] for k in c] for row in r])
+                           for key, (c, r) in tables.items()},
                         **{f"figures/{p.stem}": wandb.Image(str(p), caption=p.name) for p in figures}})
         name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"report-{'-'.join(sweep_dir.resolve().parts[-2:])}")[:128]
         run.log_files(name, "report", [p for p in written if p.suffix in (".md", ".csv")])

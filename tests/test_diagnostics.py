@@ -149,7 +149,7 @@ def test_cutmixpick_keeps_the_pool_images_the_teacher_is_least_sure_of():
 def fit_cells(cfgs, splits, root: Path, teacher) -> list[dict]:
     cells = [Cell(c, root / str(i), {}, lambda row, step: None, name=str(i), stale_fix="") for i, c in enumerate(cfgs)]
     for cell in cells:
-        cell.out_dir.mkdir(parents=True)
+        cell.out_dir.mkdir(parents=True, exist_ok=True)
     outcomes = fit(cells, splits, CPU, teacher)
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
@@ -181,6 +181,19 @@ def test_a_pack_over_views_trains_each_cell_as_alone(tmp_path, aug: str):
     # the teacher's numbers are its view's: three views, three sets of numbers; the test diagnostics differ too
     assert len({r["diag/t_stddev"] for r in rows[1:]}) == 3
     assert len({r["test/loss"] for r in rows[1:]}) == 3
+
+
+def test_a_resumed_independent_view_cell_continues_its_uninterrupted_run(tmp_path):
+    """The independent view's generator is re-seeded per epoch: a resume needs no state of it to be exact."""
+    cfgs = {epochs: compose_config([*FAST, "aug=fcra", f"trainer.epochs={epochs}", "alpha=0.5",
+                                    "trainer.teacher_view=independent"], out_dir=tmp_path) for epochs in (1, 2)}
+    splits = synthetic_splits()
+    torch.manual_seed(0)
+    teacher = resnet8(num_classes=10)
+    (straight,) = fit_cells([cfgs[2]], splits, tmp_path / "straight", teacher)
+    fit_cells([cfgs[1]], splits, tmp_path / "resumed", teacher)  # stopped after epoch 1, its checkpoint kept
+    (resumed,) = fit_cells([cfgs[2]], splits, tmp_path / "resumed", teacher)
+    assert without_times(resumed["history"]) == without_times(straight["history"])
 
 
 @pytest.mark.parametrize("overrides, says", [

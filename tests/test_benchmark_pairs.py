@@ -28,6 +28,7 @@ def test_a_pair_sets_teacher_student_and_the_benchmarks_lr(pair):
     assert cfg.teacher.optim.optimizer.lr == 0.05  # the teacher's own recipe is untouched
 
 
+@pytest.mark.slow
 def test_a_digits_grid_over_two_pairs_of_different_families_reports_one_table_per_pair(tmp_path, capsys):
     out = tmp_path / "pairs"
     done = run_cli(["-m", *FAST, "pair=vgg13-vgg8,wrn40_2-wrn16_2", "alpha=0,0.5", "aug=none,fc",

@@ -61,6 +61,7 @@ def trained_cells(text: str, epochs: int) -> list[str]:
     return re.findall(rf"\[(aug=\S+ alpha=\S+) seed=0\] epoch {epochs}/{epochs}", text)
 
 
+@pytest.mark.slow
 def test_two_copies_of_one_sweep_on_one_dir_train_every_cell_once(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *FAST, "trainer.epochs=3", "alpha=0,0.5,1.0", "aug=none,fc", f"hydra.sweep.dir={sweep}"]

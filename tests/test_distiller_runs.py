@@ -41,6 +41,7 @@ def test_a_pack_mixing_kd_dkd_and_at_trains_each_cell_exactly_as_alone(tmp_path)
     assert dkd["train/tckd"] > 0 and dkd["train/nckd"] > 0  # a distiller's own parts are logged
 
 
+@pytest.mark.slow
 def test_a_grid_over_distillers_reports_one_table_per_loss(tmp_path, capsys):
     grid = [*FAST, "teacher=resnet8", "loss=kd,fitnet", "alpha=0,0.5", "aug=none,fc"]
     out, _ = sweep(tmp_path, "grid", grid)

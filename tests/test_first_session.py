@@ -40,6 +40,7 @@ def test_two_results_of_one_cell_and_seed_are_refused_not_pooled():
         grid_cells([a, b])
 
 
+@pytest.mark.slow
 def test_a_multirun_with_sixteen_overrides_runs_and_reports(tmp_path):
     overrides = [*CELL, "data.train_size=200", "data.val_size=50", "data.split_seed=3", "optim.optimizer.lr=0.05",
                  "optim.optimizer.momentum=0.9", "optim.optimizer.weight_decay=0.0005", "loss.temperature=4",

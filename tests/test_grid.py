@@ -1,11 +1,14 @@
 """A short real Hydra multirun of the paper's 15 cells on digits: real training, 15 results files, the table."""
 import json
 
+import pytest
+
 from conftest import FAST, run_cli
 
 GRID = ["-m", "alpha=0,0.25,0.5,0.75,1.0", "aug=none,fc,fcra"]
 
 
+@pytest.mark.slow
 def test_the_15_cell_grid_runs_end_to_end(tmp_path, isolated_kd_home):
     sweep = tmp_path / "sweep"
     proc = run_cli([*GRID, *FAST, "trainer.epochs=2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)

@@ -179,6 +179,7 @@ def test_report_refuses_the_best_val_metric_for_a_sweep_without_val(tmp_path):
             and "Rerun the grid with data.val_size=N" in report.stderr), report.stderr
 
 
+@pytest.mark.slow
 def test_a_finished_folder_job_is_skipped_only_for_the_same_folder(tmp_path):
     """A folder's root is its content: the same run dir with another folder is refused, not reported as done."""
     pets, cars = write_folder(tmp_path / "pets", train=4, test=2), write_folder(tmp_path / "cars", train=4, test=2)

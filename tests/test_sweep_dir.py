@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import FAST, cell_dir, compose_config, run_cli
 from kd.results import RESULTS_FILE, collect_sweep
 from kd.sweep_dir import cell_dir_name, sweep_changes
@@ -63,6 +65,7 @@ def test_a_changed_setting_that_is_not_an_override_is_named():
     assert sweep_changes(old, new) == ["optim.optimizer.lr: sweep has 0.05, this run has 0.2"]
 
 
+@pytest.mark.slow
 def test_extending_a_grid_runs_only_the_new_cells_and_leaves_the_old_ones_untouched(tmp_path):
     sweep = tmp_path / "sweep"
     done = multirun(tmp_path, sweep, *GRID, "alpha=0,0.5")

@@ -242,6 +242,13 @@ class FlipCropCutMixPick(FlipCropCutMix):
                          "trainer.pipeline=device has; use trainer.pipeline=device")
 
 
+def picks_with_teacher(aug_target: str) -> bool:
+    """Whether the augmentation `aug._target_` names picks its batches with the teacher (CutMixPick)."""
+    from hydra.utils import get_class
+
+    return hasattr(get_class(aug_target), "pick")
+
+
 def teacher_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) per row, in nats: CutMixPick's score (0 log 0 counts as 0)."""
     logp = torch.log_softmax(logits.float(), dim=1)

@@ -9,6 +9,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from kd.augment_ladder import picks_with_teacher
 from kd.config import Pipeline, TeacherView, check_known_keys
 from kd.device import check_device
 from kd.distillers.base import Distiller, check_alpha
@@ -40,7 +41,7 @@ def check_cell(cfg: DictConfig, here: bool = True) -> None:
     check_known_keys(cfg)
     check_alpha(cfg.alpha)
     check_trainer(cfg.trainer)
-    if cfg.aug._target_.endswith("CutMixPick") and cfg.trainer.pipeline != Pipeline.device:
+    if picks_with_teacher(cfg.aug._target_) and cfg.trainer.pipeline != Pipeline.device:
         raise ValueError("aug=fccutmixpick picks each batch with the teacher inside the data stream, which only "
                          "trainer.pipeline=device has; use trainer.pipeline=device")
     check_device(cfg.trainer.device, here)  # `here=False`: where a sweep is submitted, not where it runs

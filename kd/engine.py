@@ -77,7 +77,8 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
     for step, (images, labels, indices) in enumerate(batches):
         plan.begin_step()
         distilling = [i for i in live if update.students[i].alpha > 0] if teaching is not None else []
-        on_view = teaching.step({update.students[i].view for i in distilling}, images, labels, indices) if distilling else {}
+        views = {update.students[i].view for i in distilling}
+        on_view = teaching.step(views, images, labels, indices) if distilling else {}
         teachers = {i: on_view[update.students[i].view] for i in distilling}
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share

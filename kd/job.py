@@ -17,10 +17,11 @@ from typing import Any, Callable, Union
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.augment import aug_name
+from kd.augment_ladder import picks_with_teacher
 from kd.checks import check_cell
 from kd.config import Stage, TeacherView, defining_config
 from kd.cpu import warn_if_busy
@@ -58,7 +59,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
 
 def uses_teacher(cfg: DictConfig) -> bool:
     """A cell that distils, or whose augmentation the teacher picks (CutMixPick): even at alpha=0."""
-    return cfg.alpha > 0 or hasattr(get_class(cfg.aug._target_), "pick")
+    return cfg.alpha > 0 or picks_with_teacher(cfg.aug._target_)
 
 
 def data_name(data_cfg: DictConfig) -> str:

@@ -46,16 +46,17 @@ def parse_overrides(overrides: list[str]) -> dict[str, str]:
     return {o.key_or_group.lstrip("+~"): o.get_value_element_as_str() for o in parsed if defines_cell(o.key_or_group)}
 
 
-def other_axes(students: list[dict[str, Any]]) -> list[str]:
-    """The swept keys besides aug, alpha and seed whose value differs between the students, sorted."""
-    keys = {k for r in students for k in r.get("overrides", {}) if k not in TABLE_KEYS and k != "stage"}
+def other_axes(students: list[dict[str, Any]], exclude: tuple[str, ...] = ()) -> list[str]:
+    """The swept keys besides aug, alpha, seed and `exclude` whose value differs between the students, sorted."""
+    keys = {k for r in students for k in r.get("overrides", {}) if k not in (*TABLE_KEYS, *exclude, "stage")}
     return sorted(k for k in keys if len({r.get("overrides", {}).get(k, DEFAULT) for r in students}) > 1)
 
 
-def split_by_axes(students: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """[(label, students)] per combination of the other axes' values, in the sweep's order; one ("", all)
-    when there is no other axis. A label reads `loss=dkd pair=vgg13-vgg8`."""
-    axes = other_axes(students)
+def split_by_axes(students: list[dict[str, Any]], exclude: tuple[str, ...] = ()
+                  ) -> list[tuple[str, list[dict[str, Any]]]]:
+    """[(label, students)] per combination of the other axes' values (but `exclude`'s), in the sweep's order;
+    one ("", all) when there is no other axis. A label reads `loss=dkd pair=vgg13-vgg8`."""
+    axes = other_axes(students, exclude)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in students:
         groups.setdefault(axis_label(r, axes), []).append(r)

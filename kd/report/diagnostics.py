@@ -75,10 +75,7 @@ def has_diagnostics(students: list[dict[str, Any]]) -> bool:
 
 def slices(students: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """The sweep split by its other axes, the teacher's view excepted (it is a row of the table)."""
-    without_view = [{**r, "overrides": {k: v for k, v in r.get("overrides", {}).items() if k != VIEW_KEY}}
-                    for r in students]
-    originals = {id(copy): r for copy, r in zip(without_view, students)}
-    return [(label, [originals[id(r)] for r in part]) for label, part in split_by_axes(without_view)]
+    return split_by_axes(students, exclude=(VIEW_KEY,))
 
 
 def _fmt(e: Optional[Estimate], decimals: int, signed: bool = False) -> str:

@@ -23,7 +23,8 @@ from conftest import run_cli
 from test_wandb_tracker import FAST_WANDB, read_offline_run
 from kd.report.cli import main
 from kd.report.wandb_report import REPORT_FILE
-from kd.report.wandb_run import REPORT_RUN_DIR
+from kd.report.wandb_report import sweep_runs
+from kd.report.wandb_run import REPORT_RUN_DIR, log_report_run
 from kd.results import collect_sweep
 from kd.tracking.wandb_tracker import RUN_FILE, newest_attempt, read_run_file
 
@@ -162,3 +163,54 @@ def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, se
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
                             text=True, check=True).stdout
     assert listed.count(REPORT_RUN_DIR) == 1 and str(latest) in listed  # kd-sync uploads it with the cells' runs
+
+
+@pytest.fixture(scope="module")
+def two_aug_sweep(tmp_path_factory) -> Path:
+    """A real quickstart-shaped digits multirun, offline: aug none and fc, alpha 0 and 0.5, so the diagnostics
+    table has a row without a gain (none) above a row with one (fc)."""
+    root = tmp_path_factory.mktemp("two_aug")
+    env = {"KD_HOME": str(root / "kd_home"), "KD_DATA_DIR": str(root / "kd_home" / "data"), "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true"}
+    args = [a for a in FAST_WANDB if not a.startswith("aug=")]
+    proc = run_cli(["-m", *args, "teacher=resnet8", "alpha=0,0.5", "aug=none,fc", "data.train_size=280"],
+                   cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return next((root / "multirun").glob("*/*"))
+
+
+def logged_table(run_dir: Path, key: str) -> dict:
+    """A table the run logged, read back from the offline run's media files as W&B wrote them."""
+    (path,) = (run_dir / "files" / "media" / "table").glob(f"{key}_*.table.json")
+    return json.loads(path.read_text())
+
+
+def test_the_report_run_logs_tables_whose_columns_mix_numbers_and_missing_values(two_aug_sweep, server, tmp_path,
+                                                                                capsys):
+    sweep = Path(shutil.copytree(two_aug_sweep, tmp_path / "sweep"))
+    assert main([str(sweep), "--wandb"]) == 0, capsys.readouterr().err
+    run_dir = newest_attempt(sweep / REPORT_RUN_DIR)
+    diagnostics = logged_table(run_dir, "diagnostics")
+    gain = diagnostics["columns"].index("gain")
+    augs = [row[diagnostics["columns"].index("aug")] for row in diagnostics["data"]]
+    assert augs == ["none", "fc"]  # every row, the one without a gain included
+    assert diagnostics["data"][0][gain] is None and isinstance(diagnostics["data"][1][gain], float)
+    gains = logged_table(run_dir, "gains")
+    assert len(gains["data"]) == len((sweep / "gains.csv").read_text().splitlines()) - 1
+
+
+def test_a_report_run_that_fails_midway_leaves_nothing_for_kd_sync(two_aug_sweep, server, tmp_path, capsys):
+    sweep = Path(shutil.copytree(two_aug_sweep, tmp_path / "sweep"))
+    assert main([str(sweep), "--wandb"]) == 0
+    good = newest_attempt(sweep / REPORT_RUN_DIR)
+    record = (sweep / REPORT_RUN_DIR / RUN_FILE).read_text()
+    broken = sweep / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # a figure W&B cannot read: the run fails midway
+    students = [r for r in collect_sweep(sweep) if r["stage"] == "student"]
+    with pytest.raises(Exception):
+        log_report_run(students, sweep, [broken, sweep / "gains.md"], "final_top1", sweep_runs(students))
+    assert newest_attempt(sweep / REPORT_RUN_DIR) == good  # the failed attempt's dir is gone
+    assert (sweep / REPORT_RUN_DIR / RUN_FILE).read_text() == record  # the last good report is still the one synced
+    listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
+                            text=True, check=True).stdout
+    assert listed.count(REPORT_RUN_DIR) == 1 and str(good) in listed

@@ -8,7 +8,9 @@ project and group, offline without credentials.
 """
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,24 +29,46 @@ def log_report_run(students: list[dict[str, Any]], sweep_dir: Path, written: lis
                    runs: dict[str, Any]) -> Optional[Path]:
     """Log the run; return its offline dir (to upload), None when it went online or W&B failed (warned).
 
-    `runs` is kd.report.wandb_report.sweep_runs's: the project, entity and group of the cells' runs."""
+    `runs` is kd.report.wandb_report.sweep_runs's: the project, entity and group of the cells' runs. The
+    tables are built before the run opens, and a run that fails midway is removed (the previous report's
+    run stays the one kd-sync uploads): a failed report never leaves a half-made run to be synced."""
     out_dir = sweep_dir / REPORT_RUN_DIR
+    tables = {"gains": csv_records(students, metric)}
+    if has_diagnostics(students):  # why the gains are what they are, as diagnostics.csv has it
+        tables["diagnostics"] = diagnostic_rows(students, metric)
+    values = {key: wandb_table(columns, rows) for key, (columns, rows) in tables.items()}
+    previous = (out_dir / RUN_FILE).read_text() if (out_dir / RUN_FILE).is_file() else None
     (out_dir / RUN_FILE).unlink(missing_ok=True)  # a new run for each report: each holds one table, not a history
     group = runs["groups"][0] if len(runs["groups"]) == 1 else None
     tracker = WandbTracker(runs["project"], runs["entity"], group, [], "auto", None, FINISH_TIMEOUT_S)
     cfg = OmegaConf.create({"sweep_dir": str(sweep_dir.resolve()), "metric": metric})
-    columns, rows = csv_records(students, metric)
-    with tracker.run(cfg, out_dir, job_type="report", name=f"report {'/'.join(sweep_dir.resolve().parts[-2:])}") as run:
-        if not isinstance(run, WandbRun):
-            return None
-        figures = [p for p in written if p.suffix == ".png"]
-        tables = {"gains": (columns, rows)}
-        if has_diagnostics(students):  # why the gains are what they are, as diagnostics.csv has it
-            tables["diagnostics"] = diagnostic_rows(students, metric)
-        run.log_values({**{key: wandb.Table(columns=c, data=[[row[k] for k in c] for row in r])
-                           for key, (c, r) in tables.items()},
-                        **{f"figures/{p.stem}": wandb.Image(str(p), caption=p.name) for p in figures}})
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"report-{'-'.join(sweep_dir.resolve().parts[-2:])}")[:128]
-        run.log_files(name, "report", [p for p in written if p.suffix in (".md", ".csv")])
-        offline = run.offline
+    try:
+        with tracker.run(cfg, out_dir, job_type="report",
+                         name=f"report {'/'.join(sweep_dir.resolve().parts[-2:])}") as run:
+            if not isinstance(run, WandbRun):
+                return None
+            figures = [p for p in written if p.suffix == ".png"]
+            run.log_values({**values, **{f"figures/{p.stem}": wandb.Image(str(p), caption=p.name) for p in figures}})
+            name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"report-{'-'.join(sweep_dir.resolve().parts[-2:])}")[:128]
+            run.log_files(name, "report", [p for p in written if p.suffix in (".md", ".csv")])
+            offline = run.offline
+    except BaseException:
+        _discard_new_run(out_dir, previous)
+        raise
     return Path(read_run_file(out_dir)["sync_dir"]) if offline else None
+
+
+def wandb_table(columns: list[str], rows: list[dict[str, Any]]) -> wandb.Table:
+    """A W&B table of csv-shaped rows. A CSV writes a missing number as "" (no gain for aug=none), which W&B
+    would type as a string column and then refuse the numbers below it; W&B's missing value is None."""
+    return wandb.Table(columns=columns, data=[[None if row[c] == "" else row[c] for c in columns] for row in rows])
+
+
+def _discard_new_run(out_dir: Path, previous: Optional[str]) -> None:
+    """Remove the run this report opened (its offline dir and record) and put back the previous report's record."""
+    info = read_run_file(out_dir)
+    if info is not None and "sync_dir" in info and (previous is None or json.loads(previous)["id"] != info["id"]):
+        shutil.rmtree(info["sync_dir"], ignore_errors=True)
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
+    if previous is not None:
+        (out_dir / RUN_FILE).write_text(previous)

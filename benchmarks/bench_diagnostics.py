@@ -1,4 +1,4 @@
-"""The cost of the diagnostics (kd/diagnostics.py), side by side on one device: a train step with them (as kd
+"""The cost of the diagnostics (kd/training/diagnostics.py), side by side on one device: a train step with them (as kd
 runs it) against the same step without, and a test evaluation with the student-teacher fidelity against one
 without.
 
@@ -16,10 +16,10 @@ import time
 import torch
 
 from bench_pipeline import step_arguments, NUM_CLASSES, Setup, compose_config, sync, synthetic_splits
-from kd.augment import NoAugment
-from kd.data import ImageSplits
-from kd.engine import autocast_for, evaluate, make_batches, test_logits
-from kd.teacher_views import Teaching
+from kd.data.augment import NoAugment
+from kd.data.datasets import ImageSplits
+from kd.training.engine import autocast_for, evaluate, make_batches, test_logits
+from kd.training.teacher_views import Teaching
 
 
 class WithoutDiagnostics(Teaching):

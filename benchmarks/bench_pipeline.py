@@ -25,10 +25,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 import kd.train  # noqa: F401  (registers the config schemas)
-from kd.data import ImageSplits
-from kd.capture import plan_compile
-from kd.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
-from kd.students import make_pack
+from kd.data.datasets import ImageSplits
+from kd.training.capture import plan_compile
+from kd.training.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
+from kd.training.students import make_pack
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 EPOCH_IMAGES = 50_000  # CIFAR-100's training split
@@ -85,7 +85,7 @@ def sync(device: torch.device) -> None:
 
 class Setup:
     """A pack's KD train step (one cell per config; a single cell is a pack of one), built once through kd's
-    own functions as `kd.engine.fit` builds it, and timed in rounds."""
+    own functions as `kd.training.engine.fit` builds it, and timed in rounds."""
 
     def __init__(self, cfgs: list[DictConfig], splits: ImageSplits, device: torch.device) -> None:
         cfg = cfgs[0]

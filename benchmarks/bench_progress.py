@@ -1,4 +1,4 @@
-"""The progress line's cost against a digits epoch: what `kd.progress.PackProgress.epoch_done` adds per epoch.
+"""The progress line's cost against a digits epoch: what `kd.training.progress.PackProgress.epoch_done` adds per epoch.
 
     python benchmarks/bench_progress.py          # a few seconds
 
@@ -16,17 +16,17 @@ import torch
 from hydra.utils import instantiate
 
 from bench_pipeline import compose_config
-from kd import progress
-from kd.capture import EAGER
-from kd.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
-from kd.students import make_pack
+from kd.training import progress
+from kd.training.capture import EAGER
+from kd.training.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
+from kd.training.students import make_pack
 
 CALLS = 100_000
 
 
 def epoch_done_s() -> float:
     """Seconds per epoch_done call, its logging included at the rate a real pack logs (at most every 10 s)."""
-    logging.getLogger("kd.progress").setLevel(logging.WARNING)  # formatting is still paid when a line is due
+    logging.getLogger("kd.training.progress").setLevel(logging.WARNING)  # formatting is still paid when a line is due
     tracker = progress.PackProgress("pack", 5, 0, CALLS + 1)
     started = time.perf_counter()
     for epoch in range(CALLS):

@@ -87,7 +87,7 @@ def pair_networks(pair: str) -> tuple[str, str]:
     if ":" in pair:
         teacher, student = pair.split(":")
         return teacher, student
-    from kd.teacher import arch_name
+    from kd.training.teacher import arch_name
 
     cfg = compose_config([f"pair={pair}"])
     return arch_name(cfg.teacher.arch), arch_name(cfg.model)

@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from kd.report.stats import paired
-from kd.job import train
+from kd.runs.job import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 ARMS = {  # what is compared: two named override lists, and what both arms share

@@ -97,18 +97,18 @@ class DigitsDataConfig:
 
 @dataclass
 class NoAugConfig:
-    _target_: str = "kd.augment.NoAugment"
+    _target_: str = "kd.data.augment.NoAugment"
 
 
 @dataclass
 class FlipCropConfig:
-    _target_: str = "kd.augment.FlipCrop"
+    _target_: str = "kd.data.augment.FlipCrop"
     padding: Optional[int] = None  # pixels; None: image size / 8 (4 on CIFAR)
 
 
 @dataclass
 class FlipCropRandAugmentConfig:
-    _target_: str = "kd.augment.FlipCropRandAugment"
+    _target_: str = "kd.data.augment.FlipCropRandAugment"
     padding: Optional[int] = None  # pixels; None: image size / 8 (4 on CIFAR)
     num_ops: int = 2
     magnitude: int = 14
@@ -152,41 +152,41 @@ class CELossConfig:
 
 @dataclass
 class FlipCropTrivialAugmentConfig:
-    _target_: str = "kd.augment_ladder.FlipCropTrivialAugment"
+    _target_: str = "kd.data.augment_ladder.FlipCropTrivialAugment"
     padding: Optional[int] = None
     num_magnitude_bins: int = 31
 
 
 @dataclass
 class FlipCropAutoAugmentConfig:
-    _target_: str = "kd.augment_ladder.FlipCropAutoAugment"
+    _target_: str = "kd.data.augment_ladder.FlipCropAutoAugment"
     padding: Optional[int] = None
 
 
 @dataclass
 class FlipCropCutoutConfig:
-    _target_: str = "kd.augment_ladder.FlipCropCutout"
+    _target_: str = "kd.data.augment_ladder.FlipCropCutout"
     padding: Optional[int] = None
     size: Optional[int] = None  # pixels; None: image size / 2 (16 on CIFAR)
 
 
 @dataclass
 class FlipCropMixupConfig:
-    _target_: str = "kd.augment_ladder.FlipCropMixup"
+    _target_: str = "kd.data.augment_ladder.FlipCropMixup"
     padding: Optional[int] = None
     alpha: float = 0.2  # lambda ~ Beta(alpha, alpha)
 
 
 @dataclass
 class FlipCropCutMixConfig:
-    _target_: str = "kd.augment_ladder.FlipCropCutMix"
+    _target_: str = "kd.data.augment_ladder.FlipCropCutMix"
     padding: Optional[int] = None
     alpha: float = 1.0  # lambda ~ Beta(alpha, alpha)
 
 
 @dataclass
 class FlipCropCutMixPickConfig:
-    _target_: str = "kd.augment_ladder.FlipCropCutMixPick"
+    _target_: str = "kd.data.augment_ladder.FlipCropCutMixPick"
     padding: Optional[int] = None
     alpha: float = 1.0  # lambda ~ Beta(alpha, alpha), per CutMix draw
     runs: int = 2  # CutMix draws pooled per batch (Wang et al.'s mix_n_run)
@@ -224,13 +224,13 @@ class TrainerConfig:
     bf16: bool = True  # bf16 autocast; CUDA only
     channels_last: bool = True  # NHWC activations; faster on CUDA and on CPUs
     compile: bool = True  # torch.compile the students and the teacher; CUDA only
-    graph_capture: bool = False  # also CUDA graphs (mode=reduce-overhead); needs compile; see kd/capture.py
+    graph_capture: bool = False  # also CUDA graphs (mode=reduce-overhead); needs compile; see kd/training/capture.py
     cudnn_benchmark: bool = True  # CUDA only; ignored when deterministic
     deterministic: bool = False  # torch.use_deterministic_algorithms
     teacher_logit_cache: bool = True  # aug=none: teacher logits computed once, reused every epoch
     checkpoint_every: int = 1  # epochs between resumable checkpoints
-    pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/stacking.py)
-    teacher_view: TeacherView = TeacherView.same  # what the teacher sees in training (kd/teacher_views.py)
+    pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/training/stacking.py)
+    teacher_view: TeacherView = TeacherView.same  # what the teacher sees in training (kd/training/teacher_views.py)
 
 
 @dataclass
@@ -305,7 +305,7 @@ class UnknownKeyError(ValueError):
 def check_known_keys(cfg: DictConfig) -> None:
     """Refuse keys outside kd's schemas, however they got in (`+trainer.epocs=3` adds one past the struct
     check). Nodes built from a `_target_` (models, augs, losses, optimizers, data, logger) are checked
-    against their callable's signature instead (kd/targets.py), so users' own options keep working."""
+    against their callable's signature instead (kd/runs/targets.py), so users' own options keep working."""
     _check_node(cfg, Config, "")
 
 
@@ -336,9 +336,31 @@ ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value}
 ROOT_IS_CONTENT = ("kd.data.folder",)
 
 
+# Augmentations moved into kd/data/ on 2026-12-06 (kd/__init__.py: MOVED). A cell's identity and a teacher's recipe
+# name them by the module they were recorded under before, so that the results, checkpoints and cached teachers of
+# an older kd still resume, skip and are reused.
+RECORDED_MODULES = {"kd.data.augment.": "kd.augment.", "kd.data.augment_ladder.": "kd.augment_ladder."}
+
+
+def as_recorded(node: Any) -> Any:
+    """A config container with each `_target_` under the name a cell's identity records (RECORDED_MODULES)."""
+    if isinstance(node, dict):
+        return {k: _recorded_target(v) if k == "_target_" else as_recorded(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [as_recorded(v) for v in node]
+    return node
+
+
+def _recorded_target(target: Any) -> Any:
+    for new, old in RECORDED_MODULES.items():
+        if isinstance(target, str) and target.startswith(new):
+            return old + target[len(new):]
+    return target
+
+
 def defining_config(cfg: DictConfig) -> dict:
     """The resolved config minus NON_DEFINING_KEYS: what must match to skip or resume a job."""
-    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container = as_recorded(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     data = container.get("data", {})
     root = data.get("root") if data.get("_target_") in ROOT_IS_CONTENT else None
     for dotted in (*NON_DEFINING_KEYS, *ADDED_KEYS_AT_OLD_BEHAVIOUR):

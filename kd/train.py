@@ -17,14 +17,14 @@ from typing import Any
 if __package__ in (None, ""):  # `python kd/train.py`: make the package importable without installing it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import hydra  # noqa: E402  (torch and the training code load only once a job runs: kd/job.py)
+import hydra  # noqa: E402  (torch and the training code load only once a job runs: kd/runs/job.py)
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from kd.config import register_schemas  # noqa: E402
 from kd.paths import CONF_DIR  # noqa: E402
-from kd.sweep_dir import register_resolvers  # noqa: E402
+from kd.runs.sweep_dir import register_resolvers  # noqa: E402
 
 register_schemas()
 register_resolvers()
@@ -73,9 +73,9 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
     run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
     if not run_dir.is_dir():
         return
-    from kd.checks import check_cell
-    from kd.job import completed_results
-    from kd.locking import LOCK_FILE, JobDirBusyError, exclusive_job_dir
+    from kd.runs.checks import check_cell
+    from kd.runs.job import completed_results
+    from kd.runs.locking import LOCK_FILE, JobDirBusyError, exclusive_job_dir
 
     cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     try:
@@ -94,7 +94,7 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
 # An absolute config dir: relative to a module Hydra would look for a `conf` package instead.
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from kd.job import train
+    from kd.runs.job import train
 
     return train(cfg)
 

@@ -38,13 +38,13 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
 def cell_dir(sweep_dir: Path, args: list[str], *chosen: str) -> Path:
     """The job dir that `kd/train.py -m <args>` gives the cell with the `chosen` values of its swept keys.
 
-    Job dirs are named by the cell's overrides (kd/sweep_dir.py), so it is known before the cell runs;
+    Job dirs are named by the cell's overrides (kd/runs/sweep_dir.py), so it is known before the cell runs;
     the cells' overrides are expanded by Hydra's own sweeper (which writes `true` as `True`).
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from kd.sweep_dir import cell_dir_name
+    from kd.runs.sweep_dir import cell_dir_name
 
     overrides = [a for a in [*args, *chosen] if "=" in a and not a.startswith(("-", "hydra"))]
     (cells,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kd.engine
-from kd.locking import LOCK_FILE, OWNER_FILE
+import kd.training.engine
+from kd.runs.locking import LOCK_FILE, OWNER_FILE
 
 # A CPU result depends on the number of threads (reductions split differently), so every run that is
 # compared with another uses one; it also keeps a run fast where the 2 cores are shared.
@@ -36,7 +36,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("training started despite a bad input")
 
-    monkeypatch.setattr(kd.engine, "train_one_epoch", refuse)
+    monkeypatch.setattr(kd.training.engine, "train_one_epoch", refuse)
 
 
 def metrics(results: dict) -> dict:

@@ -18,14 +18,14 @@ from hydra.utils import instantiate
 from scipy.stats import chisquare
 from torch import nn
 
-from kd.augment import (RANDAUGMENT_BINS, RANDAUGMENT_OPS, FlipCrop, FlipCropRandAugment, NoAugment,
+from kd.data.augment import (RANDAUGMENT_BINS, RANDAUGMENT_OPS, FlipCrop, FlipCropRandAugment, NoAugment,
                         apply_rand_augment, draw_rand_augment, rand_augment, random_crop, random_flip)
-from kd.data import ImageSplits
+from kd.data.datasets import ImageSplits
 from kd.config import TeacherView
-from kd.engine import Cell, autocast_for, fit, make_batches, make_teaching, train_one_epoch
-from kd.students import LoopUpdate, make_student
+from kd.training.engine import Cell, autocast_for, fit, make_batches, make_teaching, train_one_epoch
+from kd.training.students import LoopUpdate, make_student
 from kd.models.resnet import resnet8
-from kd.teacher import CachedTeacherLogits, FrozenTeacher
+from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
 from conftest import FAST, compose_config
 
 MIN_P = 1e-3  # a uniformity test fails below this p-value; the seeds are fixed, so it is deterministic
@@ -131,7 +131,7 @@ def test_a_training_step_on_cuda_never_syncs_with_the_host(tmp_path):
     update = LoopUpdate([make_student(cell, 10, device)])
     autocast = autocast_for(device, True)
     batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), device, shuffle=True)
-    views = set(TeacherView)  # every view and its diagnostics (kd/diagnostics.py) are in the step
+    views = set(TeacherView)  # every view and its diagnostics (kd/training/diagnostics.py) are in the step
     teaching = make_teaching(cfg, resnet8(num_classes=10), splits, instantiate(cfg.aug), batches, views, device,
                              autocast)
     train_one_epoch(update, itertools.islice(batches, 2), teaching, autocast, 0, set())  # warm up allocations

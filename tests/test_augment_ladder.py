@@ -14,11 +14,11 @@ from scipy.stats import beta as beta_dist
 from torchvision.transforms import v2
 
 from conftest import FAST, compose_config, run_cli
-from kd.augment_ladder import (AA_POLICY, TA_OPS, FlipCropAutoAugment, FlipCropCutMix, FlipCropMixup,
+from kd.data.augment_ladder import (AA_POLICY, TA_OPS, FlipCropAutoAugment, FlipCropCutMix, FlipCropMixup,
                                FlipCropTrivialAugment, beta_draw, cutout)
-from kd.engine import make_batches
+from kd.training.engine import make_batches
 from kd.distillers.base import Outputs
-from kd.losses import kd_loss
+from kd.distillers.kd import kd_loss
 from test_augment import MIN_P, synthetic_splits, test_images
 
 NEW = ["fcta", "fcaa", "fccutout", "fcmixup", "fccutmix"]
@@ -152,12 +152,12 @@ def test_the_teacher_and_the_student_see_the_same_mixed_batch(aug):
                                    "trainer.batch_size=32"]).aug), device, shuffle=True)))
     assert first[1].shape == (32, 10) and first[1].dtype == torch.float32  # soft targets
     assert torch.equal(first[2], plain[2]) and not torch.equal(first[0], plain[0])  # same images, mixed
-    # train_one_epoch hands that very tensor to the teacher and to each student (kd/engine.py): record it.
+    # train_one_epoch hands that very tensor to the teacher and to each student (kd/training/engine.py): record it.
     seen = []
     from kd.config import TeacherView
-    from kd.engine import Cell, train_one_epoch
-    from kd.students import LoopUpdate, make_student
-    from kd.teacher_views import Teaching, TeacherViews
+    from kd.training.engine import Cell, train_one_epoch
+    from kd.training.students import LoopUpdate, make_student
+    from kd.training.teacher_views import Teaching, TeacherViews
     cell = Cell(cfg, Path("unused"), {}, lambda row, step: None, "", "")
     update = LoopUpdate([make_student(cell, 10, device)])
     student_forward = update.students[0].forward

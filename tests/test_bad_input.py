@@ -17,12 +17,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 
-import kd.engine
+import kd.training.engine
 from conftest import CONF_DIR, FAST, compose_config, run_cli
 from kd.models import resnet as models
 from kd.checkpoint import CheckpointError, load_checkpoint
-from kd.results import RESULTS_FILE, read_results
-from kd.job import train
+from kd.runs.results import RESULTS_FILE, read_results
+from kd.runs.job import train
 from kd.train import CheckOutputDir, unwritable_reason
 from image_folders import write_folder, write_image
 from reliability import (ONE_THREAD, last_lines, metrics, no_training, one_torch_thread,  # noqa: F401 (fixtures)
@@ -266,7 +266,7 @@ def test_unwritable_run_and_sweep_dirs_are_refused_before_hydra_creates_them(tmp
     regular_file = tmp_path / "a-file"
     regular_file.write_text("")
     assert unwritable_reason(regular_file / "x" / "y") == f"{regular_file} is a file"
-    assert unwritable_reason(Path("/proc/kd/sweep")) == "cannot create files in /proc: No such file or directory"
+    assert unwritable_reason(Path("/proc/kd/report/grid_table")) == "cannot create files in /proc: No such file or directory"
     assert unwritable_reason(tmp_path / "new" / "dir") is None and not (tmp_path / "new").exists()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=[f"hydra.sweep.dir={regular_file}/sweep"], return_hydra_config=True)
@@ -279,14 +279,14 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
     job, args = tmp_path / "job", [*STUDENT, "trainer.epochs=2"]
-    save_atomic = kd.engine.save_atomic
+    save_atomic = kd.training.engine.save_atomic
 
     def disk_full_after_first_save(obj, path: Path) -> None:
         save_atomic(obj, path)
         # The next save's temp file is /dev/full: the kernel answers its writes with a real ENOSPC.
         path.with_name(path.name + ".tmp").symlink_to("/dev/full")
 
-    monkeypatch.setattr(kd.engine, "save_atomic", disk_full_after_first_save)
+    monkeypatch.setattr(kd.training.engine, "save_atomic", disk_full_after_first_save)
     with pytest.raises(CheckpointError, match=r"could not write .*job/checkpoint.pt \(OSError: \[Errno 28\] No space "
                                               r"left on device\); the previous checkpoint.pt, if any, is intact"):
         train(compose_config(args, out_dir=job))
@@ -295,7 +295,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
                                                                                            RESULTS_FILE]  # no temp file
     assert read_results(job / RESULTS_FILE)["status"] == "failed"
 
-    monkeypatch.setattr(kd.engine, "save_atomic", save_atomic)  # space freed: the same command resumes
+    monkeypatch.setattr(kd.training.engine, "save_atomic", save_atomic)  # space freed: the same command resumes
     resumed = train(compose_config(args, out_dir=job))
     assert metrics(resumed) == metrics(train(compose_config(args, out_dir=tmp_path / "uninterrupted")))
 

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import CONF_DIR, FAST, compose_config, run_cli
 from kd.report.cli import main as report_main
-from kd.results import collect_sweep
-from kd.teacher import arch_name
+from kd.runs.results import collect_sweep
+from kd.training.teacher import arch_name
 from reliability import ONE_THREAD
 
 PAIRS = sorted(p.stem for p in (CONF_DIR / "pair").glob("*.yaml"))

@@ -6,10 +6,10 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import FAST, compose_config, run_cli
-from kd.capture import EAGER, CompilePlan, plan_compile
+from kd.training.capture import EAGER, CompilePlan, plan_compile
 from kd.config import TeacherView
-from kd.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
-from kd.students import LoopUpdate, make_student
+from kd.training.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
+from kd.training.students import LoopUpdate, make_student
 from kd.models.resnet import resnet8
 from test_augment import synthetic_splits
 

@@ -13,9 +13,9 @@ import pytest
 from filelock import FileLock
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, run_cli
-from kd.locking import LOCK_FILE
-from kd.results import RESULTS_FILE, collect_sweep, read_results
-from kd.sweep import print_grid_table
+from kd.runs.locking import LOCK_FILE
+from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
+from kd.report.grid_table import print_grid_table
 from reliability import ONE_THREAD, metrics
 from test_resume import saved_epoch
 from test_wandb_tracker import offline_runs

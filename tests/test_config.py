@@ -7,7 +7,7 @@ from hydra.utils import instantiate
 from omegaconf.errors import ValidationError
 
 from conftest import compose_config
-from kd.augment import FlipCrop, FlipCropRandAugment, NoAugment
+from kd.data.augment import FlipCrop, FlipCropRandAugment, NoAugment
 
 ALPHAS = [0, 0.25, 0.5, 0.75, 1.0]
 AUGS = {"none": NoAugment, "fc": FlipCrop, "fcra": FlipCropRandAugment}

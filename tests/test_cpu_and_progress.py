@@ -9,9 +9,9 @@ import re
 import torch
 
 from conftest import FAST, run_cli
-from kd.cpu import cpu_capability, warn_if_busy
-from kd.provenance import environment, sweep_provenance
-from kd.results import collect_sweep
+from kd.training.cpu import cpu_capability, warn_if_busy
+from kd.runs.provenance import environment, sweep_provenance
+from kd.runs.results import collect_sweep
 from reliability import ONE_THREAD
 
 
@@ -32,7 +32,7 @@ def test_the_report_warns_when_cells_ran_on_cpus_of_another_capability():
 
 def test_a_busy_machine_is_named_once_and_a_free_one_not(monkeypatch, caplog):
     cores = len(os.sched_getaffinity(0))
-    caplog.set_level(logging.WARNING, logger="kd.cpu")
+    caplog.set_level(logging.WARNING, logger="kd.training.cpu")
     monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
     warn_if_busy(cores)
     assert not caplog.records

@@ -9,9 +9,9 @@ import torchvision
 from hydra.errors import InstantiationException
 
 from conftest import compose_config, run_cli
-from kd.data import DataUnavailableError, cifar10, cifar100, digits
-from kd.results import read_results
-from kd.job import train
+from kd.data.datasets import DataUnavailableError, cifar10, cifar100, digits
+from kd.runs.results import read_results
+from kd.runs.job import train
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from conftest import FAST, compose_config, run_cli
-from kd.device import DeviceError, check_device, resolve_device
-from kd.job import train
+from kd.training.device import DeviceError, check_device, resolve_device
+from kd.runs.job import train
 
 
 def test_a_real_job_logs_its_device_and_why(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="kd.device")
+    caplog.set_level(logging.INFO, logger="kd.training.device")
     result = train(compose_config([*FAST, "alpha=0", "trainer.device=cpu"], out_dir=tmp_path / "job"))
-    (record,) = [r for r in caplog.records if r.name == "kd.device"]
+    (record,) = [r for r in caplog.records if r.name == "kd.training.device"]
     assert (record.levelno, record.getMessage()) == (logging.INFO, "device: cpu (trainer.device=cpu)")
     assert result["device_choice"] == "trainer.device=cpu"
     # bf16 and compile are on in the config (the CUDA defaults) but CUDA-only: off as the job ran
@@ -27,9 +27,9 @@ def test_a_real_job_logs_its_device_and_why(tmp_path, caplog):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_cuda_job_logs_its_gpu_and_runs_with_the_speed_switches_on(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="kd.device")
+    caplog.set_level(logging.INFO, logger="kd.training.device")
     result = train(compose_config([*FAST, "alpha=0.5", "trainer.device=auto"], out_dir=tmp_path / "job"))
-    (record,) = [r for r in caplog.records if r.name == "kd.device"]
+    (record,) = [r for r in caplog.records if r.name == "kd.training.device"]
     assert record.getMessage() == f"device: cuda:0 ({torch.cuda.get_device_name(0)}) (trainer.device=auto found CUDA)"
     assert result["status"] == "completed" and result["device_choice"] == "trainer.device=auto found CUDA"
     assert result["speed"] == {"bf16": True, "compile": True, "graph_capture": False, "channels_last": True,
@@ -38,9 +38,9 @@ def test_a_cuda_job_logs_its_gpu_and_runs_with_the_speed_switches_on(tmp_path, c
 
 @pytest.mark.cuda
 def test_auto_says_what_it_found(caplog):
-    caplog.set_level(logging.INFO, logger="kd.device")
+    caplog.set_level(logging.INFO, logger="kd.training.device")
     device, why = resolve_device("auto")
-    (record,) = [r for r in caplog.records if r.name == "kd.device"]
+    (record,) = [r for r in caplog.records if r.name == "kd.training.device"]
     if torch.cuda.is_available():
         assert device.type == "cuda" and why == "trainer.device=auto found CUDA"
         assert record.levelno == logging.INFO and torch.cuda.get_device_name(0) in record.getMessage()

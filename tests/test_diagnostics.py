@@ -13,14 +13,14 @@ from scipy.special import log_softmax, softmax
 
 from conftest import FAST, compose_config
 from test_augment import synthetic_splits
-from kd.augment_ladder import FlipCropCutMixPick, teacher_entropy
-from kd.checks import check_cell
+from kd.data.augment_ladder import FlipCropCutMixPick, teacher_entropy
+from kd.runs.checks import check_cell
 from kd.config import TeacherView
-from kd.diagnostics import TeacherViewStats, fidelity_sums
-from kd.engine import Cell, fit, make_batches
+from kd.training.diagnostics import TeacherViewStats, fidelity_sums
+from kd.training.engine import Cell, fit, make_batches
 from kd.models.resnet import resnet8
-from kd.pipeline import Normalize
-from kd.teacher_views import TeacherViews
+from kd.data.pipeline import Normalize
+from kd.training.teacher_views import TeacherViews
 
 CPU = torch.device("cpu")
 
@@ -210,14 +210,14 @@ def test_settings_the_views_and_the_pick_cannot_run_are_refused(overrides, says,
 
 # ---- kd-report: the diagnostics table, the figure, the fourth claim ----
 
-REPORT_AUGS = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment",
-               "fccutmix": "kd.augment_ladder.FlipCropCutMix"}
+REPORT_AUGS = {"none": "kd.data.augment.NoAugment", "fc": "kd.data.augment.FlipCrop", "fcra": "kd.data.augment.FlipCropRandAugment",
+               "fccutmix": "kd.data.augment_ladder.FlipCropCutMix"}
 SEED_NOISE = {0: -0.002, 1: 0.001, 2: 0.0015}
 
 
 def diag_sweep(root: Path, loss_of, views=("same", "independent")) -> Path:
     """Students at alpha 0.5 per (aug, view, seed): T. stddev rising along REPORT_AUGS, test loss = loss_of(rank)."""
-    from kd.results import write_results
+    from kd.runs.results import write_results
 
     sweep, job = root / "sweep", 0
     for rank, (aug, target) in enumerate(REPORT_AUGS.items()):

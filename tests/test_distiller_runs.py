@@ -12,7 +12,7 @@ import torch
 
 from conftest import FAST, REPO, TRAIN_SCRIPT, cell_dir, run_cli
 from kd.report.cli import main as report_main
-from kd.results import RESULTS_FILE, read_results
+from kd.runs.results import RESULTS_FILE, read_results
 from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
 
 CELL = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fc"]

@@ -9,7 +9,7 @@ from conftest import FAST, cell_dir, run_cli
 from image_folders import write_folder
 from kd.report.cli import main as report_main
 from kd.report.table import PooledCellsError, grid_cells
-from kd.results import RESULTS_FILE, collect_sweep, read_results
+from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
 from reliability import ONE_THREAD, snapshot
 
 CELL = [*FAST, "teacher=resnet8"]

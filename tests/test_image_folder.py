@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import FAST_TEACHER, run_cli
 from image_folders import CLASSES, write_folder, write_image
-from kd.data import digits, folder, split_training
+from kd.data.datasets import digits, folder, split_training
 
 MEAN, STD = [0.5] * 3, [0.25] * 3
 
@@ -89,7 +89,7 @@ def test_the_cache_is_read_instead_of_decoding_and_a_changed_folder_is_decoded_a
 def test_the_grid_cells_decode_once_when_they_start_together(tmp_path):
     """Two processes load a fresh folder at once: one decodes under the lock, the other reads its file."""
     root, cache = write_folder(tmp_path / "pets"), tmp_path / "cache"
-    code = (f"import logging; logging.basicConfig(level=logging.INFO); from kd.data import folder; "
+    code = (f"import logging; logging.basicConfig(level=logging.INFO); from kd.data.datasets import folder; "
             f"s = folder({str(root)!r}, {str(cache)!r}); print(int(s.train_images.sum()))")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})

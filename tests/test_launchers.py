@@ -17,8 +17,8 @@ from hydra.core.plugins import Plugins
 
 from conftest import CONF_DIR, FAST, REPO, cell_dir, run_cli
 from hydra_plugins.kd_launcher.launcher import device_slots
-from kd.results import read_results
-from kd.submit import commands, teacher_overrides
+from kd.runs.results import read_results
+from kd.runs.submit import commands, teacher_overrides
 
 
 def launcher_config(name: str):

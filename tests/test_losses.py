@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd.losses import kd_loss
+from kd.distillers.kd import kd_loss
 
 
 @pytest.fixture

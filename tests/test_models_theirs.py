@@ -1,6 +1,6 @@
 """Every kd network of RepDistiller's families is theirs: the same seed gives their initial weights under their
 module names, and their state dict loads strictly and gives their logits (their module trees transcribed in
-tests/theirs_*.py; the published-checkpoint path through kd.teacher is tests/test_published_teachers.py)."""
+tests/theirs_*.py; the published-checkpoint path through kd.training.teacher is tests/test_published_teachers.py)."""
 from __future__ import annotations
 
 import pytest

@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
 from kd.distillers.base import Outputs
-from kd.engine import Cell, make_batches
-from kd.students import LoopUpdate, make_student
-from kd.packs import group_packs, pack_key
-from kd.results import RESULTS_FILE, collect_sweep, read_results
-from kd.stacking import StackedUpdate
+from kd.training.engine import Cell, make_batches
+from kd.training.students import LoopUpdate, make_student
+from kd.runs.packs import group_packs, pack_key
+from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
+from kd.training.stacking import StackedUpdate
 from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
 from test_extending import on_pythonpath, write_extension
 from test_wandb_tracker import offline_runs, read_offline_run

@@ -12,7 +12,7 @@ from torch import nn
 
 from conftest import FAST, compose_config, run_cli
 from kd.checkpoint import CheckpointError
-from kd.teacher import load_teacher
+from kd.training.teacher import load_teacher
 from reliability import randomised
 
 NARROW, WIDE = (16, 16, 32, 64), (32, 64, 128, 256)
@@ -139,7 +139,7 @@ def test_a_bad_published_checkpoint_is_a_clear_error(case, tmp_path):
 
 
 def to_theirs(kd_state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.Tensor]:
-    """kd's names back to RepDistiller's (the inverse of kd.published_teachers.to_kd), for a real run."""
+    """kd's names back to RepDistiller's (the inverse of kd.training.published_teachers.to_kd), for a real run."""
     out = {}
     for key, value in kd_state.items():
         if key.startswith("layers."):

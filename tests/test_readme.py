@@ -31,7 +31,7 @@ def test_readme_train_command_composes(command, tmp_path):
 
 
 def test_readme_submit_command_dry_runs(tmp_path):
-    command = next(c for c in COMMANDS if c.startswith("python -m kd.submit"))
+    command = next(c for c in COMMANDS if c.startswith("python -m kd.runs.submit"))
     proc = subprocess.run([sys.executable, *shlex.split(command)[1:], "--dry-run"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,12 +16,12 @@ import wandb_workspaces.reports.v2 as wr
 
 from kd.report.figures import MIN_SPAN_IMAGES, plot_curves, plot_gains, plot_top1_by_alpha, y_range
 from kd.report.cli import load_sweep, main
-from kd.results import write_results
+from kd.runs.results import write_results
 from kd.report.table import CSV_COLUMNS, format_table, table_rows
 from kd.report.wandb_report import build_report, sweep_runs
 from kd.tracking.wandb_tracker import RUN_FILE
 
-TARGET = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment"}
+TARGET = {"none": "kd.data.augment.NoAugment", "fc": "kd.data.augment.FlipCrop", "fcra": "kd.data.augment.FlipCropRandAugment"}
 BONUS = {"none": 0.0, "fc": 2.0, "fcra": 3.5}
 ALPHAS = [0.0, 0.25, 0.5, 1.0]
 GROUP = "multirun/2025-01-01/12-00-00"

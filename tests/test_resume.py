@@ -13,8 +13,8 @@ import torch
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
 from kd.checkpoint import CheckpointError
-from kd.results import RESULTS_FILE, read_results
-from kd.job import train
+from kd.runs.results import RESULTS_FILE, read_results
+from kd.runs.job import train
 from reliability import ONE_THREAD, metrics, one_torch_thread, same_weights, saved_epoch  # noqa: F401 (a fixture)
 
 EPOCHS = 3  # the teacher's and then the student's, in the same process

@@ -11,8 +11,8 @@ from hydra.errors import InstantiationException
 
 from conftest import FAST, compose_config, run_cli
 from kd.checkpoint import CheckpointError
-from kd.results import RESULTS_FILE, read_results
-from kd.job import train
+from kd.runs.results import RESULTS_FILE, read_results
+from kd.runs.job import train
 from reliability import ONE_THREAD, no_training, snapshot  # noqa: F401 (a fixture)
 
 STUDENT = [*FAST, "alpha=0"]

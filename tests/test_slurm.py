@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import TRAIN_SCRIPT, cell_dir, run_cli
-from kd.results import collect_sweep, read_results
+from kd.runs.results import collect_sweep, read_results
 from slurm_cluster import LocalSlurm, local_slurm, unavailable_reason
 
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(unavailable_reason() is not None,
@@ -50,7 +50,7 @@ def job_field(slurm: LocalSlurm, job_id: str, field: str) -> str:
 
 def test_grid_trains_teacher_first_then_runs_all_15_cells_in_3_packs(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    out = subprocess.run([sys.executable, "-m", "kd.submit", *GRID, "trainer.epochs=2", *ON_SLURM,
+    out = subprocess.run([sys.executable, "-m", "kd.runs.submit", *GRID, "trainer.epochs=2", *ON_SLURM,
                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, capture_output=True,
                          text=True, timeout=540)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -160,7 +160,7 @@ def test_failed_cell_fails_its_job_and_the_sweep(slurm, tmp_path):
 
 def test_detached_submit_returns_at_once_and_the_grid_follows_the_teacher(slurm, tmp_path):
     sweep = tmp_path / "sweep"
-    out = subprocess.run([sys.executable, "-m", "kd.submit", "--detach", "alpha=0,0.5", "aug=none", "trainer.epochs=1",
+    out = subprocess.run([sys.executable, "-m", "kd.runs.submit", "--detach", "alpha=0,0.5", "aug=none", "trainer.epochs=1",
                           *ON_SLURM, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=slurm.env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -11,11 +11,11 @@ import pytest
 from conftest import FAST, run_cli
 from kd.report.claims import write_claims
 from kd.report.cli import load_sweep, main
-from kd.results import write_results
+from kd.runs.results import write_results
 from kd.report.stats import estimate, paired
 from kd.report.table import table_rows
 
-TARGET = {"none": "kd.augment.NoAugment", "fc": "kd.augment.FlipCrop", "fcra": "kd.augment.FlipCropRandAugment"}
+TARGET = {"none": "kd.data.augment.NoAugment", "fc": "kd.data.augment.FlipCrop", "fcra": "kd.data.augment.FlipCropRandAugment"}
 ALPHAS = [0.0, 0.5, 1.0]
 T_975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105}  # t quantiles, from a printed table
 

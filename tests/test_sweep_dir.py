@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, cell_dir, compose_config, run_cli
-from kd.results import RESULTS_FILE, collect_sweep
-from kd.sweep_dir import cell_dir_name, sweep_changes
+from kd.runs.results import RESULTS_FILE, collect_sweep
+from kd.runs.sweep_dir import cell_dir_name, sweep_changes
 from reliability import ONE_THREAD
 
 GRID = [*FAST, "aug=fc", "teacher=resnet8"]

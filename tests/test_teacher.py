@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from conftest import FAST, TRAIN_SCRIPT, compose_config, run_cli
 from kd.checkpoint import CheckpointError
 from kd.models.resnet import resnet8
-from kd.results import RESULTS_FILE, read_results
-from kd.teacher import TeacherTooWeakError, recipe_digest, teacher_checkpoint_path
-from kd.job import train
+from kd.runs.results import RESULTS_FILE, read_results
+from kd.training.teacher import TeacherTooWeakError, recipe_digest, teacher_checkpoint_path
+from kd.runs.job import train
 from reliability import ONE_THREAD, no_training, one_torch_thread, same_weights  # noqa: F401 (fixtures)
 from test_resume import saved_epoch
 

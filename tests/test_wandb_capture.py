@@ -25,7 +25,7 @@ from kd.report.cli import main
 from kd.report.wandb_report import REPORT_FILE
 from kd.report.wandb_report import sweep_runs
 from kd.report.wandb_run import REPORT_RUN_DIR, log_report_run
-from kd.results import collect_sweep
+from kd.runs.results import collect_sweep
 from kd.tracking.wandb_tracker import RUN_FILE, newest_attempt, read_run_file
 
 VIEWER = "me"  # the entity the fake server says the API key belongs to

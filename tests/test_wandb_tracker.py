@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 
 from conftest import CONF_DIR, FAST, TRAIN_SCRIPT, compose_config, run_cli
 from reliability import saved_epoch
-from kd.results import RESULTS_FILE, collect_sweep, read_results
-from kd.job import train
-from kd.sweep_dir import SWEEP_ID_FILE, RecordSweepId
+from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
+from kd.runs.job import train
+from kd.runs.sweep_dir import SWEEP_ID_FILE, RecordSweepId
 from kd.tracking.wandb_tracker import (MAX_GROUP_LEN, MAX_TAG_LEN, RUN_FILE, WandbTracker, fit_tag,
                                      newest_attempt, sweep_group)
 
@@ -312,7 +312,7 @@ def test_group_is_the_sweep_dir_and_an_id_kept_by_a_rerun_and_new_for_a_new_dir(
 
 
 def test_racing_jobs_agree_on_one_sweep_id(tmp_path):
-    code = "import sys; from pathlib import Path; from kd.sweep_dir import sweep_id; print(sweep_id(Path(sys.argv[1])))"
+    code = "import sys; from pathlib import Path; from kd.runs.sweep_dir import sweep_id; print(sweep_id(Path(sys.argv[1])))"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "sweep")], stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     ids = {p.communicate()[0].strip() for p in procs}

@@ -12,7 +12,7 @@ from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 
 @dataclass
 class KdSlurmQueueConf(SlurmQueueConf):
-    detach: bool = False  # submit the job array and return at once (python -m kd.submit --detach)
+    detach: bool = False  # submit the job array and return at once (python -m kd.runs.submit --detach)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="kd_slurm_base", node=KdSlurmQueueConf(), provider="kd")

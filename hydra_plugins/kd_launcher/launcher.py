@@ -29,7 +29,8 @@ from omegaconf import OmegaConf, open_dict
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from hydra_plugins.kd_launcher.packed import SweepFailedError, run_pack
-from kd.packs import group_packs
+from kd.runs.packs import group_packs
+from kd.runs.sweep_dir import SUBMITTED_FILE
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class PackFailedError(RuntimeError):
 class _GridCells:
     """Mixin over hydra-submitit-launcher's BaseSubmititLauncher (which it must precede in the bases).
 
-    One submitted job trains one pack: the cells that differ only in the loss's settings (kd/packs.py).
+    One submitted job trains one pack: the cells that differ only in the loss's settings (kd/runs/packs.py).
     """
 
     _EXECUTOR: str
@@ -182,7 +183,7 @@ class _GridCells:
                 failed.append((len(cells), f"  {which}: {error_summary(err)}\n      job {job.job_id}, "
                                            f"log {job.paths.stderr}"))
         if failed:
-            from kd.sweep import print_grid_table
+            from kd.report.grid_table import print_grid_table
 
             print_grid_table(sweep_dir)
             count = sum(n for n, _ in failed)
@@ -193,8 +194,6 @@ class _GridCells:
                 "rerun the same command with hydra.sweep.dir set to this sweep: completed cells are skipped.")
         return returns
 
-
-SUBMITTED_FILE = "submitted.json"  # in the sweep dir: what a detached launch submitted
 
 
 class KdSlurmLauncher(_GridCells, SlurmLauncher):

@@ -1,6 +1,6 @@
 """kd's default launcher: the sweep's cells in packs, one pack at a time, in this process.
 
-A pack is the cells that differ only in the loss's settings (kd/packs.py): they train together,
+A pack is the cells that differ only in the loss's settings (kd/runs/packs.py): they train together,
 sharing each augmented batch and the teacher's forward. Every cell still gets what Hydra gives a
 job (its own dir, named by its overrides, with .hydra/, its log file, its JobReturn) and kd's per-cell outputs
 (results.json, checkpoint.pt, W&B run). `hydra/launcher=basic` runs one cell at a time instead.
@@ -20,9 +20,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from kd import progress
-from kd.packs import group_packs
-from kd.results import RESULTS_FILE
+from kd.training import progress
+from kd.runs.packs import group_packs
+from kd.runs.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def finished_job(config: DictConfig) -> Optional[JobReturn]:
 
     Hydra's run_job would rewrite the finished cell's .hydra/ files and log before kd saw it was done.
     """
-    from kd.job import completed_results
+    from kd.runs.job import completed_results
 
     HydraConfig.instance().set_config(config)  # the subdir interpolates the job's overrides and number
     out_dir = Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
@@ -90,7 +90,7 @@ def prepare_jobs(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -
 
 def run_pack(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -> list[JobReturn]:
     """Train one pack's cells together; one JobReturn per cell, FAILED with its own error where it failed."""
-    from kd.job import train_pack  # lazy: Hydra imports launchers while scanning plugins
+    from kd.runs.job import train_pack  # lazy: Hydra imports launchers while scanning plugins
 
     returns = [finished_job(config) for config in sweep_configs]
     todo = [i for i, ret in enumerate(returns) if ret is None]
@@ -143,7 +143,7 @@ class KdPackedLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         failed = [(i, ret) for i, ret in enumerate(returns) if ret is not None and ret.status == JobStatus.FAILED]
         if failed:  # Hydra would re-raise the first error and skip on_multirun_end: the table would never print
-            from kd.sweep import print_grid_table
+            from kd.report.grid_table import print_grid_table
 
             sweep_dir = Path(str(self.config.hydra.sweep.dir))
             print_grid_table(sweep_dir, progress.grid_elapsed())

@@ -1,7 +1,7 @@
 """The ladder beyond the paper's three levels, each fc first (crop + flip, as in fcra), then:
 
 - `fcta`: TrivialAugmentWide; `fcaa`: AutoAugment with torchvision's CIFAR10 policy; per image, with
-  torchvision's ops, magnitudes and draws (kd/augment.py's `apply_choices`);
+  torchvision's ops, magnitudes and draws (kd/data/augment.py's `apply_choices`);
 - `fccutout`: Cutout (DeVries and Taylor 2017): one size x size square zeroed at a uniform centre per image
   (16 on CIFAR);
 - `fcmixup` / `fccutmix`: Mixup / CutMix within the batch, as torchvision.transforms.v2 does them (each image
@@ -21,7 +21,7 @@ import torchvision.transforms as T
 from scipy import stats
 from torchvision.transforms import v2
 
-from kd.augment import Choice, FlipCrop, _op_value, apply_choices
+from kd.data.augment import Choice, FlipCrop, _op_value, apply_choices
 
 TA_OPS = tuple(T.TrivialAugmentWide()._augmentation_space(31))
 AA_POLICY = T.AutoAugment(T.AutoAugmentPolicy.CIFAR10).policies

@@ -2,7 +2,7 @@
 
 Every loader returns the same `ImageSplits`, so the training pipelines never care
 which dataset they feed. CIFAR comes from torchvision's own classes (its download and
-on-disk format); a folder through torchvision's ImageFolder (kd/image_folder.py); digits is
+on-disk format); a folder through torchvision's ImageFolder (kd/data/image_folder.py); digits is
 bundled with scikit-learn and needs no download. Every loader takes the same `train_size`,
 `val_size` and `split_seed`, applied by one function (`split_training`).
 """
@@ -22,7 +22,7 @@ import torch
 import torchvision
 from sklearn.model_selection import train_test_split
 
-from kd.image_folder import decode, scan
+from kd.data.image_folder import decode, scan
 
 
 class DataUnavailableError(RuntimeError):
@@ -182,7 +182,7 @@ def cifar10(root: str, mean: list[float], std: list[float], download: bool = Tru
 def folder(root: str, cache_dir: str, image_size: int = 32, mean: Optional[list[float]] = None,
            std: Optional[list[float]] = None, train_size: Optional[int] = None, val_size: Optional[int] = None,
            split_seed: int = 0) -> ImageSplits:
-    """A folder of images (kd/image_folder.py), decoded once into a cache under `cache_dir`.
+    """A folder of images (kd/data/image_folder.py), decoded once into a cache under `cache_dir`.
 
     Its val/ split, if present, is the validation set. The sizes are checked against the folder's
     listing before any image is decoded. `mean` / `std` default to the whole train/ split's (as

@@ -47,7 +47,7 @@ class DevicePipeline:
         self.batch_size = batch_size
         self.generator = generator
         self.shuffle = shuffle
-        self.scorer = None  # a picking augmentation's: images -> one score per image (kd/augment_ladder.py)
+        self.scorer = None  # a picking augmentation's: images -> one score per image (kd/data/augment_ladder.py)
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -71,7 +71,7 @@ class DevicePipeline:
         with one_cpu_thread(self.images.device):
             images = self.normalize(self.aug(self.images[idx], generator))
         labels = self.labels[idx]
-        if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/augment_ladder.py)
+        if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/data/augment_ladder.py)
             images, labels = self.aug.mix(images, labels, self.num_classes, generator)
         return images, labels
 

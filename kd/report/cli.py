@@ -22,10 +22,11 @@ from omegaconf import OmegaConf
 from kd.report.claims import write_claims
 from kd.report.diagnostics import format_diagnostics, has_diagnostics, write_diagnostics
 from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
-from kd.provenance import sweep_provenance
-from kd.results import RESULTS_FILE, collect_sweep
-from kd.sweep_dir import cell_dir_name
-from kd.report.axes import cell_overrides, other_axes, parse_overrides, split_by_axes
+from kd.report.axes import other_axes, split_by_axes
+from kd.runs.overrides import cell_overrides, parse_overrides
+from kd.runs.provenance import sweep_provenance
+from kd.runs.results import RESULTS_FILE, collect_sweep
+from kd.runs.sweep_dir import cell_dir_name
 from kd.report.table import (GAINS_LEGEND, METRICS, MetricUnavailableError, PooledCellsError, check_metric,
                              csv_records, format_table, format_tables, teacher_accuracy)
 
@@ -36,7 +37,7 @@ class NotASweepError(ValueError):
 
 def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Student jobs Hydra started that never wrote results.json (killed, or still running), as 'missing'."""
-    from kd.augment import aug_name  # imports torch: only for a sweep with unfinished jobs
+    from kd.data.augment import aug_name  # imports torch: only for a sweep with unfinished jobs
 
     aug_names = {r["config"]["aug"]["_target_"]: r["aug"] for r in results if "config" in r}
     found = []
@@ -60,7 +61,7 @@ def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[st
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from kd.augment import aug_name  # imports torch
+    from kd.data.augment import aug_name  # imports torch
 
     master = OmegaConf.load(saved)
     parsed = OverridesParser.create().parse_overrides(list(master.hydra.overrides.task))
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/job.py: SUMMARY_KEYS)
+    if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/runs/job.py: SUMMARY_KEYS)
         print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
               "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "
               "test_top1_at_best_val", file=sys.stderr)

@@ -2,7 +2,7 @@
 students' test loss against the teacher's T. stddev, and the fourth claim of claims.md (Wang et al. 2022: a
 good augmentation lowers T. stddev, and T. stddev orders the augmentations as the students' test losses).
 
-The numbers come from each distilling cell's history (kd/diagnostics.py defines them). The teacher's are
+The numbers come from each distilling cell's history (kd/training/diagnostics.py defines them). The teacher's are
 averaged over the epochs (the teacher is fixed: each epoch is one more sample of its views), the student's
 are its final epoch's. Rows are (aug, teacher view, alpha) for alpha > 0 (an alpha=0 cell never runs the
 teacher); several seeds read `mean ± half-width of the 95% interval`. The teacher's view is a row, not a

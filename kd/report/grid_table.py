@@ -8,8 +8,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from kd.progress import duration
-from kd.results import collect_sweep
+from kd.training.progress import duration
+from kd.runs.results import collect_sweep
 from kd.report.table import METRICS, VAL_METRICS, format_tables
 
 

@@ -1,7 +1,7 @@
 """Confidence intervals over seeds: which differences in a grid are real.
 
 Cells with the same seed share the student's initial weights and data stream across alpha (the
-packing guarantee, kd/engine.py) and the initial weights across augmentations, so comparisons are
+packing guarantee, kd/training/engine.py) and the initial weights across augmentations, so comparisons are
 paired by seed: the interval of a difference comes from the per-seed differences, which cancels the
 seed's own luck. Intervals are Student t at 95% (scipy.stats); one value has no interval.
 """

@@ -10,7 +10,7 @@ from typing import Any
 
 from kd.report.axes import axis_values, other_axes, split_by_axes
 from kd.report.stats import Estimate, estimate, paired
-from kd.sweep_dir import flat_keys
+from kd.runs.sweep_dir import flat_keys
 
 # The ladder, weakest first
 AUG_ORDER = ["none", "fc", "fcra", "fcta", "fcaa", "fccutout", "fcmixup", "fccutmix", "fccutmixpick"]

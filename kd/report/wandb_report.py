@@ -54,7 +54,7 @@ def build_report(students: list[dict[str, Any]], sweep_dir: Path, runs: dict[str
     alpha, the per-epoch curves at `alpha` when the grid has it, and `claims` (claims.md's text). `runs_entity`
     is where the runs are, `report_entity` where the report goes."""
     cells = expr.And(expr.Metric("ID").isin(runs["ids"]), expr.Metric("State") == "finished")
-    # The flat keys kd records (kd/job.py: describe); seeds form one group, and runs of another distiller or
+    # The flat keys kd records (kd/runs/job.py: describe); seeds form one group, and runs of another distiller or
     # teacher-student pair never join one (keys that do not vary group nothing away).
     by_cell = wr.Runset(entity=runs_entity, project=runs["project"], name="grid cells", filters=cells,
                         groupby=["config.model", "config.teacher", "config.loss", "config.teacher_view", "config.aug",

@@ -9,11 +9,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kd.augment_ladder import picks_with_teacher
+from kd.data.augment_ladder import picks_with_teacher
 from kd.config import Pipeline, TeacherView, check_known_keys
-from kd.device import check_device
+from kd.training.device import check_device
 from kd.distillers.base import Distiller, check_alpha
-from kd.targets import ConfigTargetError, check_targets
+from kd.runs.targets import ConfigTargetError, check_targets
 
 
 def check_trainer(t: DictConfig) -> None:

@@ -20,20 +20,20 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from kd.augment import aug_name
-from kd.augment_ladder import picks_with_teacher
-from kd.checks import check_cell
+from kd.data.augment import aug_name
+from kd.data.augment_ladder import picks_with_teacher
+from kd.runs.checks import check_cell
 from kd.config import Stage, TeacherView, defining_config
-from kd.cpu import warn_if_busy
-from kd.data import ImageSplits, on_disk
-from kd.device import resolve_device, speed_switches
-from kd.engine import Cell, fit, test_top1
-from kd.locking import exclusive_job_dir
+from kd.training.cpu import warn_if_busy
+from kd.data.datasets import ImageSplits, on_disk
+from kd.training.device import resolve_device, speed_switches
+from kd.training.engine import Cell, fit, test_top1
+from kd.runs.locking import exclusive_job_dir
 from kd.models.summary import network_size
-from kd.provenance import environment, now
-from kd.report.axes import TABLE_KEYS, cell_overrides, swept_keys
-from kd.results import RESULTS_FILE, read_results, write_results
-from kd.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
+from kd.runs.provenance import environment, now
+from kd.runs.overrides import TABLE_KEYS, cell_overrides, swept_keys
+from kd.runs.results import RESULTS_FILE, read_results, write_results
+from kd.training.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
                         teacher_work_dir)
 
 log = logging.getLogger("kd.train")

@@ -1,6 +1,6 @@
 """Which cells of a sweep train together: those that differ only in the loss's settings.
 
-Such cells draw the same data stream and start from the same weights (see kd/engine.py), so one
+Such cells draw the same data stream and start from the same weights (see kd/training/engine.py), so one
 process can train them side by side on one augmented batch and one teacher forward per step.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kd.config import defining_config
 
 PACK_FREE_KEYS = ("alpha", "loss")  # what the cells of one pack may differ in, and what their teacher sees:
-PACK_FREE_TRAINER_KEYS = ("teacher_view",)  # each kind of view is drawn once per step (kd/teacher_views.py)
+PACK_FREE_TRAINER_KEYS = ("teacher_view",)  # each kind of view is drawn once per step (kd/training/teacher_views.py)
 UNRESOLVED_KEYS = ("hydra", "out_dir")  # per-job values that are not known before the job starts
 
 

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 import torchvision
 
-from kd.cpu import cpu_capability, cpu_model
+from kd.training.cpu import cpu_capability, cpu_model
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # What must agree between the cells of one table for their numbers to be comparable bit for bit.
 # The CPU's model, its vector capability and the thread count change floating-point results too (other kernels,
 # other summation orders), as do the GPU and its compute capability.

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kd.runs.overrides import cell_overrides
+
 RESULTS_FILE = "results.json"
 
 
@@ -24,9 +26,7 @@ def read_results(path: Path) -> dict[str, Any]:
 
 def collect_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """All results files directly under the sweep's job dirs, each tagged with its job dir and its swept
-    keys (`overrides`: kd/report/axes.py)."""
-    from kd.report.axes import cell_overrides
-
+    keys (`overrides`: kd/runs/overrides.py)."""
     found = []
     for path in sorted(Path(sweep_dir).glob(f"*/{RESULTS_FILE}")):
         result = read_results(path)

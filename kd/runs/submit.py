@@ -1,8 +1,8 @@
 """Train (or verify) the teacher first, then submit the grid; both through the same Hydra launcher.
 
-    python -m kd.submit alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra hydra/launcher=slurm
-    python -m kd.submit --detach ...       # submit both and return (SLURM): the grid waits for the teacher there
-    python -m kd.submit --dry-run ...      # print the two commands, run nothing
+    python -m kd.runs.submit alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra hydra/launcher=slurm
+    python -m kd.runs.submit --detach ...       # submit both and return (SLURM): the grid waits for the teacher there
+    python -m kd.runs.submit --dry-run ...      # print the two commands, run nothing
 
 Run as plain `kd/train.py -m`, every grid cell would find no cached teacher: one would train it
 under the lock while the others hold their GPUs and wait. Here step 1 runs `stage=teacher` with
@@ -27,10 +27,11 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from hydra_plugins.kd_launcher.launcher import SUBMITTED_FILE
+from kd.config import register_schemas
 from kd.paths import CONF_DIR
+from kd.runs.sweep_dir import SUBMITTED_FILE, register_resolvers
 
-TRAIN = Path(__file__).resolve().parent / "train.py"
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 STUDENT_ONLY = {"alpha", "aug", "model", "loss", "optim", "stage"}  # top-level keys that never change the teacher
 VALUE_FLAGS = {"-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name"}  # Hydra flags with a value
 
@@ -66,17 +67,18 @@ def sweep_dir_of(overrides: list[str], detach: bool = False) -> str:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("config", overrides=given, return_hydra_config=True)
     if detach and "detach" not in cfg.hydra.launcher:
-        raise SystemExit(f"kd.submit: --detach needs a SLURM launcher preset (hydra/launcher=slurm or one built on "
+        raise SystemExit(f"kd.runs.submit: --detach needs a SLURM launcher preset (hydra/launcher=slurm or one built on "
                          f"it, such as mycluster); {cfg.hydra.launcher._target_} waits for its jobs.")
     return str(Path(cfg.hydra.sweep.dir).absolute())
 
 
 def commands(argv: list[str], detach: bool = False) -> tuple[list[str], list[str]]:
-    """The teacher command and the grid command for `python -m kd.submit <argv>`.
+    """The teacher command and the grid command for `python -m kd.runs.submit <argv>`.
 
     Detached, each sweep submits and returns; the grid's dependency on the teacher's jobs is added later.
     """
-    import kd.train  # noqa: F401  (registers the config schemas that `compose` needs)
+    register_schemas()  # what `compose` needs, as kd/train.py registers them
+    register_resolvers()
 
     flags, overrides = split_args(argv)
     sweep_dir = sweep_dir_of(overrides, detach)
@@ -97,7 +99,7 @@ def after(teacher_sweep: Path, array: str | None = None) -> list[str]:
 def how_to_follow(sweep_dir: Path) -> str:
     teacher = json.loads((sweep_dir / "teacher" / SUBMITTED_FILE).read_text())
     grid = json.loads((sweep_dir / SUBMITTED_FILE).read_text())
-    return (f"kd.submit: submitted; nothing runs here any more.\n"
+    return (f"kd.runs.submit: submitted; nothing runs here any more.\n"
             f"  teacher: job {teacher['array']}, logs in {teacher['logs']}\n"
             f"  grid: job array {grid['array']} ({len(grid['packs'])} packs), starts once the teacher succeeded; "
             f"logs in {grid['logs']}, each cell's in {sweep_dir}/<cell>/train.log\n"
@@ -118,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, cmd in (("teacher", teacher), ("grid", grid)):
         if detach and name == "grid":  # the teacher's job id is known once it is submitted
             cmd = [*cmd[:-1], *after(sweep_dir / "teacher", "<teacher's job>" if dry_run else None), cmd[-1]]
-        print(f"kd.submit {name}: {shlex.join(cmd)}", flush=True)
+        print(f"kd.runs.submit {name}: {shlex.join(cmd)}", flush=True)
         if dry_run:
             continue
         rc = subprocess.run(cmd).returncode
         if rc != 0:
-            print(f"kd.submit: the {name} step failed (exit status {rc})"
+            print(f"kd.runs.submit: the {name} step failed (exit status {rc})"
                   + ("; the grid was not submitted." if name == "teacher" else "."), file=sys.stderr)
             return rc
     if detach and not dry_run:

@@ -23,6 +23,7 @@ from kd.config import NON_DEFINING_KEYS
 
 CELL_DIR_RESOLVER = "kd.cell_dir"
 SWEEP_ID_FILE = ".sweep_id"  # in the sweep dir: which sweep this is, beside where it lies (W&B's group)
+SUBMITTED_FILE = "submitted.json"  # in the sweep dir: what a detached launch submitted (kd/runs/submit.py reads it)
 MAX_CELL_NAME = 160  # bytes: a cell dir name stays readable and far below the 255 of a path component  # conf/config.yaml: hydra.sweep.subdir: ${kd.cell_dir:...}
 
 

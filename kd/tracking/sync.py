@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from kd.results import collect_sweep
+from kd.runs.results import collect_sweep
 from kd.tracking.wandb_tracker import RUN_FILE, is_synced, newest_attempt, offline_run_dirs
 
 

@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import WandbMode
-from kd.sweep_dir import sweep_id
+from kd.runs.sweep_dir import sweep_id
 from kd.tracking.null import NullRun
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ MAX_TAG_LEN = 64  # W&B's limit on a tag
 
 def sweep_group() -> Optional[str]:
     """`<sweep dir>#<its id>`, which all of the multirun's jobs share; None outside a multirun. The id
-    (kd/sweep_dir.py: sweep_id) tells apart two sweeps of one path: a deleted and re-run sweep dir, the same
+    (kd/runs/sweep_dir.py: sweep_id) tells apart two sweeps of one path: a deleted and re-run sweep dir, the same
     relative path in another clone."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
@@ -57,7 +57,7 @@ def teacher_artifact(path: Path, sha256: str, top1: float) -> wandb.Artifact:
     file's content, so the artifact a student builds from the same file is the version its teacher logged."""
     artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]+", "-", f"teacher-{path.stem}")[:128], type="model",
                               metadata={"sha256": sha256, "top1": top1, "file": path.name})
-    # immutable: no copy into wandb's staging dir; the cache file is only ever replaced whole (kd/teacher.py)
+    # immutable: no copy into wandb's staging dir; the cache file is only ever replaced whole (kd/training/teacher.py)
     artifact.add_file(str(path.absolute()), name=path.name, policy="immutable")
     return artifact
 
@@ -107,7 +107,7 @@ class WandbRun:
             self._broken = True
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        # A resumed job logs its checkpointed epochs again (kd.students.resume); an online run resumed on the
+        # A resumed job logs its checkpointed epochs again (kd.training.students.resume); an online run resumed on the
         # server already holds those before its starting_step (an offline one starts at 0 and takes them).
         if step < self._run.starting_step:
             return

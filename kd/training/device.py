@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from kd.capture import plan_compile
+from kd.training.capture import plan_compile
 
 log = logging.getLogger(__name__)
 

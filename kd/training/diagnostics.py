@@ -3,7 +3,7 @@
 All of them accumulate on the device and are read once per epoch, like the loop's own sums (no per-step
 host sync). They exist for cells that distil (alpha > 0): an alpha=0 cell never runs the teacher.
 
-The teacher on the views it saw in training (kd/teacher_views.py), from its softmax at T=1:
+The teacher on the views it saw in training (kd/training/teacher_views.py), from its softmax at T=1:
 - `diag/teacher_top1`: its top-1 (%) against the view's labels (soft targets: their larger share);
 - `diag/teacher_p_true`: its mean probability of the view's target (soft targets: the expected one, sum p * y);
 - `diag/t_stddev`: Wang et al.'s "stddev of the teacher's mean probability", T. stddev (NeurIPS 2022, "What

@@ -1,8 +1,8 @@
 """The training loop for a pack of cells: `fit` runs `train_one_epoch` and `evaluate`, checkpointing as it goes.
 
 A pack is the cells of a grid that differ only in the loss's settings (alpha, temperature, ...) and in
-what their teacher sees (kd/teacher_views.py). They share one data stream, one augmented batch per step
-and one teacher forward per kind of view; each cell has its own student (kd/students.py), optimizer,
+what their teacher sees (kd/training/teacher_views.py). They share one data stream, one augmented batch per step
+and one teacher forward per kind of view; each cell has its own student (kd/training/students.py), optimizer,
 checkpoint and metrics. A single run is a pack of one: there is no other loop.
 
 Why a pack is exact: a cell's data stream (shuffle order, every augmentation draw) comes from a
@@ -26,19 +26,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kd.augment import NoAugment
-from kd.augment_ladder import teacher_entropy
-from kd.capture import EAGER, CompilePlan, log_plan, plan_compile
+from kd.data.augment import NoAugment
+from kd.data.augment_ladder import teacher_entropy
+from kd.training.capture import EAGER, CompilePlan, log_plan, plan_compile
 from kd.checkpoint import rng_state, save_atomic, set_rng_state
 from kd.config import Pipeline, Stage, TeacherView
-from kd.data import ImageSplits
-from kd.diagnostics import TEST_KEYS, fidelity_sums
+from kd.data.datasets import ImageSplits
+from kd.training.diagnostics import TEST_KEYS, fidelity_sums
 from kd.distillers.base import Outputs
-from kd.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
-from kd.progress import PackProgress
-from kd.teacher import CachedTeacherLogits, FrozenTeacher
-from kd.students import Cell, _prefix, make_pack
-from kd.teacher_views import TeacherViews, Teaching
+from kd.data.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
+from kd.training.progress import PackProgress
+from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
+from kd.training.students import Cell, _prefix, make_pack
+from kd.training.teacher_views import TeacherViews, Teaching
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def autocast_for(device: torch.device, bf16: bool) -> Callable:
     """bf16 autocast on CUDA when asked; a no-op context elsewhere, so CPU runs the same code."""
-    if bf16 and device.type == "cuda":  # as kd.device.speed_switches records it
+    if bf16 and device.type == "cuda":  # as kd.training.device.speed_switches records it
         return functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -125,7 +125,7 @@ def _drop_nonfinite(live: list[int], first_bad: list[torch.Tensor], errors: dict
 def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test",
              teacher: Optional[CachedTeacherLogits] = None) -> dict[str, float]:
     """Top-1 and top-5 accuracy (%) and the mean cross-entropy on `split` ("test" or "val"), read from the
-    device once; with the teacher's logits on the split, the student's fidelity to it (kd/diagnostics.py)."""
+    device once; with the teacher's logits on the split, the student's fidelity to it (kd/training/diagnostics.py)."""
     model.eval()
     device = next(model.parameters()).device
     counts = torch.zeros(6, device=device)  # top1, top5, images, summed CE, agreements, summed KL

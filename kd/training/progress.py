@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Optional
 
-log = logging.getLogger("kd.progress")
+log = logging.getLogger("kd.training.progress")
 
 EVERY_S = 10.0  # seconds between two progress lines of a pack (its first and last epoch always print one)
 

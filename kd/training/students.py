@@ -19,13 +19,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from kd.capture import EAGER, CompilePlan, float_lrs
+from kd.training.capture import EAGER, CompilePlan, float_lrs
 from kd.checkpoint import CheckpointError, load_checkpoint
 from kd.config import PackMode, TeacherView
 from kd.distillers.base import Distiller, Outputs
-from kd.stacking import StackedUpdate
+from kd.training.stacking import StackedUpdate
 
-log = logging.getLogger("kd.engine")  # the loop's log lines, wherever their code lives
+log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Student:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     distiller: Distiller  # its loss, with any learned parts (a FitNet regressor) that train with the student
     alpha: float
-    view: TeacherView  # what its teacher sees (kd/teacher_views.py)
+    view: TeacherView  # what its teacher sees (kd/training/teacher_views.py)
     history: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     rng: Optional[dict] = None  # random states of its checkpoint, when resumed

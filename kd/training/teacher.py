@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from kd.config import Stage
-from kd import published_teachers as published
-from kd.data import ImageSplits
+from kd.config import Stage, as_recorded
+from kd.training import published_teachers as published
+from kd.data.datasets import ImageSplits
 from kd.distillers.base import Outputs
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def teacher_recipe(cfg: DictConfig, data_content: Optional[str]) -> dict:
     if data_content is not None:
         data["content"] = data_content
     t = cfg.teacher
-    return {
+    return as_recorded({
         "data": data,
         "arch": OmegaConf.to_container(t.arch, resolve=True),
         "aug": OmegaConf.to_container(t.aug, resolve=True),
@@ -53,7 +53,7 @@ def teacher_recipe(cfg: DictConfig, data_content: Optional[str]) -> dict:
         "epochs": t.epochs,
         "batch_size": t.batch_size,
         "seed": t.seed,
-    }
+    })
 
 
 def recipe_digest(cfg: DictConfig, data_content: Optional[str]) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from kd.config import TeacherView
-from kd.diagnostics import TeacherViewStats
+from kd.training.diagnostics import TeacherViewStats
 
 Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, dataset indices
 
@@ -32,7 +32,7 @@ class TeacherViews:
     """The teacher's input for each view, from the student's batch and its dataset indices."""
 
     def __init__(self, batches, seed: int, device: torch.device) -> None:
-        self.batches = batches  # a DevicePipeline: the only one with per-index views (kd/checks.py refuses others)
+        self.batches = batches  # a DevicePipeline: the only one with per-index views (kd/runs/checks.py refuses others)
         self.seed = seed
         self.generator = torch.Generator(device=device)
 
@@ -49,7 +49,7 @@ class TeacherViews:
 
 class Teaching:
     """The teacher's side of a pack's training: per step, its outputs on each view that the pack's live
-    distilling cells ask for; per epoch, the diagnostics of each view (kd/diagnostics.py)."""
+    distilling cells ask for; per epoch, the diagnostics of each view (kd/training/diagnostics.py)."""
 
     def __init__(self, fns: dict, views: TeacherViews, batch_size: int, device: torch.device) -> None:
         self.fns = fns  # {TeacherView: (images, indices) -> Outputs}: the live teacher, or its cached logits

@@ -79,10 +79,11 @@ def test_bad_value_leaves_a_finished_job_untouched(override, completed_job, no_t
 
 
 def teacher_file(path: Path, arch: str = "resnet8", num_classes: int = 10, kd_format: bool = True) -> Path:
-    """A teacher checkpoint as kd writes it, or (kd_format=False) a bare state_dict from another code base."""
+    """A teacher checkpoint as kd writes it, or (kd_format=False) one from another code base that keeps its state
+    dict under a key kd does not read."""
     state = getattr(models, arch)(num_classes=num_classes).state_dict()
     torch.save({"arch": arch, "num_classes": num_classes, "data": "digits", "state_dict": state,
-                "test_top1": 50.0} if kd_format else state, path)
+                "test_top1": 50.0} if kd_format else {"weights": state, "epoch": 30}, path)
     return path
 
 
@@ -215,7 +216,8 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
         r"holds resnet8 with 100 classes, but the config asks for resnet8 with 10 classes"),
     "teacher checkpoint from another code base": lambda d: (
         with_teacher(teacher_file(d / "t.pt", kd_format=False)), CheckpointError,
-        r"t.pt is not one kd wrote \(it lacks arch, num_classes, state_dict\)"),
+        r"t.pt is not one kd wrote \(it lacks arch, num_classes, state_dict\), nor a state dict, bare or under one "
+        r"of 'model', 'state_dict', 'net' .*its top-level keys are: weights, epoch"),
 }
 
 

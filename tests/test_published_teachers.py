@@ -1,16 +1,22 @@
-"""RepDistiller/mdistiller teacher checkpoints load into kd's networks and compute the same logits."""
+"""Teachers from other code bases (RepDistiller/mdistiller's published checkpoints, written by PyTorch 0.4.0;
+state dicts bare or wrapped as training scripts save them) load into kd's networks and compute the same logits."""
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable, Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import FAST, compose_config, run_cli
+from conftest import CONF_DIR, FAST, compose_config, run_cli
+from kd import published_teachers
 from kd.checkpoint import CheckpointError
 from kd.training.teacher import load_teacher
 from reliability import randomised
@@ -78,11 +84,72 @@ def theirs(arch: str, num_classes: int = 100) -> TheirResNet:
     return randomised(TheirResNet(depth, filters, num_classes))
 
 
-def save_theirs(net: nn.Module, path: Path, data_parallel: bool = False) -> Path:
-    state = {("module." if data_parallel else "") + k: v for k, v in net.state_dict().items()}
-    torch.save({"epoch": 240, "model": state, "best_acc": torch.tensor(79.42),
-                "optimizer": {"state": {}, "param_groups": [{"lr": 0.0005, "momentum": 0.9}]}}, path)
+# How each wrapper a training script may save from prefixes the state dict's keys.
+WRAPS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "none": lambda net: net,
+    "DataParallel": nn.DataParallel,  # "module.", as DDP
+    "torch.compile": torch.compile,  # "_orig_mod." (nothing is compiled until it runs, and it never runs here)
+    "DataParallel(torch.compile)": lambda net: nn.DataParallel(torch.compile(net)),
+}
+
+
+def pytorch_0_4(state: OrderedDict) -> OrderedDict:
+    """`state` as PyTorch 0.4.0 (RepDistiller's README names it) wrote it: no BatchNorm num_batches_tracked (new
+    in 0.4.1) and every module's metadata at version 1 (such a file's metadata: pytorch/pytorch#8481)."""
+    old = OrderedDict((k, v) for k, v in state.items() if not k.endswith(".num_batches_tracked"))
+    old._metadata = OrderedDict((name, {**meta, "version": 1}) for name, meta in state._metadata.items())
+    return old
+
+
+def state_of(net: nn.Module, wrap: str = "none", counters: bool = True) -> OrderedDict:
+    """The state dict `net` saves inside the wrapper `wrap`; without `counters`, as PyTorch 0.4.0 saved it.
+    The network stays on the CPU (DataParallel moves it to a GPU where there is one)."""
+    state = WRAPS[wrap](net).state_dict()
+    net.cpu()
+    return state if counters else pytorch_0_4(state)
+
+
+def save(state: dict[str, torch.Tensor], path: Path, key: Optional[str] = "model", legacy: bool = False) -> Path:
+    """`state` bare (key None) or under `key` beside RepDistiller's other entries; `legacy`: PyTorch's
+    serialization before 1.6 (not a zip), in which RepDistiller's files are written."""
+    ckpt = state if key is None else {
+        "epoch": 240, key: state, "best_acc": torch.tensor(79.42),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.0005, "momentum": 0.9}]}}
+    torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
     return path
+
+
+def save_theirs(net: nn.Module, path: Path, data_parallel: bool = False, legacy: bool = False,
+                counters: bool = True) -> Path:
+    return save(state_of(net, "DataParallel" if data_parallel else "none", counters), path, legacy=legacy)
+
+
+def loaded_by_pytorch(make: Callable[[], nn.Module], path: Path, key: Optional[str], wrap: str) -> nn.Module:
+    """The reference: a network of their code, every tensor zeroed, loaded from `path` by PyTorch's own strict
+    load_state_dict inside the wrapper it was saved from."""
+    net = make()
+    for tensor in net.state_dict().values():
+        tensor.zero_()
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    WRAPS[wrap](net).load_state_dict(ckpt if key is None else ckpt[key], strict=True)
+    return net.cpu().eval()
+
+
+def assert_same_logits(model: nn.Module, reference: nn.Module, batch: int = 4) -> None:
+    x = torch.randn(batch, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():  # float64: with random BN, WRN-40's logits reach ~800, where float32 summation order shows
+        want, got = reference.double()(x), model.double().eval()(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # AvgPool2d(8) vs global mean: maybe another order
+    assert want.std() > 0.1  # not a vacuous comparison
+
+
+def assert_same_network(model: nn.Module, reference: nn.Module, batch: int = 4) -> None:
+    """kd's network holds the reference's every tensor (BatchNorm's filled-in counters too), under kd's names,
+    and computes its logits (which shows that the names were mapped right)."""
+    want, got = published_teachers.to_kd(reference.state_dict()), model.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert_same_logits(model, reference, batch)
 
 
 def load(path: Path, arch: str, num_classes: int = 100):
@@ -90,17 +157,14 @@ def load(path: Path, arch: str, num_classes: int = 100):
     return load_teacher(path, cfg, SimpleNamespace(num_classes=num_classes, name=f"cifar{num_classes}"))
 
 
+@pytest.mark.parametrize("legacy", [False, True])
 @pytest.mark.parametrize("data_parallel", [False, True])
 @pytest.mark.parametrize("arch", ["resnet8", "resnet20", "resnet8x4", "resnet32x4"])
-def test_their_checkpoint_gives_their_logits_in_kds_network(arch, data_parallel, tmp_path):
+def test_their_checkpoint_gives_their_logits_in_kds_network(arch, data_parallel, legacy, tmp_path):
     net = theirs(arch)
-    model, fmt = load(save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel), arch)
+    model, fmt = load(save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel, legacy), arch)
     assert fmt == "RepDistiller/mdistiller"
-    x = torch.randn(8, 3, 32, 32)
-    with torch.no_grad():
-        want, got = net(x), model.eval()(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # AvgPool2d(8) vs global mean: same sum, maybe another order
-    assert want.std() > 0.1  # not a vacuous comparison
+    assert_same_logits(model, net)
 
 
 def truncated(d: Path) -> Path:
@@ -115,7 +179,12 @@ def holding_code(d: Path) -> Path:
 
 
 def unknown_layout(d: Path) -> Path:
-    torch.save({"net": {"w": torch.zeros(1)}, "acc": 1.0}, d / "t.pth")
+    torch.save({"weights": state_of(theirs("resnet8")), "acc": 1.0}, d / "t.pth")
+    return d / "t.pth"
+
+
+def two_state_dicts(d: Path) -> Path:
+    torch.save({"model": state_of(theirs("resnet8")), "net": state_of(theirs("resnet20"))}, d / "t.pth")
     return d / "t.pth"
 
 
@@ -127,7 +196,10 @@ BAD = {
     "a truncated file": (truncated, "resnet8", 100, r"is truncated or corrupt"),
     "a pickle holding code": (holding_code, "resnet8", 100, r"holds a pickled Python object \(types.SimpleNamespace"),
     "an unknown layout": (unknown_layout, "resnet8", 100,
-                          r"nor a RepDistiller/mdistiller checkpoint .*its top-level keys are: net, acc"),
+                          r"is not one kd wrote .*nor a state dict, bare or under one of 'model', 'state_dict', "
+                          r"'net' .*its top-level keys are: weights, acc. Save the network's state dict"),
+    "two state dicts": (two_state_dicts, "resnet8", 100,
+                        r"holds a state dict under each of model, net; kd cannot tell which is the teacher"),
 }
 
 
@@ -150,21 +222,24 @@ def to_theirs(kd_state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch
     return out
 
 
-def test_a_run_distils_from_a_published_format_teacher_and_records_it(tmp_path, isolated_kd_home):
+def test_a_run_distils_from_a_pytorch_0_4_file_of_their_network_and_records_it(tmp_path, isolated_kd_home):
+    """A real cell from a file as RepDistiller's are: their network, DataParallel's "module.", PyTorch 0.4.0's
+    serialization, no num_batches_tracked."""
     teacher_run = run_cli([*FAST, "stage=teacher", "teacher=resnet8", "teacher.epochs=15", "teacher.min_top1=50",
                            f"hydra.run.dir={tmp_path / 't'}"], cwd=tmp_path)
     assert teacher_run.returncode == 0, teacher_run.stderr[-2000:]
     (cached,) = (isolated_kd_home / "teachers").glob("*.pt")
-    kd_ckpt = torch.load(cached, weights_only=True)
-    published = tmp_path / "ckpt_epoch_240.pth"
-    torch.save({"epoch": 240, "model": {"module." + k: v for k, v in to_theirs(kd_ckpt["state_dict"], 1).items()}},
-               published)
+    net = theirs("resnet8", 10)
+    net.load_state_dict(to_theirs(torch.load(cached, weights_only=True)["state_dict"], 1), strict=True)
+    published = save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel=True, legacy=True, counters=False)
     run = run_cli([*FAST, "alpha=0.5", "teacher=resnet8", f"teacher.checkpoint={published}",
                    f"hydra.run.dir={tmp_path / 's'}"], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "(RepDistiller/mdistiller format, prefixes module. stripped) holds resnet8 with 10 classes" in run.stdout
     assert "format, sha256" in run.stdout and "RepDistiller/mdistiller format" in run.stdout
     results = json.loads((tmp_path / "s" / "results.json").read_text())
     teacher = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert results["status"] == "completed" and len(results["history"]) == 1
     assert results["teacher_top1"] == teacher["teacher_top1"] > 50  # the same network, measured again
     assert results["teacher_format"] == "RepDistiller/mdistiller" and len(results["teacher_sha256"]) == 64
 
@@ -190,11 +265,7 @@ def test_their_checkpoint_of_every_benchmark_network_gives_their_logits(arch, da
     net = their_network(arch)
     model, fmt = load(save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel), arch)
     assert fmt == "RepDistiller/mdistiller"
-    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():  # float64: with random BN, WRN-40's logits reach ~800, where float32 summation order shows
-        want, got = net.double()(x), model.double().eval()(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    assert want.std() > 0.1
+    assert_same_logits(model, net)
 
 
 def test_a_published_checkpoint_of_another_family_is_refused_naming_what_it_holds(tmp_path):
@@ -203,8 +274,58 @@ def test_a_published_checkpoint_of_another_family_is_refused_naming_what_it_hold
         load(path, "wrn_40_2")
 
 
-def test_a_state_dict_of_no_kd_network_is_refused_with_its_shape(tmp_path):
-    torch.save({"epoch": 1, "model": {"features.0.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(10, 8)}},
-               tmp_path / "x.pth")
-    with pytest.raises(CheckpointError, match=r"holds none of kd's networks .*2 tensors, 10 classes"):
-        load(tmp_path / "x.pth", "vgg13", 10)
+@pytest.mark.parametrize("key", [None, "model"])
+def test_a_state_dict_of_no_kd_network_is_refused_with_its_shape(key, tmp_path):
+    state = {"features.0.weight": torch.zeros(8, 3, 3, 3), "head.weight": torch.zeros(10, 8)}
+    path = save(state, tmp_path / "x.pth", key)
+    with pytest.raises(CheckpointError, match=r"holds none of kd's networks .*: 2 tensors, 10 classes, starting "
+                                              r"features.0.weight, head.weight"):
+        load(path, "vgg13", 10)
+
+
+# ---- Files as PyTorch 0.4.0 wrote them, and state dicts saved bare or wrapped, as most training scripts do ----
+
+BENCHMARK_TEACHERS: dict[str, Callable[[str], nn.Module]] = {  # conf/teacher's, published in cifar_teachers.tar
+    "resnet56": theirs, "resnet110": theirs, "resnet32x4": theirs,
+    "wrn_40_2": their_network, "vgg13": their_network, "resnet50": their_network,
+}
+
+
+@pytest.mark.parametrize("arch", BENCHMARK_TEACHERS)
+def test_every_benchmark_teacher_written_by_pytorch_0_4_loads_as_pytorch_loads_it(arch, tmp_path):
+    def make() -> nn.Module:
+        return BENCHMARK_TEACHERS[arch](arch)
+
+    path = save(state_of(make(), counters=False), tmp_path / "ckpt_epoch_240.pth", legacy=True)
+    model, fmt = load(path, arch)
+    assert fmt == "RepDistiller/mdistiller"
+    assert_same_network(model, loaded_by_pytorch(make, path, "model", "none"), batch=2)
+
+
+@pytest.mark.parametrize("wrap", WRAPS)
+@pytest.mark.parametrize("key", [None, *published_teachers.STATE_KEYS])
+def test_a_state_dict_bare_or_wrapped_loads_as_pytorch_loads_it(key, wrap, tmp_path, caplog):
+    def make() -> nn.Module:
+        return theirs("resnet8", 10)
+
+    path = save(state_of(make(), wrap, counters=False), tmp_path / "t.pth", key, legacy=True)
+    with caplog.at_level(logging.INFO, logger=published_teachers.__name__):
+        model, fmt = load(path, "resnet8", 10)
+    assert fmt == (published_teachers.BARE if key is None else published_teachers.STATE_KEYS[key])
+    assert f"({fmt} format" in caplog.text and ") holds resnet8 with 10 classes" in caplog.text
+    assert ("stripped" in caplog.text) == (wrap != "none")  # the prefixes it took off, named
+    assert_same_network(model, loaded_by_pytorch(make, path, key, wrap))
+
+
+def test_a_file_that_fits_two_networks_is_refused_naming_both(tmp_path):
+    """kd has no two networks of the same shapes today; a second config of resnet8 makes a pair."""
+    configs = tmp_path / "model"
+    configs.mkdir()
+    for name in ("resnet8", "resnet8_again"):
+        shutil.copy(CONF_DIR / "model" / "resnet8.yaml", configs / f"{name}.yaml")
+    ckpt = {"model": state_of(theirs("resnet8", 10))}
+    with pytest.raises(CheckpointError, match=r"t.pth \(RepDistiller/mdistiller format\) fits resnet8 "
+                                              r"\(.*resnet8.yaml\) and resnet8 \(.*resnet8_again.yaml\): their "
+                                              r"networks have the same shapes, so kd cannot tell .* Save it in kd's "
+                                              r"own format"):
+        published_teachers.read(ckpt, "teacher checkpoint t.pth", "", configs)

@@ -155,29 +155,17 @@ def readable_teacher(path: Path) -> bool:
 
 
 def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.Module, str]:
-    """Build the configured teacher and load `path` into it (kd's own format or RepDistiller's); refuse
-    a checkpoint of another shape. Returns the model and the checkpoint's format."""
+    """Build the configured teacher and load `path` into it (kd's own format, RepDistiller's, or a state dict
+    as other scripts save it: kd.published_teachers); refuse a checkpoint of another shape. Returns the model
+    and the checkpoint's format."""
     fix = ("Point teacher.checkpoint at a checkpoint of that architecture and dataset, or set "
            "teacher.checkpoint=null to train one.")
     ckpt = load_checkpoint(path, "teacher checkpoint", fix)
     want = arch_name(cfg.teacher.arch)
     if all(key in ckpt for key in ("arch", "num_classes", "state_dict")):
         found, classes, state, fmt = ckpt["arch"], ckpt["num_classes"], ckpt["state_dict"], "kd"
-    elif published.is_repdistiller(ckpt):
-        state = published.to_kd(published.strip_data_parallel(ckpt["model"]))
-        found, classes = published.identify(state)
-        fmt = "RepDistiller/mdistiller"
-        if found is None:
-            keys = ", ".join(list(state)[:4])
-            raise CheckpointError(
-                f"teacher checkpoint {path} is in RepDistiller's layout but holds none of kd's networks (conf/model/): "
-                f"{len(state)} tensors, {classes} classes, starting {keys}, .... {fix}")
-    else:  # e.g. a bare state_dict from another code base
-        keys = ", ".join(map(str, list(ckpt)[:6])) + (", ..." if len(ckpt) > 6 else "")
-        raise CheckpointError(
-            f"teacher checkpoint {path} is not one kd wrote (it lacks arch, num_classes, state_dict) nor a "
-            f"RepDistiller/mdistiller checkpoint (a dict whose 'model' is a state dict); its "
-            f"top-level keys are: {keys}. {fix}")
+    else:
+        state, found, classes, fmt = published.read(ckpt, f"teacher checkpoint {path}", fix)
     if found != want or classes != splits.num_classes:
         raise CheckpointError(
             f"teacher checkpoint {path} holds {found} with {classes} classes, "

@@ -86,9 +86,11 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     teacher_dir = next((isolated_kd_home / "teachers").glob("*.work"))
 
     logs = proc.stdout + proc.stderr
-    sync_lines = [line for line in logs.splitlines() if "upload it with: wandb sync" in line]
+    sync_lines = [line for line in logs.splitlines() if "upload it with: kd-sync" in line]
     assert len(sync_lines) == 3  # one line per job: the teacher and two cells
     assert all("no W&B credentials" in line for line in sync_lines)
+    # kd's own command, with the sweep dir: it uploads the teacher's run too
+    assert all(f"kd-sync {sweep_dir.relative_to(tmp_path)} (or wandb sync " in line for line in sync_lines)
 
     # Hydra's sweep dir as configured (relative to the cwd), then the id made once for that dir
     group = f"{sweep_dir.relative_to(tmp_path)}#{(sweep_dir / SWEEP_ID_FILE).read_text()}"
@@ -318,3 +320,31 @@ def test_racing_jobs_agree_on_one_sweep_id(tmp_path):
     ids = {p.communicate()[0].strip() for p in procs}
     assert len(ids) == 1 and ids == {(tmp_path / "sweep" / SWEEP_ID_FILE).read_text()}
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [SWEEP_ID_FILE]  # no draft left behind
+
+
+def test_a_moved_sweep_syncs_reports_and_resumes_its_own_runs(tmp_path, monkeypatch, isolated_kd_home):
+    """A sweep rsynced from a cluster's scratch to a laptop, the original gone: its run files name its own runs."""
+    no_credentials(monkeypatch, tmp_path)
+    scratch, laptop = tmp_path / "scratch" / "grid", tmp_path / "laptop" / "grid"
+    args = ["-m", *FAST_WANDB, "teacher=resnet8", "data.train_size=280"]
+    proc = run_cli([*args, "alpha=0,0.5", f"hydra.sweep.dir={scratch}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shutil.copytree(scratch, laptop)
+    shutil.rmtree(scratch.parent)
+
+    def listed() -> list[str]:
+        out = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(laptop), "--list"], capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return [line for line in out.stdout.split() if not line.startswith(str(isolated_kd_home))]  # the teacher's
+
+    cells = listed()
+    assert len(cells) == 2 and all(line.startswith(str(laptop)) and Path(line).is_dir() for line in cells)
+    report = subprocess.run([sys.executable, "-m", "kd.report", str(laptop)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-2000:]
+    # The grid grows in place from the copy: the two finished cells are skipped, the new one trains
+    proc = run_cli([*args, "alpha=0,0.5,1", f"hydra.sweep.dir={laptop}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("already completed with this config") == 2
+    assert [r["status"] for r in collect_sweep(laptop)] == ["completed"] * 3
+    assert len(listed()) == 3 and all(line.startswith(str(laptop)) for line in listed())

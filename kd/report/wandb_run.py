@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from kd.report.diagnostics import csv_rows as diagnostic_rows, has_diagnostics
 from kd.report.table import csv_records
-from kd.tracking.wandb_tracker import RUN_FILE, WandbRun, WandbTracker, read_run_file
+from kd.tracking.wandb_tracker import RUN_FILE, WandbRun, WandbTracker, read_run_file, sync_dir_of
 
 REPORT_RUN_DIR = "wandb_report_run"  # in the sweep dir; kd-sync finds it as it finds a job's run
 FINISH_TIMEOUT_S = 300
@@ -55,7 +55,7 @@ def log_report_run(students: list[dict[str, Any]], sweep_dir: Path, written: lis
     except BaseException:
         _discard_new_run(out_dir, previous)
         raise
-    return Path(read_run_file(out_dir)["sync_dir"]) if offline else None
+    return sync_dir_of(out_dir, read_run_file(out_dir)) if offline else None
 
 
 def wandb_table(columns: list[str], rows: list[dict[str, Any]]) -> wandb.Table:
@@ -68,7 +68,7 @@ def _discard_new_run(out_dir: Path, previous: Optional[str]) -> None:
     """Remove the run this report opened (its offline dir and record) and put back the previous report's record."""
     info = read_run_file(out_dir)
     if info is not None and "sync_dir" in info and (previous is None or json.loads(previous)["id"] != info["id"]):
-        shutil.rmtree(info["sync_dir"], ignore_errors=True)
+        shutil.rmtree(sync_dir_of(out_dir, info), ignore_errors=True)
     (out_dir / RUN_FILE).unlink(missing_ok=True)
     if previous is not None:
         (out_dir / RUN_FILE).write_text(previous)

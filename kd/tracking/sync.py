@@ -1,6 +1,6 @@
 """Upload (or list) every offline W&B run of a sweep, the teachers' included.
 
-    kd-sync <sweep dir>           # wandb sync of every run not uploaded yet
+    kd-sync <sweep dir>           # wandb sync of every run not uploaded yet (or a single run's dir)
     kd-sync <sweep dir> --list    # print the run dirs (synced ones marked) and upload nothing
 
 `wandb sync <sweep dir>` misses the teachers: a teacher trains in its cache (KD_HOME/teachers/<name>.work),
@@ -21,8 +21,9 @@ from kd.tracking.wandb_tracker import RUN_FILE, is_synced, newest_attempt, offli
 
 
 def sweep_job_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's job dirs that opened a W&B run (finished or not), then the teachers' work dirs they used."""
-    jobs = sorted(p.parent for p in sweep_dir.glob(f"*/{RUN_FILE}"))
+    """The sweep's job dirs that opened a W&B run (finished or not), then the teachers' work dirs they used; a
+    single run's dir is its own job dir."""
+    jobs = sorted(p.parent for p in [*sweep_dir.glob(RUN_FILE), *sweep_dir.glob(f"*/{RUN_FILE}")])
     teachers = sorted({Path(r["teacher_work_dir"]) for r in collect_sweep(sweep_dir)
                        if r.get("teacher_work_dir") is not None})  # absent: alpha=0, unfinished, a given checkpoint
     return jobs + teachers

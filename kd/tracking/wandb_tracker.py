@@ -62,6 +62,14 @@ def teacher_artifact(path: Path, sha256: str, top1: float) -> wandb.Artifact:
     return artifact
 
 
+def sync_target(out_dir: Path) -> Path:
+    """What to hand kd-sync for a job's run: the multirun's sweep dir (its every run, the teachers' too), else
+    the run's own dir."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return Path(out_dir)
+
+
 def read_run_file(job_dir: Path) -> Optional[dict[str, Any]]:
     """What the tracker recorded about a job's W&B run (id, project, entity, group, sync_dir), if anything."""
     path = Path(job_dir) / RUN_FILE
@@ -74,7 +82,13 @@ def offline_run_dirs(job_dir: Path) -> list[Path]:
     if info is None or "sync_dir" not in info:  # W&B never started for it (an id is written before the start)
         return []
     attempt = re.compile(rf"offline-run-\d+_\d+-{re.escape(info['id'])}(-\d+)?")  # wandb adds -N within a second
-    return sorted(p for p in Path(info["sync_dir"]).parent.iterdir() if attempt.fullmatch(p.name))
+    return sorted(p for p in sync_dir_of(job_dir, info).parent.iterdir() if attempt.fullmatch(p.name))
+
+
+def sync_dir_of(job_dir: Path, info: dict[str, Any]) -> Path:
+    """The offline run dir a run file records: relative to the job dir (a sweep moved or copied elsewhere finds its
+    own runs), or absolute where logger.dir put it outside the job dir (and in run files of kd before 2026-12-06)."""
+    return Path(job_dir) / info["sync_dir"]
 
 
 def newest_attempt(job_dir: Path) -> Optional[Path]:
@@ -224,8 +238,8 @@ class WandbTracker:
             return WandbRun(run)
         self._record(run, out_dir, job_type, name)
         if run.offline:
-            log.info("W&B run %r is offline (%s), saved in %s; upload it with: wandb sync %s",
-                     name, why, run.settings.sync_dir, run.settings.sync_dir)
+            log.info("W&B run %r is offline (%s), saved in %s; upload it with: kd-sync %s (or wandb sync %s)",
+                     name, why, run.settings.sync_dir, sync_target(out_dir), run.settings.sync_dir)
         else:
             log.info("W&B run %r: %s", name, run.url)
         return WandbRun(run)
@@ -265,7 +279,7 @@ class WandbTracker:
         this attempt's files are (kd-sync finds every attempt's beside it)."""
         self._write_run_file(out_dir, {"id": run.id, "project": run.project, "entity": run.entity or self.entity,
                                        "group": run.group, "job_type": job_type, "name": name,
-                                       "sync_dir": str(Path(run.settings.sync_dir).absolute())})
+                                       "sync_dir": _relative_if_inside(Path(run.settings.sync_dir), out_dir)})
 
     @staticmethod
     def _write_run_file(out_dir: Path, record: dict[str, Any]) -> None:
@@ -273,3 +287,10 @@ class WandbTracker:
             (out_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
         except OSError as err:
             log.warning("could not write %s (%s); a resumed job will start a new W&B run", out_dir / RUN_FILE, err)
+
+
+def _relative_if_inside(path: Path, base: Path) -> str:
+    try:
+        return str(path.absolute().relative_to(Path(base).absolute()))
+    except ValueError:
+        return str(path.absolute())

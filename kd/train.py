@@ -44,6 +44,10 @@ def unwritable_reason(path: Path) -> str | None:
     return None
 
 
+# Where this process's run or sweep writes, once Hydra has resolved it: what a Ctrl-C's resume line names.
+STARTED: dict[str, Any] = {"output_dir": None, "multirun": False}
+
+
 class CheckOutputDir(Callback):
     """Refuse an unwritable hydra.run.dir / hydra.sweep.dir up front, naming the key to change.
 
@@ -54,9 +58,11 @@ class CheckOutputDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
         refuse_taken_run_dir(config)
+        STARTED.update(output_dir=Path(config.hydra.run.dir), multirun=False)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")
+        STARTED.update(output_dir=Path(config.hydra.sweep.dir), multirun=True)
 
     @staticmethod
     def _check(config: DictConfig, key: str) -> None:
@@ -99,9 +105,21 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     return train(cfg)
 
 
-if __name__ == "__main__":
-    # Run the importable kd.train.main, not this __main__ copy: submitit launchers pickle the task
-    # function, and only an importable one pickles by reference (by value it drags in torch's modules).
-    from kd.train import main as importable_main
+def cli() -> None:
+    """`python kd/train.py` and `kd-train`: the Hydra app, where Ctrl-C and SIGTERM end in one line that says what
+    was kept and the command that resumes, not a traceback (kd/runs/interrupts.py)."""
+    from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
 
-    importable_main()
+    try:
+        with sigterm_raises():
+            main()
+    except (KeyboardInterrupt, Terminated) as err:
+        report_and_exit(err, STARTED["output_dir"], STARTED["multirun"])
+
+
+if __name__ == "__main__":
+    # Run the importable kd.train, not this __main__ copy: submitit launchers pickle the task
+    # function, and only an importable one pickles by reference (by value it drags in torch's modules).
+    from kd.train import cli as importable_cli
+
+    importable_cli()

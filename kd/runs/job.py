@@ -182,6 +182,9 @@ def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExce
     except BaseException as err:
         # A signal or Ctrl-C (requeue, preemption) leaves the runs resumable; anything else is a failure.
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+        if status == "interrupted":
+            log.warning("%s: %d cell(s) stop here; each keeps its last finished epoch (checkpoint.pt) and its "
+                        "results.json says interrupted", str(err) or type(err).__name__, len(cfgs))
         for result in results:
             result.update(status=status, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         raise

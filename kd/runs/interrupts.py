@@ -1,0 +1,93 @@
+"""Ctrl-C and SIGTERM: one line that says what was kept and the command that resumes, instead of a traceback.
+
+A SIGTERM (what `kill`, a scheduler or a container runtime sends) ends Python at once by default: no log line,
+no status in results.json. Here it raises `Terminated`, a SystemExit, so that it takes Ctrl-C's path: each
+cell writes results.json with status `interrupted`, keeps its last finished epoch's checkpoint, and its W&B run
+is marked preempting. Where something else already handles SIGTERM (submitit's requeue on SLURM) it is left alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Iterator, Optional
+
+from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
+
+SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # 128 + the signal's number, as a shell reports them
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the process was, so that every `finally` runs and results.json is written."""
+
+    def __init__(self) -> None:
+        super().__init__(SIGTERM_EXIT)
+
+    def __str__(self) -> str:
+        return "SIGTERM received"
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within it, SIGTERM raises Terminated; a handler someone else installed (submitit's) stays in place."""
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process as usual
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def resume_command(argv: list[str], output_dir: Path, multirun: bool) -> str:
+    """The command that was run, with its output dir named: rerun as typed, a dated sweep dir would be a new one."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    program = argv[0]
+    relative = os.path.relpath(program)
+    script = program if relative.startswith("..") else relative  # kd/train.py from a checkout, else its full path
+    prefix = ["python", script] if program.endswith(".py") else [Path(program).name]
+    kept = [a for a in argv[1:] if not a.startswith((f"{key}=", f"+{key}=", f"++{key}="))]
+    return shlex.join([*prefix, *kept, f"{key}={output_dir}"])
+
+
+def what_was_kept(output_dir: Path, multirun: bool) -> str:
+    """`3 cells completed, 2 interrupted (each resumes from its last finished epoch)`, from the results files."""
+    if multirun:
+        statuses = Counter(r.get("status", "running") for r in collect_sweep(output_dir) if r.get("stage") != "teacher")
+    else:
+        path = output_dir / RESULTS_FILE
+        statuses = Counter([read_results(path).get("status", "running")] if path.is_file() else [])
+    if not statuses:
+        return "no cell had started"
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    return f"cells: {counts} (completed ones are skipped; the others resume from their last finished epoch)"
+
+
+def interrupted_message(reason: str, argv: list[str], output_dir: Optional[Path], multirun: bool) -> str:
+    if output_dir is None:  # stopped before Hydra made the output dir: nothing was written
+        return f"kd: {reason} before any job started; nothing was written."
+    return (f"kd: {reason}; {what_was_kept(output_dir, multirun)} in {output_dir}. Resume with:\n"
+            f"  {resume_command(argv, output_dir, multirun)}")
+
+
+def exit_code(err: BaseException) -> int:
+    return SIGTERM_EXIT if isinstance(err, Terminated) else SIGINT_EXIT
+
+
+def reason_of(err: BaseException) -> str:
+    return "stopped by SIGTERM" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+
+
+def report_and_exit(err: BaseException, output_dir: Optional[Path], multirun: bool) -> None:
+    print(interrupted_message(reason_of(err), sys.argv, output_dir, multirun), file=sys.stderr)
+    sys.exit(exit_code(err))

@@ -44,6 +44,7 @@ def unwritable_reason(path: Path) -> str | None:
     return None
 
 
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}  # no job runs
 # Where this process's run or sweep writes, once Hydra has resolved it: what a Ctrl-C's resume line names.
 STARTED: dict[str, Any] = {"output_dir": None, "multirun": False}
 
@@ -109,7 +110,10 @@ def cli() -> None:
     """`python kd/train.py` and `kd-train`: the Hydra app, where Ctrl-C and SIGTERM end in one line that says what
     was kept and the command that resumes, not a traceback (kd/runs/interrupts.py)."""
     from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
+    from kd.runs.torch_pair import check_torch_pair
 
+    if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run: its torch and torchvision must work together
+        check_torch_pair()
     try:
         with sigterm_raises():
             main()

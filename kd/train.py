@@ -101,9 +101,24 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
 # An absolute config dir: relative to a module Hydra would look for a `conf` package instead.
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    from kd.runs.job import train
+    from kd.runs.job import in_multirun, train
 
-    return train(cfg)
+    result = train(cfg)
+    if not in_multirun():  # a multirun ends with its grid table instead
+        print(finished_line(result, Path(cfg.out_dir)))
+    return result
+
+
+def finished_line(result: dict[str, Any], out_dir: Path) -> str:
+    """What a single run ends with: its number, and where its results are."""
+    where = f"results in {out_dir / 'results.json'}"
+    if "final_top1" in result:
+        picked = (f", {result['test_top1_at_best_val']:.2f}% at the epoch best on val ({result['best_epoch']})"
+                  if result.get("test_top1_at_best_val") is not None else "")
+        return f"kd: final test top-1 {result['final_top1']:.2f}%{picked}; {where}"
+    if result.get("teacher_top1") is not None:
+        return f"kd: teacher test top-1 {result['teacher_top1']:.2f}% ({result['teacher_checkpoint']}); {where}"
+    return f"kd: done; {where}"
 
 
 def cli() -> None:

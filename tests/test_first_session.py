@@ -131,3 +131,12 @@ def test_the_figures_axes_stay_within_0_100_and_the_last_epoch():
             assert 0.0 <= low < high <= 100.0, (low, high)
     whole, last = plot_curves(students, 0.5, "test").axes
     assert whole.get_xlim()[1] <= 3.5 and last.get_xlim()[1] <= 3.5
+
+
+def test_a_single_run_ends_with_its_top1_and_where_its_results_are(tmp_path):
+    run = tmp_path / "run"
+    done = run_cli([*CELL, "alpha=0.5", f"hydra.run.dir={run}"], cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = read_results(run / RESULTS_FILE)
+    assert done.stdout.splitlines()[-1] == (f"kd: final test top-1 {result['final_top1']:.2f}%; "
+                                            f"results in {run / RESULTS_FILE}")

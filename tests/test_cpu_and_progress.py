@@ -10,7 +10,8 @@ import torch
 
 from conftest import FAST, run_cli
 from kd.training.cpu import cpu_capability, warn_if_busy
-from kd.runs.provenance import environment, sweep_provenance
+from kd.report.provenance import sweep_provenance
+from kd.runs.provenance import environment
 from kd.runs.results import collect_sweep
 from reliability import ONE_THREAD
 
@@ -53,3 +54,18 @@ def test_a_grid_prints_its_estimate_progress_with_eta_and_its_wall_time(tmp_path
     assert re.search(r"progress: \d of \d epochs, 1 cell\(s\), \d+ images/s; teacher ends in", log)
     assert re.search(r"this multirun took \d+", done.stdout)
     assert all(r["environment"]["cpu_capability"] == cpu_capability() for r in collect_sweep(out))
+
+
+def test_a_grid_over_pairs_has_a_teacher_per_table_and_no_warning_but_one_table_with_two_does():
+    def cell(pair: str, sha: str, aug: str) -> dict:
+        return {"status": "completed", "seed": 0, "aug": aug, "alpha": 0.5, "teacher": pair.split("-")[0],
+                "teacher_top1": 70.0, "teacher_sha256": sha, "teacher_checkpoint": f"{sha}.pt",
+                "overrides": {"pair": pair, "aug": aug, "alpha": "0.5"}}
+
+    pairs = [cell("vgg13-vgg8", "a" * 64, "none"), cell("vgg13-vgg8", "a" * 64, "fc"),
+             cell("wrn40_2-wrn16_2", "b" * 64, "none"), cell("wrn40_2-wrn16_2", "b" * 64, "fc")]
+    lines, warnings = sweep_provenance(pairs)
+    assert not [w for w in warnings if "different teachers" in w] and sum("teacher " in line for line in lines) == 2
+    pairs[1]["teacher_sha256"] = "c" * 64  # one table (vgg13-vgg8) whose cells learned from two teachers
+    (warning,) = [w for w in sweep_provenance(pairs)[1] if "different teachers" in w]
+    assert warning.startswith("the cells of seed 0 in the table pair=vgg13-vgg8 used 2 different teachers")

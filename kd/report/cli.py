@@ -24,7 +24,7 @@ from kd.report.diagnostics import format_diagnostics, has_diagnostics, write_dia
 from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
 from kd.report.axes import other_axes, split_by_axes
 from kd.runs.overrides import cell_overrides, parse_overrides
-from kd.runs.provenance import sweep_provenance
+from kd.report.provenance import sweep_provenance
 from kd.runs.results import RESULTS_FILE, collect_sweep
 from kd.runs.sweep_dir import cell_dir_name
 from kd.report.table import (GAINS_LEGEND, METRICS, MetricUnavailableError, PooledCellsError, check_metric,

@@ -75,34 +75,3 @@ def _nvidia_smi(*args: str) -> Optional[str]:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def sweep_provenance(students: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
-    """(lines naming the sweep's teachers and environment, warnings where its cells differ)."""
-    done = [r for r in students if r.get("status") == "completed"]
-    teachers: dict[str, dict] = {}
-    per_seed: dict[int, set[str]] = {}
-    for r in done:
-        if r.get("teacher_sha256"):
-            teachers.setdefault(r["teacher_sha256"], r)
-            per_seed.setdefault(int(r["seed"]), set()).add(r["teacher_sha256"])
-    lines = [f"teacher {r['teacher']} (seed {r['seed']}): test top-1 {r['teacher_top1']:.2f}%, sha256 {sha[:12]}, "
-             f"{r.get('teacher_format', 'kd')} format, {r['teacher_checkpoint']}"
-             for sha, r in sorted(teachers.items(), key=lambda kv: kv[1]["seed"])]
-    warnings = []
-    mixed = {seed: shas for seed, shas in per_seed.items() if len(shas) > 1}
-    if mixed:  # each seed has its own teacher; within a seed every cell must share it
-        warnings.append(f"the cells of seed {min(mixed)} used {len(mixed[min(mixed)])} different teachers (above); "
-                        f"their differences mix the students' with the teachers'")
-    envs = [r["environment"] for r in done if "environment" in r]
-    if envs:
-        common = {k: envs[0].get(k) for k in VERSION_KEYS if all(e.get(k) == envs[0].get(k) for e in envs)}
-        lines.append("environment: " + ", ".join(f"{k} {v}" for k, v in common.items()))
-        for key in VERSION_KEYS:
-            values = sorted({str(e.get(key)) for e in envs})
-            if len(values) > 1:
-                warnings.append(f"the cells ran under different {key}: {', '.join(values)} (a resumed or requeued "
-                                f"cell on another node?); their numbers are not comparable bit for bit")
-        devices = sorted({str(e.get("device")) for e in envs})
-        lines.append(f"device(s): {', '.join(devices)}")
-    return lines, warnings

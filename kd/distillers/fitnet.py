@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.distillers.base import Distiller, Outputs
-from kd.models.features import Features
+from kd.distillers.common import probe_features
 
 
 def conv_regressor(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
@@ -27,18 +27,6 @@ def conv_regressor(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
                          "the student's must be twice, half, or at least the teacher's size; choose another "
                          "loss.hint_layer")
     return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
-
-
-@torch.no_grad()
-def probe_features(net: nn.Module, images: torch.Tensor) -> Features:
-    """The network's features in eval mode, its modules' own modes restored after: BN statistics stay put."""
-    modes = {m: m.training for m in net.modules()}
-    net.eval()
-    try:
-        return net(images, features=True)[1]
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 class FitNet(Distiller):

@@ -1,7 +1,8 @@
 """The feature distillers of RepDistiller and mdistiller against their papers' formulas, each computed here
 independently in float64 with explicit loops (PKT: Passalis & Tefas 2018; SP: Tung & Mori 2019; RKD: Park et
-al. 2019; NST: Huang & Wang 2017; CC: Peng et al. 2019 as RepDistiller runs it; VID: Ahn et al. 2019), and the
-one meaning of alpha and scale for each on kd's real networks."""
+al. 2019; NST: Huang & Wang 2017; CC: Peng et al. 2019 as RepDistiller runs it; VID: Ahn et al. 2019; OFD: Heo
+et al. 2019; ReviewKD: Chen et al. 2021; AB: Heo et al. 2019), and the one meaning of alpha and scale for each
+on kd's real networks."""
 from __future__ import annotations
 
 import itertools
@@ -12,15 +13,23 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from kd.distillers.ab import AB
 from kd.distillers.base import Outputs
 from kd.distillers.cc import CC
+from kd.distillers.ofd import OFD, bn_before_relu, negative_mean
+from kd.distillers.reviewkd import ReviewKD, hcl
 from kd.distillers.nst import NST
 from kd.distillers.pkt import PKT
 from kd.distillers.rkd import RKD
 from kd.distillers.sp import SP
 from kd.distillers.vid import VID
 from kd.models.features import Features
-from kd.models.resnet import resnet8, resnet14
+from kd.models.mobilenetv2 import mobilenetv2
+from kd.models.resnet import resnet8, resnet14, resnet32x4
+from kd.models.resnetv2 import resnet50
+from kd.models.shufflenetv1 import shufflev1
+from kd.models.vgg import vgg13
+from kd.models.wrn import wrn_40_2
 from tests.conftest import compose_config
 
 N, C = 5, 10
@@ -202,9 +211,126 @@ def test_vid_is_feat_weight_times_the_gaussian_negative_log_likelihood_summed_ov
     assert all(p.grad is not None for p in vid.parameters())
 
 
+# -- OFD: margins from the teacher's BN before each ReLU, partial L2 to max(t, margin) ------------------------
+
+def ref_partial_l2(s: torch.Tensor, t: torch.Tensor, margin: torch.Tensor) -> float:
+    """Per element, the paper's d_p(T, S): 0 where S <= T <= 0, else (T - S)^2, with T = max(t, m); the sum over
+    channels and positions of the batch mean."""
+    total = 0.0
+    for n, c, h, w in itertools.product(*(range(k) for k in s.shape)):
+        target, student = max(float(t[n, c, h, w]), float(margin[c])), float(s[n, c, h, w])
+        total += 0.0 if student <= target <= 0 else (target - student) ** 2
+    return total / s.shape[0]
+
+
+def test_ofd_margin_is_the_mean_of_the_gaussians_negative_part():
+    from scipy.stats import truncnorm
+    gamma, beta = torch.tensor([1.0, -2.0, 0.5, 1.0]), torch.tensor([0.0, 1.0, -1.0, 4.0])  # P(x<0) of the last: 3e-5
+    expected = [truncnorm.mean(-math.inf, -b / abs(g), loc=b, scale=abs(g)) for g, b in zip(gamma.tolist(),
+                                                                                             beta.tolist())]
+    expected[-1] = -3.0  # where P(x < 0) <= 0.001: -3 |gamma|
+    assert torch.allclose(negative_mean(gamma, beta).double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-6)
+
+
+@pytest.mark.parametrize("make, names", [  # mdistiller's get_bn_before_relu for each family, by their names
+    (resnet32x4, ["layers.4.bn2", "layers.9.bn2", "layers.14.bn2"]),
+    (resnet8, ["layers.0.bn2", "layers.1.bn2", "layers.2.bn2"]),
+    (wrn_40_2, ["block2.layer.0.bn1", "block3.layer.0.bn1", "bn1"]),
+    (resnet50, ["layer1.2.bn3", "layer2.3.bn3", "layer3.5.bn3", "layer4.2.bn3"]),
+    (vgg13, ["block1.4", "block2.4", "block3.4", "block4.4"]),
+    (shufflev1, ["layer1.3.bn3", "layer2.7.bn3", "layer3.3.bn3"]),
+    (mobilenetv2, ["blocks.1.1.conv.7", "blocks.2.2.conv.7", "blocks.4.2.conv.7", "blocks.6.0.conv.7"]),
+])
+def test_ofd_finds_each_stages_bn_before_its_relu(make, names):
+    net = make(C)
+    found = {m: n for n, m in net.named_modules()}
+    assert [found[bn] for bn in bn_before_relu(net, torch.zeros(2, 3, 32, 32))] == names
+
+
+def test_ofd_term_is_the_weighted_partial_l2_of_the_connected_student():
+    torch.manual_seed(0)
+    student, teacher = resnet8(C), resnet14(C).eval()
+    with torch.no_grad():  # BNs as after training: margins of every kind, one channel almost never negative
+        for bn in bn_before_relu(teacher, torch.zeros(2, 3, 8, 8)):
+            bn.weight.uniform_(0.2, 2.0)
+            bn.bias.uniform_(-2.0, 1.0)
+            bn.bias[0] = 5.0 * bn.weight[0]
+    images = torch.randn(N, 3, 8, 8)
+    ofd = OFD(feat_weight=0.001)
+    ofd.setup(student, teacher, images[:2])
+    s_out, t_out = Outputs(*student(images, features=True)), Outputs(*teacher(images, features=True))
+    expected = 0.0
+    for i, (f_s, f_t, conn, bn) in enumerate(zip(s_out.features.preact[1:], t_out.features.preact[1:], ofd.connectors,
+                                                 bn_before_relu(teacher, images[:2]))):
+        conv, norm = conn
+        x = torch.einsum("oc,nchw->nohw", conv.weight.double()[:, :, 0, 0], f_s.double())
+        x = (x - x.mean((0, 2, 3), keepdim=True)) / torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + norm.eps)
+        from scipy.stats import truncnorm
+        margin = [truncnorm.mean(-math.inf, -b / abs(g), loc=b, scale=abs(g)) if truncnorm.cdf(0, -math.inf, math.inf,
+                  loc=b, scale=abs(g)) > 0.001 else -3 * abs(g) for g, b in zip(bn.weight.tolist(), bn.bias.tolist())]
+        expected += ref_partial_l2(x, block_mean(f_t.double(), x.shape[2]), torch.tensor(margin)) / 2 ** (2 - i)
+    kd = ofd.term(s_out, Outputs(t_out.logits, t_out.features), Y, 0)["kd"]
+    assert torch.allclose(kd.double(), torch.tensor(0.001 * expected, dtype=torch.float64), rtol=1e-4)
+
+
+# -- ReviewKD: the hierarchical context loss, the review's shapes, the warmup --------------------------------
+
+def test_hcl_is_the_mse_plus_its_pooled_pyramid_weighted_by_halves():
+    g = torch.Generator().manual_seed(0)
+    for side, pyramid in ((8, (4, 2, 1)), (4, (2, 1)), (2, (1,)), (1, ())):
+        f_s, f_t = (torch.randn(N, 3, side, side, generator=g, dtype=torch.float64) for _ in range(2))
+        mse = lambda a, b: ((a - b) ** 2).mean()
+        loss, weights = mse(f_s, f_t), [1.0]
+        for level, p in enumerate(pyramid):
+            weights.append(0.5 ** (level + 1))
+            loss = loss + weights[-1] * mse(block_mean(f_s, p), block_mean(f_t, p))
+        assert close(hcl(f_s.float(), f_t.float()), loss / sum(weights))
+
+
+def test_reviewkd_reviews_from_the_deepest_level_into_the_teachers_shapes_and_warms_up():
+    torch.manual_seed(0)
+    student, teacher = resnet8(C), resnet14(C).eval()
+    images = torch.randn(N, 3, 8, 8)
+    review = ReviewKD(feat_weight=5.0, warmup=20)
+    review.setup(student, teacher, images[:2])
+    assert [abf.att_conv is None for abf in review.abfs] == [True, False, False, False]  # the deepest fuses nothing
+    s_out, t_out = Outputs(*student(images, features=True)), Outputs(*teacher(images, features=True))
+    t_levels = [f.detach() for f in t_out.features.preact[1:]] + [t_out.features.pooled.detach()[:, :, None, None]]
+    outs = review.review(s_out, t_levels)
+    assert [o.shape for o in outs] == [f.shape for f in reversed(t_levels)]
+    loss = sum(hcl(o, f) for o, f in zip(outs, reversed(t_levels)))
+    for epoch, factor in ((0, 1 / 20), (9, 10 / 20), (30, 1.0)):
+        assert torch.allclose(review.term(s_out, t_out, Y, epoch)["kd"], 5.0 * factor * loss)
+
+
+# -- AB: the hinge-squared activation-boundary loss --------------------------------------------------------
+
+def test_ab_term_is_the_weighted_hinge_squared_boundary_loss(pair):
+    s, t = pair
+    ab = built(AB(margin=1.0, feat_weight=2.0), s, t)
+    assert all(not isinstance(c, torch.nn.Identity) for c in ab.connectors)
+    s = Outputs(s.logits, Features(s.features.feats, [2 * f - 1 for f in s.features.feats], s.features.pooled))
+    t = Outputs(t.logits, Features(t.features.feats, [2 * f - 1 for f in t.features.feats], t.features.pooled))
+    expected = 0.0
+    for i, (f_s, f_t, conn) in enumerate(zip(s.features.preact[1:], t.features.preact[1:], ab.connectors)):
+        x = conn(f_s.float()).double()
+        total = sum(max(0.0, 1.0 - float(x[idx])) ** 2 if f_t[idx] > 0 else max(0.0, float(x[idx]) + 1.0) ** 2
+                    for idx in itertools.product(*(range(k) for k in x.shape)))
+        expected += 2.0 ** (i - 2) * total / N
+    assert torch.allclose(ab.term(s, t, Y, 0)["kd"].double(), torch.tensor(2.0 * 3 / 1000 * expected,
+                                                                          dtype=torch.float64), rtol=1e-5)
+
+
+def test_ab_needs_no_connector_where_the_maps_already_match():
+    torch.manual_seed(0)
+    ab = AB()
+    ab.setup(resnet8(C), resnet14(C), torch.zeros(2, 3, 8, 8))
+    assert all(isinstance(c, torch.nn.Identity) for c in ab.connectors) and not list(ab.parameters())
+
+
 # -- every new distiller on kd's real networks: alpha, scale, the YAML --------------------------------------
 
-NEW = {"pkt": PKT, "sp": SP, "rkd": RKD, "nst": NST, "cc": CC, "vid": VID}
+NEW = {"pkt": PKT, "sp": SP, "rkd": RKD, "nst": NST, "cc": CC, "vid": VID, "ofd": OFD, "reviewkd": ReviewKD, "ab": AB}
 
 
 def real_batch(name: str, scale: float = 1.0):
@@ -243,6 +369,8 @@ def test_scale_two_with_alpha_half_is_exactly_ce_plus_term(name):
     ("pkt", {"feat_weight": 30000.0}), ("sp", {"feat_weight": 3000.0}), ("nst", {"feat_weight": 50.0}),
     ("rkd", {"distance_weight": 25.0, "angle_weight": 50.0, "feat_weight": 1.0}),
     ("cc", {"feat_dim": 128, "feat_weight": 0.02}), ("vid", {"init_pred_var": 5.0, "eps": 1e-5, "feat_weight": 1.0}),
+    ("ofd", {"feat_weight": 0.001}), ("reviewkd", {"feat_weight": 1.0, "warmup": 20, "max_mid_channels": 512}),
+    ("ab", {"margin": 1.0, "feat_weight": 1.0}),
 ])
 def test_each_yaml_composes_into_its_distiller_with_the_references_defaults(name, defaults):
     distiller = instantiate(compose_config([f"loss={name}", "alpha=0.5", "loss.scale=2"]).loss)
@@ -254,6 +382,8 @@ def test_each_yaml_composes_into_its_distiller_with_the_references_defaults(name
     (lambda: PKT(feat_weight=-1.0), "loss.feat_weight=-1.0"), (lambda: RKD(angle_weight=-1.0), "loss.angle_weight"),
     (lambda: RKD(distance_weight=-1.0), "loss.distance_weight"), (lambda: CC(feat_dim=0), "loss.feat_dim=0"),
     (lambda: VID(init_pred_var=0.0), "loss.init_pred_var=0.0"), (lambda: NST(scale=0.0), "loss.scale=0.0"),
+    (lambda: OFD(feat_weight=-1.0), "loss.feat_weight=-1.0"), (lambda: ReviewKD(warmup=-1), "loss.warmup=-1"),
+    (lambda: ReviewKD(max_mid_channels=0), "loss.max_mid_channels=0"), (lambda: AB(margin=0.0), "loss.margin=0.0"),
 ])
 def test_bad_settings_name_their_key(make, key):
     with pytest.raises(ValueError, match=key):

@@ -75,3 +75,9 @@ class FeatureDistiller(Distiller):
         super().__init__(scale)
         check_weight("feat_weight", feat_weight, self.reference)
         self.feat_weight = feat_weight
+
+
+def linear_warmup(epoch: int, warmup: int) -> float:
+    """min((epoch + 1) / warmup, 1), epochs counted from 0 (mdistiller's epoch / warmup, counted from 1); 1 for
+    warmup=0."""
+    return min((epoch + 1) / warmup, 1.0) if warmup > 0 else 1.0

@@ -88,8 +88,7 @@ class OFD(FeatureDistiller):
 
     def __init__(self, feat_weight: float = 0.001, scale: float = 1.0) -> None:
         super().__init__(feat_weight, scale)
-        self.connectors = nn.ModuleList()
-        self.margins: list[torch.Tensor] = []
+        self.connectors = nn.ModuleList()  # and a buffer margin<i> per stage, from setup
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:
         teacher = require_teacher(teacher, "OFD")
@@ -98,8 +97,7 @@ class OFD(FeatureDistiller):
             self.connectors.append(connector(f_s.shape[1], f_t.shape[1]))
             margin = negative_mean(bn.weight.detach(), bn.bias.detach()).view(1, -1, 1, 1)
             # A buffer (a function of the teacher, so not saved): it moves with the distiller to the device.
-            self.register_buffer(f"margin{len(self.margins)}", margin.to(bn.weight.device), persistent=False)
-            self.margins.append(margin)
+            self.register_buffer(f"margin{len(self.connectors) - 1}", margin.to(bn.weight.device), persistent=False)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         if not len(self.connectors):

@@ -97,3 +97,22 @@ def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):
     assert json.loads(json.dumps(result["config"]["loss"])) == {"_target_": "my_distiller.PooledFeatureMSE",
                                                                 "weight": 2.0}
     assert any(k.startswith("project.") for k in torch.load(run / "checkpoint.pt", weights_only=True)["distiller"])
+
+
+NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "ab"]
+
+
+def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):
+    grid = [*FAST, "teacher=resnet8", f"loss={','.join(NEW_LOSSES)}", "alpha=0.5", "loss.scale=2"]
+    out, _ = sweep(tmp_path, "new", grid)
+    for loss in NEW_LOSSES:
+        job = cell_dir(out, grid, f"loss={loss}")
+        result = read_results(job / RESULTS_FILE)
+        assert result["status"] == "completed", loss
+        assert result["history"][-1]["train/kd"] > 0, loss
+    learned = {"cc": "embed_s.", "vid": "regressors.", "ofd": "connectors.", "reviewkd": "abfs."}
+    for loss, prefix in learned.items():  # learned parts are saved with the cell
+        saved = torch.load(cell_dir(out, grid, f"loss={loss}") / "checkpoint.pt", weights_only=True)["distiller"]
+        assert any(k.startswith(prefix) for k in saved), loss
+    rkd = read_results(cell_dir(out, grid, "loss=rkd") / RESULTS_FILE)["history"][0]
+    assert rkd["train/distance"] > 0 and rkd["train/angle"] > 0

@@ -201,7 +201,7 @@ def test_fitnet_setup_leaves_the_networks_modes_and_bn_statistics_alone():
 def test_fitnet_hint_layer_out_of_range_or_unmatched_shapes_are_errors():
     with pytest.raises(ValueError, match=r"loss.hint_layer=4 is out of range: the networks have 3 stages"):
         fitnet_pair((5, 8, 8), (7, 4, 4), hint_layer=4)
-    with pytest.raises(ValueError, match=r"3x3 hint map onto the teacher's 4x4.*loss.hint_layer"):
+    with pytest.raises(ValueError, match=r"3x3 map onto the teacher's 4x4.*loss.hint_layer"):
         fitnet_pair((5, 3, 3), (7, 4, 4))
     with pytest.raises(ValueError, match="loss.hint_layer=-1"):
         FitNet(hint_layer=-1)

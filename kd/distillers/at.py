@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.distillers.base import Distiller, Outputs
+from kd.distillers.common import pool_to_common, stage_maps
 
 
 def attention(f: torch.Tensor, p: float) -> torch.Tensor:
@@ -18,9 +19,7 @@ def attention(f: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def at_stage(f_s: torch.Tensor, f_t: torch.Tensor, p: float) -> torch.Tensor:
-    size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
-    f_s = F.adaptive_avg_pool2d(f_s.float(), size) if f_s.shape[2:] != size else f_s
-    f_t = F.adaptive_avg_pool2d(f_t.float(), size) if f_t.shape[2:] != size else f_t
+    f_s, f_t = pool_to_common(f_s, f_t)
     return (attention(f_s, p) - attention(f_t, p)).pow(2).mean()
 
 
@@ -38,8 +37,5 @@ class AT(Distiller):
         self.p, self.feat_weight = p, feat_weight
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        g_s, g_t = student.features.feats[1:], teacher.features.feats[1:]
-        if len(g_s) != len(g_t):  # mdistiller's zip would silently drop the deeper network's last stages
-            raise ValueError(f"AT pairs the networks' stages, but the student has {len(g_s)} and the teacher "
-                             f"{len(g_t)}")
-        return {"kd": self.feat_weight * sum(at_stage(f_s, f_t, self.p) for f_s, f_t in zip(g_s, g_t))}
+        pairs = stage_maps(student, teacher, "AT")
+        return {"kd": self.feat_weight * sum(at_stage(f_s, f_t, self.p) for f_s, f_t in pairs)}

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.distillers.base import Distiller, Outputs
+from kd.distillers.common import linear_warmup
 
 
 def target_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -59,7 +60,7 @@ class DKD(Distiller):
         self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
 
     def warmup_factor(self, epoch: int) -> float:
-        return min((epoch + 1) / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        return linear_warmup(epoch, self.warmup)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         tckd, nckd = tckd_nckd(student.logits, teacher.logits, targets, self.temperature)

@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.distillers.base import Distiller, Outputs
-from kd.models.features import Features
+from kd.distillers.common import probe_features
 
 
-def conv_regressor(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
+def conv_regressor(s_shape: torch.Size, t_shape: torch.Size, relu: bool = True) -> nn.Module:
     """mdistiller's ConvReg: conv (stride 2 for a map twice the teacher's, transposed for half, else a
-    valid conv of the size difference), BatchNorm, ReLU; its output has the teacher's map's shape."""
+    valid conv of the size difference), BatchNorm, ReLU (none with relu=False, AB's connector); its output
+    has the teacher's map's shape."""
     (_, s_c, s_h, s_w), (_, t_c, t_h, t_w) = s_shape, t_shape
     if (s_h, s_w) == (2 * t_h, 2 * t_w):
         conv: nn.Module = nn.Conv2d(s_c, t_c, kernel_size=3, stride=2, padding=1)
@@ -23,22 +24,9 @@ def conv_regressor(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
     elif s_h >= t_h and s_w >= t_w:
         conv = nn.Conv2d(s_c, t_c, kernel_size=(1 + s_h - t_h, 1 + s_w - t_w))
     else:
-        raise ValueError(f"FitNet cannot map the student's {s_h}x{s_w} hint map onto the teacher's {t_h}x{t_w}: "
-                         "the student's must be twice, half, or at least the teacher's size; choose another "
-                         "loss.hint_layer")
-    return nn.Sequential(conv, nn.BatchNorm2d(t_c), nn.ReLU())
-
-
-@torch.no_grad()
-def probe_features(net: nn.Module, images: torch.Tensor) -> Features:
-    """The network's features in eval mode, its modules' own modes restored after: BN statistics stay put."""
-    modes = {m: m.training for m in net.modules()}
-    net.eval()
-    try:
-        return net(images, features=True)[1]
-    finally:
-        for m, training in modes.items():
-            m.training = training
+        raise ValueError(f"cannot map the student's {s_h}x{s_w} map onto the teacher's {t_h}x{t_w}: the student's "
+                         "must be twice, half, or at least the teacher's size (FitNet: choose another loss.hint_layer)")
+    return nn.Sequential(conv, nn.BatchNorm2d(t_c), *([nn.ReLU()] if relu else []))
 
 
 class FitNet(Distiller):

@@ -126,7 +126,13 @@ def cli() -> None:
     was kept and the command that resumes, not a traceback (kd/runs/interrupts.py)."""
     from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
     from kd.runs.torch_pair import check_torch_pair
+    from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides, config_dirs, split_args
 
+    flags, overrides = split_args(sys.argv[1:])
+    try:
+        check_typed_overrides(overrides, config_dirs(flags))
+    except TypedOverrideError as err:
+        raise SystemExit(f"Error: {err}. Fix that override and rerun; nothing was written.") from None
     if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run: its torch and torchvision must work together
         check_torch_pair()
     try:

@@ -30,24 +30,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from kd.config import register_schemas
 from kd.paths import CONF_DIR
 from kd.runs.sweep_dir import SUBMITTED_FILE, register_resolvers
+from kd.runs.typed_overrides import split_args
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 STUDENT_ONLY = {"alpha", "aug", "model", "loss", "optim", "stage"}  # top-level keys that never change the teacher
-VALUE_FLAGS = {"-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name"}  # Hydra flags with a value
-
-
-def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra flags such as `--config-dir DIR`, passed to both steps as they are; the overrides)."""
-    flags, overrides = [], []
-    args = iter(argv)
-    for arg in args:
-        if arg.startswith("-"):
-            flags.append(arg)
-            if arg in VALUE_FLAGS:
-                flags.append(next(args))
-        else:
-            overrides.append(arg)
-    return flags, overrides
 
 
 def top_key(override: str) -> str:

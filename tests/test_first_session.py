@@ -16,18 +16,21 @@ CELL = [*FAST, "teacher=resnet8"]
 
 
 def test_a_swept_loss_parameter_is_its_own_table_never_seeds(tmp_path, capsys):
-    grid = [*CELL, "loss.temperature=2,8", "aug=none,fc", "alpha=0.5"]
+    grid = [*CELL, "loss.temperature=8,2", "aug=none,fc", "alpha=0.5"]  # typed out of order: tables follow it
     out = tmp_path / "grid"
     done = run_cli(["-m", *grid, f"hydra.sweep.dir={out}"], cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loss.temperature=2:" in done.stdout and "loss.temperature=8:" in done.stdout  # the end-of-grid table
+    assert done.stdout.index("loss.temperature=8:") < done.stdout.index("loss.temperature=2:")
     log = cell_dir(out, grid, "loss.temperature=2", "aug=none").joinpath("train.log").read_text()
     assert "[aug=none alpha=0.5 seed=0 loss.temperature=2]" in log and "[aug=none alpha=0.5 seed=0 loss.temperature=8]" in log
     assert report_main([str(out)]) == 0
     printed = capsys.readouterr().out
     assert "(n=2)" not in printed and printed.count("Gains (fc - none)") == 2
+    assert printed.index("loss.temperature=8:") < printed.index("loss.temperature=2:")
     rows = (out / "gains.csv").read_text().splitlines()
     assert rows[0].split(",")[0] == "loss.temperature" and len(rows) == 1 + 2 * 3  # per temperature: 2 cells, 1 gain
+    assert rows[1].startswith("8,")
     claims = (out / "claims.md").read_text()
     assert "## loss.temperature=2" in claims and "## loss.temperature=8" in claims
 

@@ -131,11 +131,14 @@ class KdPackedLauncher(Launcher):
         packs = group_packs([config for config in configs])
         log.info("Launching %d jobs locally in %d pack(s) (cells that differ only in the loss train together)",
                  len(configs), len(packs))
+        for n, pack in enumerate(packs, 1):  # the whole grid up front, each cell with its pack
+            for i in pack:
+                log.info("\t#%d : %s  (pack %d/%d)", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])),
+                         n, len(packs))
         returns: list[Optional[JobReturn]] = [None] * len(configs)
         progress.start_grid(len(packs))
-        for pack in packs:
-            for i in pack:
-                log.info("\t#%d : %s", initial_job_idx + i, " ".join(filter_overrides(job_overrides[i])))
+        for n, pack in enumerate(packs, 1):
+            log.info("pack %d/%d starts: #%s", n, len(packs), ", #".join(str(initial_job_idx + i) for i in pack))
             started = time.monotonic()
             for i, ret in zip(pack, run_pack(self.hydra_context, [configs[i] for i in pack])):
                 returns[i] = ret

@@ -7,9 +7,10 @@ one table) are refused by kd/report/table.py instead of being pooled.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from kd.runs.overrides import TABLE_KEYS
+from kd.runs.overrides import TABLE_KEYS, swept_values
 
 DEFAULT = "(default)"  # a key that a cell does not override (a grid extended with a new key)
 
@@ -22,13 +23,29 @@ def other_axes(students: list[dict[str, Any]], exclude: tuple[str, ...] = ()) ->
 
 def split_by_axes(students: list[dict[str, Any]], exclude: tuple[str, ...] = ()
                   ) -> list[tuple[str, list[dict[str, Any]]]]:
-    """[(label, students)] per combination of the other axes' values (but `exclude`'s), in the sweep's order;
+    """[(label, students)] per combination of the other axes' values (but `exclude`'s), in the order typed;
     one ("", all) when there is no other axis. A label reads `loss=dkd pair=vgg13-vgg8`."""
     axes = other_axes(students, exclude)
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in students:
         groups.setdefault(axis_label(r, axes), []).append(r)
-    return list(groups.items())
+    typed = typed_order(students)
+
+    def position(part: list[dict[str, Any]]) -> tuple[int, ...]:  # values as typed first, the others after
+        values = axis_values(part[0], axes)
+        return tuple(typed[k].index(values[k]) if values[k] in typed.get(k, []) else len(typed.get(k, []))
+                     for k in axes)
+
+    return sorted(groups.items(), key=lambda item: position(item[1]))  # stable: first seen among equals
+
+
+def typed_order(students: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Each swept key's values in the order the sweeps' commands typed them (`loss=kd,dkd,fitnet`)."""
+    order: dict[str, list[str]] = {}
+    for sweep_dir in dict.fromkeys(Path(r["job_dir"]).parent for r in students if "job_dir" in r):
+        for key, values in swept_values(sweep_dir).items():
+            order.setdefault(key, []).extend(v for v in values if v not in order[key])
+    return order
 
 
 def axis_label(result: dict[str, Any], axes: list[str]) -> str:

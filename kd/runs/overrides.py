@@ -23,13 +23,18 @@ def cell_overrides(job_dir: Path) -> dict[str, str]:
     return parse_overrides(list(OmegaConf.load(path)))
 
 
-def swept_keys(sweep_dir: Path) -> set[str]:
-    """The keys a multirun sweeps over several values (its multirun.yaml, saved before any job runs); none outside one."""
+def swept_values(sweep_dir: Path) -> dict[str, list[str]]:
+    """{key: its values in the order typed} of a multirun (its multirun.yaml, saved before any job runs); {}
+    outside one."""
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
-        return set()
-    return {k.lstrip("+~") for k, values in grid_axes(OmegaConf.load(path).hydra.overrides.task).items()
-            if len(values) > 1}
+        return {}
+    return {k.lstrip("+~"): values for k, values in grid_axes(OmegaConf.load(path).hydra.overrides.task).items()}
+
+
+def swept_keys(sweep_dir: Path) -> set[str]:
+    """The keys a multirun sweeps over several values; none outside one."""
+    return {k for k, values in swept_values(sweep_dir).items() if len(values) > 1}
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:

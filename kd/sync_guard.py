@@ -27,8 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import kd
 
 aten = torch.ops.aten
-KD_DIR = os.path.dirname(os.path.abspath(kd.__file__))
-TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+KD_DIR = os.path.dirname(os.path.abspath(kd.__file__)) + os.sep
+TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep  # not torchvision
 THIS_FILE = os.path.abspath(__file__)
 
 # Ops that wait for the device whatever their arguments: what each does, for the error.
@@ -87,7 +87,7 @@ def where() -> str:
 
 def _short(path: str) -> str:
     path = os.path.abspath(path)
-    root = os.path.dirname(KD_DIR)
+    root = os.path.dirname(KD_DIR.rstrip(os.sep)) + os.sep
     return os.path.relpath(path, root) if path.startswith(root) else path.rsplit("site-packages/", 1)[-1]
 
 

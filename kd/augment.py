@@ -22,6 +22,7 @@ RANDAUGMENT_OPS = tuple(T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, (3
 # The ops that move pixels: with nearest-neighbour sampling each is a fixed gather (`pixel_sources`)
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 Choice = tuple[str, float]  # one of torchvision's `_apply_op` ops and its signed magnitude
+FORMS = ("select", "grouped")  # apply_choices' two ways to the same images
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -178,10 +179,11 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
     return ((images - minimum) * scale).clamp(0, 255).to(torch.uint8)
 
 
-def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator) -> torch.Tensor:
+def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator,
+                 form: str | None = None) -> torch.Tensor:
     """RandAugment(num_ops, magnitude) with a fresh op and sign per image and per op slot."""
     ops, negative = draw_rand_augment(images.shape[0], num_ops, images.device, generator)
-    return apply_rand_augment(images, ops, negative, magnitude)
+    return apply_rand_augment(images, ops, negative, magnitude, form)
 
 
 class NoAugment:
@@ -222,21 +224,29 @@ class FlipCrop:
 
 
 class FlipCropRandAugment(FlipCrop):
-    """`aug=fcra`: fc followed by RandAugment(N=num_ops, M=magnitude)."""
+    """`aug=fcra`: fc followed by RandAugment(N=num_ops, M=magnitude).
+
+    `form` is `apply_choices`' (None: by device). No config key sets it, as both give the same images: code that
+    checks or counts the CUDA step on a CPU sets "select" (tests/test_sync_guard.py, benchmarks/ops.py).
+    """
 
     name = "fcra"
 
-    def __init__(self, padding: int | None = None, num_ops: int = 2, magnitude: int = 14) -> None:
+    def __init__(self, padding: int | None = None, num_ops: int = 2, magnitude: int = 14,
+                 form: str | None = None) -> None:
         super().__init__(padding)
         if not 0 <= magnitude < RANDAUGMENT_BINS:
             raise ValueError(f"aug.magnitude={magnitude} must be in [0, {RANDAUGMENT_BINS - 1}]")
         if num_ops < 0:
             raise ValueError(f"aug.num_ops={num_ops} must be >= 0")
+        if form not in (None, *FORMS):
+            raise ValueError(f"form={form!r} must be one of {FORMS} or None (by device)")
         self.num_ops = num_ops
         self.magnitude = magnitude
+        self.form = form
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return rand_augment(super().__call__(images, generator), self.num_ops, self.magnitude, generator)
+        return rand_augment(super().__call__(images, generator), self.num_ops, self.magnitude, generator, self.form)
 
     def pil_transforms(self, image_size: int) -> list:
         return super().pil_transforms(image_size) + [T.RandAugment(self.num_ops, self.magnitude)]

@@ -1,11 +1,23 @@
 """kd/sync_guard.py catches, on a CPU, what on a GPU would stall a training step; kd's real steps have none of it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 
+from conftest import FAST, compose_config
+from kd.augment import FlipCropRandAugment, NoAugment
+from kd.capture import EAGER
+from kd.config import TeacherView
+from kd.engine import Cell, autocast_for, evaluate, make_batches, make_teaching, train_one_epoch
+from kd.engine import test_logits as teacher_test_logits  # imported as test_logits, pytest would collect it
+from kd.models.resnet import resnet8
+from kd.students import make_pack
 from kd.sync_guard import HostSyncError, OpRecord, no_host_sync
+from test_augment import one_thread, synthetic_splits  # noqa: F401 (one_thread: an autouse fixture, here too)
 
 
 @pytest.fixture
@@ -86,3 +98,46 @@ def test_a_loop_that_raises_inside_a_watched_step_leaves_no_mode_entered(x):
     before = record.total
     x + 1
     assert record.total == before == 1
+
+
+# A pack with every kind of cell: one that never distils, and distilling ones on each view of the teacher.
+CELLS = [(0.0, "same"), (0.5, "same"), (0.5, "clean"), (1.0, "independent")]
+
+
+def real_pack(tmp_path, aug: str, pack_mode: str, teacher_logit_cache: bool):
+    """A pack's training step as `kd.engine.fit` builds it (resnet8 from resnet8 on 16x16 images), with fcra in
+    the form CUDA runs; and its evaluation batches and the teacher's test logits."""
+    cfgs = [compose_config([*FAST, "model=resnet8", "teacher=resnet8", f"aug={aug}", f"alpha={alpha}",
+                            f"trainer.teacher_view={view}", f"trainer.pack_mode={pack_mode}", "trainer.device=cpu",
+                            "trainer.batch_size=8", "trainer.eval_batch_size=8",
+                            f"trainer.teacher_logit_cache={teacher_logit_cache}"], out_dir=tmp_path / str(i))
+            for i, (alpha, view) in enumerate(CELLS)]
+    cfg, device = cfgs[0], torch.device("cpu")
+    splits = synthetic_splits(n=32, size=16)
+    cells = [Cell(c, Path(c.out_dir), {}, lambda row, step: None, f"cell{i}", "") for i, c in enumerate(cfgs)]
+    teacher = resnet8(num_classes=10).eval()
+    update = make_pack(cells, 10, device, EAGER, teacher, torch.zeros(2, 3, 16, 16))
+    augmentation = FlipCropRandAugment(form="select") if aug == "fcra" else instantiate(cfg.aug)
+    autocast = autocast_for(device, cfg.trainer.bf16)
+    batches = make_batches(cfg, splits, "train", augmentation, device, shuffle=True)
+    teaching = make_teaching(cfg, teacher, splits, augmentation, batches, {TeacherView(v) for a, v in CELLS if a > 0},
+                             device, autocast)
+    test_batches = make_batches(cfg, splits, "test", NoAugment(), device, shuffle=False)
+    return update, batches, teaching, autocast, test_batches, teacher_test_logits(teacher, test_batches, splits, autocast)
+
+
+@pytest.mark.parametrize("aug, pack_mode, teacher_logit_cache", [
+    ("none", "loop", False), ("none", "stacked", True), ("fc", "loop", False), ("fc", "stacked", False),
+    ("fcra", "loop", False), ("fcra", "stacked", False), ("fccutout", "loop", False)])
+def test_a_real_packed_training_step_never_syncs_with_the_host(tmp_path, aug, pack_mode, teacher_logit_cache):
+    """Every step of `train_one_epoch` after the first (which builds the augmentation's tables and the optimizer's
+    momentum once): its batch, augmentation, the teacher on each view, the students' steps and the loop's sums.
+    The epoch's reads of its metrics, once at its end, are outside the steps."""
+    update, batches, teaching, autocast, _, _ = real_pack(tmp_path, aug, pack_mode, teacher_logit_cache)
+    record = OpRecord()
+    with record.watch(batches, skip=1) as steps:
+        stats = train_one_epoch(update, steps, teaching, autocast, 0, set())
+    assert record.steps == len(batches) - 1 == 3
+    assert all(st["images"] == 32 for st in stats)
+    record.check()
+

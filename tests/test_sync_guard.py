@@ -123,7 +123,8 @@ def real_pack(tmp_path, aug: str, pack_mode: str, teacher_logit_cache: bool):
     teaching = make_teaching(cfg, teacher, splits, augmentation, batches, {TeacherView(v) for a, v in CELLS if a > 0},
                              device, autocast)
     test_batches = make_batches(cfg, splits, "test", NoAugment(), device, shuffle=False)
-    return update, batches, teaching, autocast, test_batches, teacher_test_logits(teacher, test_batches, splits, autocast)
+    teacher_on_test = teacher_test_logits(teacher, test_batches, splits, autocast)
+    return update, batches, teaching, autocast, test_batches, teacher_on_test
 
 
 @pytest.mark.parametrize("aug, pack_mode, teacher_logit_cache", [
@@ -141,3 +142,11 @@ def test_a_real_packed_training_step_never_syncs_with_the_host(tmp_path, aug, pa
     assert all(st["images"] == 32 for st in stats)
     record.check()
 
+
+def test_evaluation_never_syncs_with_the_host_until_its_one_read(tmp_path):
+    update, _, _, autocast, test_batches, teacher_on_test = real_pack(tmp_path, "fc", "loop", True)
+    record = OpRecord()
+    with record.watch(test_batches) as steps:
+        row = evaluate(update.students[1].model, steps, autocast, "test", teacher_on_test)
+    assert record.steps == len(test_batches) == 4 and "diag/test_kl" in row
+    record.check()

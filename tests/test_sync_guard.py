@@ -104,10 +104,10 @@ def test_a_loop_that_raises_inside_a_watched_step_leaves_no_mode_entered(x):
 CELLS = [(0.0, "same"), (0.5, "same"), (0.5, "clean"), (1.0, "independent")]
 
 
-def real_pack(tmp_path, aug: str, pack_mode: str, teacher_logit_cache: bool):
+def real_pack(tmp_path, aug: str, pack_mode: str, teacher_logit_cache: bool, loss: str = "kd"):
     """A pack's training step as `kd.engine.fit` builds it (resnet8 from resnet8 on 16x16 images), with fcra in
     the form CUDA runs; and its evaluation batches and the teacher's test logits."""
-    cfgs = [compose_config([*FAST, "model=resnet8", "teacher=resnet8", f"aug={aug}", f"alpha={alpha}",
+    cfgs = [compose_config([*FAST, "model=resnet8", "teacher=resnet8", f"aug={aug}", f"loss={loss}", f"alpha={alpha}",
                             f"trainer.teacher_view={view}", f"trainer.pack_mode={pack_mode}", "trainer.device=cpu",
                             "trainer.batch_size=8", "trainer.eval_batch_size=8",
                             f"trainer.teacher_logit_cache={teacher_logit_cache}"], out_dir=tmp_path / str(i))
@@ -120,21 +120,25 @@ def real_pack(tmp_path, aug: str, pack_mode: str, teacher_logit_cache: bool):
     augmentation = FlipCropRandAugment(form="select") if aug == "fcra" else instantiate(cfg.aug)
     autocast = autocast_for(device, cfg.trainer.bf16)
     batches = make_batches(cfg, splits, "train", augmentation, device, shuffle=True)
+    features = any(s.alpha > 0 and s.distiller.needs_features for s in update.students)
     teaching = make_teaching(cfg, teacher, splits, augmentation, batches, {TeacherView(v) for a, v in CELLS if a > 0},
-                             device, autocast)
+                             device, autocast, EAGER, features)
     test_batches = make_batches(cfg, splits, "test", NoAugment(), device, shuffle=False)
     teacher_on_test = teacher_test_logits(teacher, test_batches, splits, autocast)
     return update, batches, teaching, autocast, test_batches, teacher_on_test
 
 
-@pytest.mark.parametrize("aug, pack_mode, teacher_logit_cache", [
-    ("none", "loop", False), ("none", "stacked", True), ("fc", "loop", False), ("fc", "stacked", False),
-    ("fcra", "loop", False), ("fcra", "stacked", False), ("fccutout", "loop", False)])
-def test_a_real_packed_training_step_never_syncs_with_the_host(tmp_path, aug, pack_mode, teacher_logit_cache):
+@pytest.mark.parametrize("aug, pack_mode, teacher_logit_cache, loss", [
+    ("none", "loop", False, "kd"), ("none", "stacked", True, "kd"), ("fc", "loop", False, "kd"),
+    ("fc", "stacked", False, "kd"), ("fcra", "loop", False, "kd"), ("fcra", "stacked", False, "kd"),
+    ("fccutout", "loop", False, "kd"), ("fc", "stacked", False, "dkd"), ("fc", "loop", False, "fitnet"),
+    ("fc", "loop", False, "at")])
+def test_a_real_packed_training_step_never_syncs_with_the_host(tmp_path, aug, pack_mode, teacher_logit_cache, loss):
     """Every step of `train_one_epoch` after the first (which builds the augmentation's tables and the optimizer's
-    momentum once): its batch, augmentation, the teacher on each view, the students' steps and the loop's sums.
-    The epoch's reads of its metrics, once at its end, are outside the steps."""
-    update, batches, teaching, autocast, _, _ = real_pack(tmp_path, aug, pack_mode, teacher_logit_cache)
+    momentum once): its batch, augmentation, the teacher on each view, the students' steps (each distiller's, the
+    feature ones with the networks' features) and the loop's sums. The epoch's reads of its metrics, once at its
+    end, are outside the steps."""
+    update, batches, teaching, autocast, _, _ = real_pack(tmp_path, aug, pack_mode, teacher_logit_cache, loss)
     record = OpRecord()
     with record.watch(batches, skip=1) as steps:
         stats = train_one_epoch(update, steps, teaching, autocast, 0, set())

@@ -48,13 +48,14 @@ COPIES = {aten._to_copy, aten.copy_}
 HOST_READS = {torch.Tensor.tolist: "reads the tensor to the host (.tolist())",
               torch.Tensor.numpy: "reads the tensor to the host (.numpy())"}
 FROM_PYTHON = {torch.tensor, torch.as_tensor}
+_END = object()  # a watched loop's batches are over
 
 
 class HostSyncError(RuntimeError):
     """The step did something that on a GPU waits for the device or copies from the host."""
 
 
-def host_sync(func, args: tuple, kwargs: dict) -> Optional[str]:
+def host_sync(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> Optional[str]:
     """Why the ATen op `func` called with `args` would sync with the host on a GPU; None if it would not."""
     packet = func.overloadpacket
     if packet in SYNCING_OPS:
@@ -77,6 +78,8 @@ def where() -> str:
     """The innermost Python line outside torch that runs the current op, and kd's line that led there if another."""
     frames = [f for f in traceback.extract_stack()
               if not os.path.abspath(f.filename).startswith(TORCH_DIR) and os.path.abspath(f.filename) != THIS_FILE]
+    if not frames:
+        return "torch's own code"
     inner = frames[-1]
     text = f"{_short(inner.filename)}:{inner.lineno} in {inner.name}: {inner.line}"
     ours = next((f for f in reversed(frames) if os.path.abspath(f.filename).startswith(KD_DIR)), None)
@@ -134,11 +137,13 @@ class OpRecord:
 
     def _steps(self, batches: Iterator, skip: int) -> Iterator:
         for step in itertools.count():
-            with self if step >= skip else contextlib.nullcontext():
-                batch = next(batches, StopIteration)
-                if batch is StopIteration:
+            counted = step >= skip
+            with self if counted else contextlib.nullcontext():
+                batch = next(batches, _END)
+                if batch is _END:
                     return
-                self.steps += step >= skip
+                if counted:
+                    self.steps += 1
                 yield batch
 
     def check(self) -> None:

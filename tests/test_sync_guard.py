@@ -154,3 +154,13 @@ def test_evaluation_never_syncs_with_the_host_until_its_one_read(tmp_path):
         row = evaluate(update.students[1].model, steps, autocast, "test", teacher_on_test)
     assert record.steps == len(test_batches) == 4 and "diag/test_kl" in row
     record.check()
+
+
+def test_a_stacked_pack_with_a_waiting_student_never_syncs_with_the_host(tmp_path):
+    """A resumed pack's cell further on (or one that failed) waits: its slices are kept and restored every step."""
+    update, batches, teaching, autocast, _, _ = real_pack(tmp_path, "fc", "stacked", False)
+    record = OpRecord()
+    with record.watch(batches, skip=1) as steps:
+        stats = train_one_epoch(update, steps, teaching, autocast, 0, {2})
+    assert stats[2] is None and record.steps == 3
+    record.check()

@@ -87,7 +87,7 @@ class Setup:
     """A pack's KD train step (one cell per config; a single cell is a pack of one), built once through kd's
     own functions as `kd.training.engine.fit` builds it, and timed in rounds."""
 
-    def __init__(self, cfgs: list[DictConfig], splits: ImageSplits, device: torch.device) -> None:
+    def __init__(self, cfgs: list[DictConfig], splits: ImageSplits, device: torch.device, aug=None) -> None:
         cfg = cfgs[0]
         self.cfg, self.device, self.k = cfg, device, len(cfgs)
         self.plan = plan_compile(cfg.trainer, device)
@@ -97,7 +97,7 @@ class Setup:
             teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES).to(device).eval()
         example = torch.zeros((2, *splits.train_images.shape[1:]), device=device)  # what a distiller's parts fit
         self.update = make_pack(cells, NUM_CLASSES, device, self.plan, teacher, example)
-        aug = instantiate(cfg.aug)
+        aug = instantiate(cfg.aug) if aug is None else aug  # another: fcra in the form CUDA runs (ops.py)
         self.autocast = autocast_for(device, cfg.trainer.bf16)
         features = any(s.alpha > 0 and s.distiller.needs_features for s in self.update.students)
         self.batches = make_batches(cfg, splits, "train", aug, device, shuffle=True)

@@ -25,6 +25,7 @@ from kd.config import TeacherView
 from kd.training.engine import Cell, autocast_for, fit, make_batches, make_teaching, train_one_epoch
 from kd.training.students import LoopUpdate, make_student
 from kd.models.resnet import resnet8
+from kd.training.sync_guard import no_host_sync
 from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
 from conftest import FAST, compose_config
 
@@ -118,6 +119,18 @@ def test_the_sync_free_form_equals_the_grouped_form(seed: int):
     for magnitude in (5, 14, 30):
         assert torch.equal(apply_rand_augment(images, ops, negative, magnitude, "select"),
                            apply_rand_augment(images, ops, negative, magnitude, "grouped"))
+
+
+def test_rand_augment_in_its_cuda_form_builds_no_tensor_from_host_data_per_batch():
+    """The CPU check of what failed on an H200: the step made torchvision's magnitude table, the sign table
+    and the geometric ops' affine matrices from host data every batch (a host-to-device copy each on a GPU).
+    They are built at first use, once per image size and device."""
+    images = test_images(16, 32)
+    ops, negative = draw_rand_augment(16, 2, images.device, torch.Generator().manual_seed(0))
+    first = apply_rand_augment(images, ops, negative, 14, "select")
+    with no_host_sync():
+        again = apply_rand_augment(images, ops, negative, 14, "select")
+    assert torch.equal(again, first)
 
 
 @pytest.mark.cuda

@@ -9,6 +9,8 @@ Each policy works two ways with the same semantics as torchvision:
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
@@ -17,6 +19,10 @@ from torchvision.transforms.autoaugment import _apply_op  # torchvision's own op
 RANDAUGMENT_BINS = 31  # torchvision's default number of magnitude bins
 # torchvision's RandAugment ops, in the order of its augmentation space (an op index means the same in both)
 RANDAUGMENT_OPS = tuple(T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, (32, 32)))
+# The ops that move pixels: with nearest-neighbour sampling each is a fixed gather (`pixel_sources`)
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+Choice = tuple[str, float]  # one of torchvision's `_apply_op` ops and its signed magnitude
+FORMS = ("select", "grouped")  # apply_choices' two ways to the same images
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -52,12 +58,20 @@ def draw_rand_augment(n: int, num_ops: int, device: torch.device, generator: tor
 def apply_rand_augment(images: torch.Tensor, ops: torch.Tensor, negative: torch.Tensor, magnitude: int,
                        form: str | None = None) -> torch.Tensor:
     """Apply each image's drawn ops in order, as torchvision's RandAugment(magnitude) would."""
-    space = T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, images.shape[-2:])
-    # Choice op * 2 + sign: the op at +/- the magnitude; unsigned ops ignore the sign (both keys are the same op).
+    choices, signed = rand_augment_table(tuple(images.shape[-2:]), magnitude, ops.device)
+    return apply_choices(images, ops * 2 + (negative & signed[ops]).long(), choices, form)
+
+
+@functools.cache
+def rand_augment_table(size: tuple[int, int], magnitude: int, device: torch.device
+                       ) -> tuple[list[Choice], torch.Tensor]:
+    """RandAugment's choices for images of `size` (key op * 2 + sign: the op at +/- the magnitude; unsigned ops
+    ignore the sign, both keys are the same op) and which ops take a sign, on `device`. Built once: made in the
+    step, torchvision's magnitude tables and a host-to-device copy of the signs would cost every batch."""
+    space = T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, list(size))
     choices = [(name, _op_value(space, name, magnitude, negative=bool(sign) and space[name][1]))
                for name in RANDAUGMENT_OPS for sign in (0, 1)]
-    signed = torch.tensor([space[name][1] for name in RANDAUGMENT_OPS], device=ops.device)
-    return apply_choices(images, ops * 2 + (negative & signed[ops]).long(), choices, form)
+    return choices, torch.tensor([space[name][1] for name in RANDAUGMENT_OPS], device=device)
 
 
 def _op_value(space: dict, name: str, magnitude: int, negative: bool) -> float:
@@ -66,7 +80,6 @@ def _op_value(space: dict, name: str, magnitude: int, negative: bool) -> float:
     return -value if negative else value
 
 
-Choice = tuple[str, float]  # one of torchvision's `_apply_op` ops and its signed magnitude
 
 
 def apply_choices(images: torch.Tensor, keys: torch.Tensor, choices: list[Choice], form: str | None = None
@@ -110,12 +123,34 @@ def _select(images: torch.Tensor, keys: torch.Tensor, choices: list[Choice]) -> 
 
 def _batch_op(images: torch.Tensor, name: str, value: float) -> torch.Tensor:
     """torchvision's op on a whole batch; Equalize and AutoContrast rewritten without their host syncs
-    (a data-dependent shape and a boolean-mask assignment), with the same outputs."""
+    (a data-dependent shape and a boolean-mask assignment), and the geometric ops without the affine matrix
+    that torchvision copies to the device on every call, with the same outputs."""
+    if name in GEOMETRIC_OPS:
+        return move_pixels(images, pixel_sources(name, value, tuple(images.shape[-2:]), images.device))
     if name == "Equalize":
         return equalize(images)
     if name == "AutoContrast":
         return autocontrast(images)
     return _apply_op(images, name, value, interpolation=InterpolationMode.NEAREST, fill=None)
+
+
+@functools.cache
+def pixel_sources(name: str, value: float, size: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Where each output pixel of torchvision's geometric op `name` at `value` comes from on images of `size`:
+    1 + its source's flat index, 0 where it falls outside (filled with zeros). Nearest-neighbour sampling copies
+    whole pixels from places that depend on the op alone, so running torchvision's own op once on an image of
+    the indices (exact in float32, as its uint8 path samples) gives them; built once per op, size and device."""
+    h, w = size
+    indices = torch.arange(1, h * w + 1, dtype=torch.float32, device=device).reshape(1, 1, h, w)
+    moved = _apply_op(indices, name, value, interpolation=InterpolationMode.NEAREST, fill=None)
+    return moved.reshape(h * w).long()
+
+
+def move_pixels(images: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """Each output pixel the input pixel `sources` names (`pixel_sources`), or zero."""
+    n, c, h, w = images.shape
+    padded = torch.cat([images.new_zeros(n, c, 1), images.reshape(n, c, h * w)], dim=2)
+    return padded.index_select(2, sources).reshape(n, c, h, w)
 
 
 def equalize(images: torch.Tensor) -> torch.Tensor:
@@ -144,10 +179,11 @@ def autocontrast(images: torch.Tensor) -> torch.Tensor:
     return ((images - minimum) * scale).clamp(0, 255).to(torch.uint8)
 
 
-def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator) -> torch.Tensor:
+def rand_augment(images: torch.Tensor, num_ops: int, magnitude: int, generator: torch.Generator,
+                 form: str | None = None) -> torch.Tensor:
     """RandAugment(num_ops, magnitude) with a fresh op and sign per image and per op slot."""
     ops, negative = draw_rand_augment(images.shape[0], num_ops, images.device, generator)
-    return apply_rand_augment(images, ops, negative, magnitude)
+    return apply_rand_augment(images, ops, negative, magnitude, form)
 
 
 class NoAugment:
@@ -188,21 +224,29 @@ class FlipCrop:
 
 
 class FlipCropRandAugment(FlipCrop):
-    """`aug=fcra`: fc followed by RandAugment(N=num_ops, M=magnitude)."""
+    """`aug=fcra`: fc followed by RandAugment(N=num_ops, M=magnitude).
+
+    `form` is `apply_choices`' (None: by device). No config key sets it, as both give the same images: code that
+    checks or counts the CUDA step on a CPU sets "select" (tests/test_sync_guard.py, benchmarks/ops.py).
+    """
 
     name = "fcra"
 
-    def __init__(self, padding: int | None = None, num_ops: int = 2, magnitude: int = 14) -> None:
+    def __init__(self, padding: int | None = None, num_ops: int = 2, magnitude: int = 14,
+                 form: str | None = None) -> None:
         super().__init__(padding)
         if not 0 <= magnitude < RANDAUGMENT_BINS:
             raise ValueError(f"aug.magnitude={magnitude} must be in [0, {RANDAUGMENT_BINS - 1}]")
         if num_ops < 0:
             raise ValueError(f"aug.num_ops={num_ops} must be >= 0")
+        if form not in (None, *FORMS):
+            raise ValueError(f"form={form!r} must be one of {FORMS} or None (by device)")
         self.num_ops = num_ops
         self.magnitude = magnitude
+        self.form = form
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return rand_augment(super().__call__(images, generator), self.num_ops, self.magnitude, generator)
+        return rand_augment(super().__call__(images, generator), self.num_ops, self.magnitude, generator, self.form)
 
     def pil_transforms(self, image_size: int) -> list:
         return super().pil_transforms(image_size) + [T.RandAugment(self.num_ops, self.magnitude)]

@@ -14,6 +14,7 @@ sign choices) and read a few numbers to the host per batch (lambda, the box).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,29 +39,33 @@ class FlipCropTrivialAugment(FlipCrop):
         if num_magnitude_bins < 2:
             raise ValueError(f"aug.num_magnitude_bins={num_magnitude_bins} must be >= 2")
         self.bins = num_magnitude_bins
-        space = T.TrivialAugmentWide()._augmentation_space(num_magnitude_bins)
-        # Choice (op * bins + bin) * 2 + sign; ops without magnitudes or sign repeat their one value.
-        self.choices: list[Choice] = [
-            (name, _op_value(space, name, b, negative=bool(sign) and space[name][1]) if space[name][0].ndim > 0
-             else 0.0)
-            for name in TA_OPS for b in range(num_magnitude_bins) for sign in (0, 1)]
-        self.has_bins = torch.tensor([space[name][0].ndim > 0 for name in TA_OPS])
-        self.signed = torch.tensor([space[name][1] for name in TA_OPS])
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.trivial_augment(super().__call__(images, generator), generator)
 
     def trivial_augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, device = images.shape[0], images.device
+        choices, has_bins, signed = trivial_augment_table(self.bins, device)
         op = torch.randint(len(TA_OPS), (n,), device=device, generator=generator)
         magnitude_bin = torch.randint(self.bins, (n,), device=device, generator=generator)
         negative = torch.rand(n, device=device, generator=generator) < 0.5
-        has_bins, signed = self.has_bins.to(device)[op], self.signed.to(device)[op]
-        keys = (op * self.bins + magnitude_bin * has_bins) * 2 + (negative & signed).long()
-        return apply_choices(images, keys[None], self.choices, form="grouped")
+        keys = (op * self.bins + magnitude_bin * has_bins[op]) * 2 + (negative & signed[op]).long()
+        return apply_choices(images, keys[None], choices, form="grouped")
 
     def pil_transforms(self, image_size: int) -> list:
         return super().pil_transforms(image_size) + [T.TrivialAugmentWide(self.bins)]
+
+
+@functools.cache
+def trivial_augment_table(bins: int, device: torch.device) -> tuple[list[Choice], torch.Tensor, torch.Tensor]:
+    """TrivialAugmentWide's choices ((op * bins + bin) * 2 + sign; ops without magnitudes or sign repeat their one
+    value), and which ops take a bin and a sign, on `device`: made once, not copied to the device every batch."""
+    space = T.TrivialAugmentWide()._augmentation_space(bins)
+    choices = [(name, _op_value(space, name, b, negative=bool(sign) and space[name][1]) if space[name][0].ndim > 0
+                else 0.0)
+               for name in TA_OPS for b in range(bins) for sign in (0, 1)]
+    has_bins = torch.tensor([space[name][0].ndim > 0 for name in TA_OPS], device=device)
+    return choices, has_bins, torch.tensor([space[name][1] for name in TA_OPS], device=device)
 
 
 class FlipCropAutoAugment(FlipCrop):
@@ -75,30 +80,41 @@ class FlipCropAutoAugment(FlipCrop):
     @staticmethod
     def auto_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, device = images.shape[0], images.device
-        space = T.AutoAugment()._augmentation_space(AA_BINS, images.shape[-2:])
+        choices, probabilities, signs = auto_augment_table(tuple(images.shape[-2:]), device)
         policy = torch.randint(len(AA_POLICY), (n,), device=device, generator=generator)
         draws = torch.rand(n, 2, device=device, generator=generator)
         negative = torch.rand(n, 2, device=device, generator=generator) < 0.5
         identity = 2 * len(AA_POLICY)
-        choices: list[Choice] = []
         keys = []
         for slot in range(2):
-            # Choice policy * 2 + sign of this slot's op, then Identity (not applied); slot 1 after slot 0's.
             offset = slot * (identity + 1)
-            for name, _, magnitude_id in (sub[slot] for sub in AA_POLICY):
-                for sign in (0, 1):
-                    value = _op_value(space, name, magnitude_id, bool(sign) and space[name][1]) \
-                        if magnitude_id is not None else 0.0
-                    choices.append((name, value))
-            choices.append(("Identity", 0.0))
-            probability = torch.tensor([sub[slot][1] for sub in AA_POLICY], device=device)[policy]
-            signed = torch.tensor([space[sub[slot][0]][1] for sub in AA_POLICY], device=device)[policy]
+            probability, signed = probabilities[slot][policy], signs[slot][policy]
             key = policy * 2 + (negative[:, slot] & signed).long()
             keys.append(offset + torch.where(draws[:, slot] <= probability, key, torch.full_like(key, identity)))
         return apply_choices(images, torch.stack(keys), choices, form="grouped")
 
     def pil_transforms(self, image_size: int) -> list:
         return super().pil_transforms(image_size) + [T.AutoAugment(T.AutoAugmentPolicy.CIFAR10)]
+
+
+@functools.cache
+def auto_augment_table(size: tuple[int, int], device: torch.device
+                       ) -> tuple[list[Choice], torch.Tensor, torch.Tensor]:
+    """AutoAugment's choices for images of `size` (slot 0's, policy * 2 + sign of its op, then Identity, not
+    applied; slot 1's after them), and each slot's probability and sign table by policy, (2, policies) on `device`:
+    made once, not copied to the device every batch."""
+    space = T.AutoAugment()._augmentation_space(AA_BINS, list(size))
+    choices: list[Choice] = []
+    for slot in range(2):
+        for name, _, magnitude_id in (sub[slot] for sub in AA_POLICY):
+            for sign in (0, 1):
+                value = _op_value(space, name, magnitude_id, bool(sign) and space[name][1]) \
+                    if magnitude_id is not None else 0.0
+                choices.append((name, value))
+        choices.append(("Identity", 0.0))
+    probabilities = torch.tensor([[sub[slot][1] for sub in AA_POLICY] for slot in range(2)], device=device)
+    signs = torch.tensor([[space[sub[slot][0]][1] for sub in AA_POLICY] for slot in range(2)], device=device)
+    return choices, probabilities, signs
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -38,11 +38,20 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def kd_version() -> str:
+    """kd's installed version; for a checkout run from PYTHONPATH that pip never installed (a borrowed GPU machine's
+    copy), its git commit; "not installed" when it is neither."""
+    try:
+        return importlib.metadata.version("kd")
+    except importlib.metadata.PackageNotFoundError:
+        return _git("rev-parse", "HEAD") or "not installed"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """The software and machine a job runs on."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {
-        "kd_version": importlib.metadata.version("kd"),
+        "kd_version": kd_version(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(),

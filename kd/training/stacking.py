@@ -37,6 +37,7 @@ class StackedUpdate:
                 owner, leaf = _owner(model, name)
                 owner._buffers[leaf] = buffers[name][k]
         self.base = copy.deepcopy(models[0]).to("meta")
+        self._held_indices: dict[tuple[int, ...], torch.Tensor] = {}  # by the students held out of a step
         self.optimizer = instantiate(optim_cfg.optimizer)(list(params.values()))
         self.scheduler = instantiate(optim_cfg.scheduler)(self.optimizer)
         # Resumed students bring their own optimizer and scheduler states: stack them. The pack's lr follows
@@ -71,14 +72,26 @@ class StackedUpdate:
         """Copies of the held students' slices of every stacked tensor (weights, BN stats, optimizer state)."""
         if not held:
             return []
-        return [t[held].clone() for t in self._stacked_tensors()]
+        index = self._held_index(held)
+        return [t[index].clone() for t in self._stacked_tensors()]
 
     @torch.no_grad()
     def _restore(self, held: list[int], kept: list[torch.Tensor]) -> None:
         """Undo the step for students that wait (a resumed pack's cells further on) or failed: weight decay,
         momentum and BatchNorm would otherwise move them even without a loss."""
+        if not held:
+            return
+        index = self._held_index(held)
         for t, saved in zip(self._stacked_tensors(), kept):
-            t[held] = saved
+            t[index] = saved
+
+    def _held_index(self, held: list[int]) -> torch.Tensor:
+        """The held students' places in the stack as a tensor on its device, made once per set of them: a Python
+        list as an index is copied from the host for every tensor it indexes, each step."""
+        key = tuple(held)
+        if key not in self._held_indices:
+            self._held_indices[key] = torch.tensor(held, device=next(iter(self.params.values())).device)
+        return self._held_indices[key]
 
     def _stacked_tensors(self) -> list[torch.Tensor]:
         state = [v for entry in self.optimizer.state.values() for v in entry.values()

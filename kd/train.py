@@ -127,14 +127,18 @@ def cli() -> None:
     from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
     from kd.runs.torch_pair import check_torch_pair
     from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides, config_dirs, split_args
+    from kd.training.cpu import share_cores_when_busy, usable_cores
 
     flags, overrides = split_args(sys.argv[1:])
     try:
         check_typed_overrides(overrides, config_dirs(flags))
     except TypedOverrideError as err:
         raise SystemExit(f"Error: {err}. Fix that override and rerun; nothing was written.") from None
-    if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run: its torch and torchvision must work together
-        check_torch_pair()
+    if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run
+        shared = share_cores_when_busy(usable_cores())  # before torch loads: OpenMP reads its wait policy then
+        if shared is not None:
+            print(shared, file=sys.stderr)
+        check_torch_pair()  # its torch and torchvision must work together
     try:
         with sigterm_raises():
             main()

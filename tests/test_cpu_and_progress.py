@@ -9,7 +9,7 @@ import re
 import torch
 
 from conftest import FAST, run_cli
-from kd.training.cpu import cpu_capability, warn_if_busy
+from kd.training.cpu import cpu_capability, share_cores_when_busy, usable_cores, warn_if_busy
 from kd.report.provenance import sweep_provenance
 from kd.runs.provenance import environment
 from kd.runs.results import collect_sweep
@@ -69,3 +69,27 @@ def test_a_grid_over_pairs_has_a_teacher_per_table_and_no_warning_but_one_table_
     pairs[1]["teacher_sha256"] = "c" * 64  # one table (vgg13-vgg8) whose cells learned from two teachers
     (warning,) = [w for w in sweep_provenance(pairs)[1] if "different teachers" in w]
     assert warning.startswith("the cells of seed 0 in the table pair=vgg13-vgg8 used 2 different teachers")
+
+
+def test_a_busy_machine_makes_idle_threads_sleep_unless_the_user_chose(monkeypatch):
+    cores = usable_cores()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
+    assert share_cores_when_busy(cores) is None and "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))  # one other runnable process
+    line = share_cores_when_busy(cores)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert line.startswith("kd: the machine is busy (load average 2.0") and "no result changes" in line
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
+    assert share_cores_when_busy(cores) is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_kd_train_sets_the_wait_policy_before_torch_loads():
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads: kd/train.py must not have loaded it by then."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.argv = ['kd/train.py']; import kd.train, kd.runs.interrupts, kd.runs.typed_overrides, "
+            "kd.training.cpu; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

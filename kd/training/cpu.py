@@ -1,5 +1,10 @@
 """The CPU a job runs on: what it is (results from another CPU differ in every digit), and whether it is free.
 
+A busy machine: beside other work, OpenMP's idle threads spin waiting for each other while the cores run
+something else, which made a 2-core quickstart beside one nice'd process about 10x slower than alone. When
+the load average says the cores are taken, kd makes idle threads sleep instead (OMP_WAIT_POLICY=PASSIVE, set
+before torch loads), which changes no result: the thread count, and so every digit, stay those of a free machine.
+
 A CPU of another model or instruction set (torch's capability: AVX2, AVX512, ...) runs other kernels,
 whose floating-point sums differ: the same command gives other digits, not other conclusions. The
 model name and capability go to results.json's `environment`, which kd-report compares across cells.
@@ -11,8 +16,6 @@ import os
 import platform
 from pathlib import Path
 from typing import Optional
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ def cpu_model() -> str:
 
 def cpu_capability() -> Optional[str]:
     """The vector instructions torch's CPU kernels use here (e.g. AVX2, AVX512); None on an old torch."""
+    import torch  # here, not at the top: share_cores_when_busy runs before torch may load
+
     get = getattr(torch.backends.cpu, "get_cpu_capability", None)
     return get() if get is not None else None
 
@@ -38,17 +43,40 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def warn_if_busy(threads: int) -> Optional[float]:
-    """One warning when other work already loads the cores this job's `threads` will use; the load it saw."""
+def other_load() -> Optional[float]:
+    """The load average less this process (starting up, it is one of the runnable ones); None where unknown."""
     try:
-        load = os.getloadavg()[0]
+        return max(0.0, os.getloadavg()[0] - 1.0)
     except OSError:  # not on every platform
         return None
-    others = max(0.0, load - 1.0)  # this process, starting up, is one of the runnable ones
-    cores = usable_cores()
-    if others >= 1.0 and others + threads > cores:
-        log.warning("the machine is busy: load average %.1f on %d core(s) before this job's %d thread(s) start; "
-                    "they will share the cores, which can make this job several times slower (and its spinning "
-                    "threads slow the others). Run it when the machine is free, or set OMP_WAIT_POLICY=PASSIVE to "
-                    "make idle threads sleep (slower alone, fairer shared).", load, cores, threads)
-    return load
+
+
+def is_busy(others: Optional[float], threads: int) -> bool:
+    return others is not None and others >= 1.0 and others + threads > usable_cores()
+
+
+def share_cores_when_busy(threads: int) -> Optional[str]:
+    """Before torch loads: on a busy machine, and unless the user chose a wait policy, make OpenMP's idle threads
+    sleep; return the one line that says so (None when nothing changed)."""
+    others = other_load()
+    if "OMP_WAIT_POLICY" in os.environ or not is_busy(others, threads):
+        return None
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return (f"kd: the machine is busy (load average {others + 1.0:.1f} on {usable_cores()} core(s)): idle threads "
+            f"will sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), so that this job and the other work share the "
+            f"cores; no result changes. Set OMP_WAIT_POLICY=ACTIVE to keep them spinning.")
+
+
+def warn_if_busy(threads: int) -> Optional[float]:
+    """One warning when other work already loads the cores this job's `threads` will use; the load it saw."""
+    others = other_load()
+    if not is_busy(others, threads):
+        return None if others is None else others + 1.0
+    sleeping = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    advice = ("its idle threads sleep (OMP_WAIT_POLICY=PASSIVE), which keeps the slowdown to the cores' share"
+              if sleeping else "run it when the machine is free, or set OMP_WAIT_POLICY=PASSIVE to make idle threads "
+              "sleep (slower alone, fairer shared)")
+    log.warning("the machine is busy: load average %.1f on %d core(s) before this job's %d thread(s) start; they "
+                "will share the cores, which can make this job several times slower; %s.", others + 1.0,
+                usable_cores(), threads, advice)
+    return others + 1.0

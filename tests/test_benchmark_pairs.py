@@ -43,4 +43,4 @@ def test_a_digits_grid_over_two_pairs_of_different_families_reports_one_table_pe
     printed = capsys.readouterr().out
     assert "pair=vgg13-vgg8:\n" in printed and "pair=wrn40_2-wrn16_2:\n" in printed and "(n=2)" not in printed
     assert (out / "gains.csv").read_text().startswith("pair,quantity,aug,alpha")
-    assert (out / "top1_by_alpha_pair=vgg13-vgg8.png").is_file()
+    assert (out / "top1_by_alpha_pair-vgg13-vgg8.png").is_file()

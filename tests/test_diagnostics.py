@@ -284,3 +284,14 @@ def test_the_default_view_leaves_a_cells_identity_as_older_kd_wrote_it(tmp_path)
     assert "teacher_view" not in same["trainer"]
     other = defining_config(compose_config([*FAST, "trainer.teacher_view=clean"], out_dir=tmp_path))
     assert other["trainer"]["teacher_view"] == "clean" and other != same
+
+
+def test_the_tstddev_figure_names_each_aug_once_and_keeps_coinciding_points_visible(tmp_path):
+    from kd.report.cli import load_sweep
+    from kd.report.diagnostics import plot_tstddev
+
+    sweep = diag_sweep(tmp_path / "s", lambda rank: 1.0 + 0.2 * rank)
+    (ax,) = plot_tstddev(load_sweep(sweep), "final_top1", "").axes
+    names = [t.get_text() for t in ax.texts]
+    assert sorted(names) == sorted(set(names)) and len(names) == 4  # two views: each aug level labelled once
+    assert all(line.get_fillstyle() == "none" for line in ax.lines)  # hollow: a point under another shows

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from matplotlib.container import ErrorbarContainer
 import wandb_workspaces.reports.v2 as wr
 
 from kd.report.figures import MIN_SPAN_IMAGES, plot_curves, plot_gains, plot_top1_by_alpha, y_range
-from kd.report.cli import load_sweep, main
+from kd.report.cli import load_sweep, main, slice_suffix
 from kd.runs.results import write_results
 from kd.report.table import CSV_COLUMNS, format_table, table_rows
 from kd.report.wandb_report import build_report, sweep_runs
@@ -156,7 +157,7 @@ def test_y_range_never_blows_up_one_image():
 def test_figures_written_and_linked(report):
     sweep, _ = report
     md = (sweep / "gains.md").read_text()
-    for name in ("top1_by_alpha.png", "gains_by_alpha.png", "test_top1_curves_alpha0.25.png"):
+    for name in ("top1_by_alpha.png", "gains_by_alpha.png", "test_top1_curves_alpha0p25.png"):
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name})" in md
 
@@ -281,3 +282,20 @@ def test_the_report_names_the_teacher_and_environment_and_warns_when_cells_diffe
     gains = (mixed / "gains.md").read_text()
     assert "**warning:** the cells ran under different torch: 2.14.1, 2.15.0" in gains
     assert "sha256 222222222222" in gains and "sha256 111111111111" in gains
+
+
+def test_the_gains_figure_with_one_alpha_keeps_its_augmentations_at_that_alpha(report):
+    sweep, _ = report
+    one_alpha = [r for r in load_sweep(sweep) if float(r["alpha"]) == 0.25]
+    (ax,) = plot_gains(one_alpha, "final_top1", "").axes
+    assert ax.get_xlim() == (-0.5, 0.5) and [t.get_text() for t in ax.get_xticklabels()] == ["0.25"]
+    xs = [x for line in ax.lines if line.get_linestyle() == "None" for x in line.get_xdata()]  # not the zero line
+    assert len(xs) == 2 and all(-0.5 < x < 0.5 for x in xs) and len(set(xs)) == 2  # fc and fcra side by side
+
+
+def test_figure_file_names_need_no_quoting(report):
+    sweep, _ = report
+    names = [p.name for p in sweep.glob("*.png")]
+    assert "test_top1_curves_alpha0p25.png" in names
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+\.png", n) for n in names), names
+    assert slice_suffix("loss=dkd data.train_size=0.5") == "_loss-dkd_data_train_size-0p5"

@@ -6,7 +6,7 @@
 
 Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv, claims.md
 (the paper's claims with verdicts at 95%), top1_by_alpha.png, gains_by_alpha.png and
-test_top1_curves_alpha<α>.png.
+test_top1_curves_alpha<α>.png (0.25 written 0p25).
 """
 from __future__ import annotations
 
@@ -166,9 +166,16 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
     return [md_path, csv_path]
 
 
+def file_safe(text: str) -> str:
+    """A name that needs no quoting in a shell or a viewer: `loss=dkd data.train_size=0.5` ->
+    `loss-dkd_data_train_size-0p5` (a decimal point is a p, `=` a dash, anything else outside [A-Za-z0-9_-] a _)."""
+    text = re.sub(r"(?<=\d)\.(?=\d)", "p", text).replace("=", "-")
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text)
+
+
 def slice_suffix(label: str) -> str:
-    """A figure's file-name suffix for a slice of the sweep's other axes (`_loss=dkd_pair=vgg13-vgg8`)."""
-    return "" if not label else "_" + re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+    """A figure's file-name suffix for a slice of the sweep's other axes (`_loss-dkd_pair-vgg13-vgg8`)."""
+    return "" if not label else "_" + file_safe(label)
 
 
 def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, sweep_dir: Path) -> list[Path]:
@@ -185,7 +192,8 @@ def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, swe
         if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
             figures[f"gains_by_alpha{suffix}.png"] = plot_gains(part, metric, subtitle)
         if any(float(r["alpha"]) == alpha for r in completed):
-            figures[f"test_top1_curves_alpha{alpha:g}{suffix}.png"] = plot_curves(part, alpha, subtitle)
+            figures[f"test_top1_curves_alpha{file_safe(f'{alpha:g}')}{suffix}.png"] = plot_curves(part, alpha,
+                                                                                                    subtitle)
         else:
             alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
             print(f"no curves figure{' for ' + label if label else ''}: no completed job at alpha={alpha:g} "

@@ -195,15 +195,22 @@ def plot_tstddev(part: list[dict[str, Any]], metric: str, subtitle: str) -> Opti
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
     markers = itertools.cycle("osD^v<>")
+    where: dict[str, list[tuple[float, float]]] = {}
     for (view, alpha), points in sorted(series.items()):
         x, y = [p[1] for p in points], [p[2] for p in points]
         label = f"teacher view {view}, α={alpha:g}"
         if len(points) >= 3:
             rho, p_value = rank_correlation(x, y)
             label += f": ρ={rho:+.2f}, p={p_value:.3f}"
-        ax.plot(x, y, marker=next(markers), linestyle="none", label=label)  # points: the aug levels have no order here
+        # points (the aug levels have no order on this axis), hollow and larger for each series: aug=none's
+        # points of several alphas coincide (its teacher sees the same images), and stay visible so
+        ax.plot(x, y, marker=next(markers), linestyle="none", label=label, fillstyle="none", markersize=9,
+                markeredgewidth=1.5, alpha=0.8)
         for aug, xi, yi, _ in points:
-            ax.annotate(aug, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            where.setdefault(aug, []).append((xi, yi))
+    for aug, xy in where.items():  # each aug level named once, beside its points
+        ax.annotate(aug, (max(x for x, _ in xy), max(y for _, y in xy)), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
     ax.set_xlabel("teacher's T. stddev on its training views (mean over epochs)")
     ax.set_ylabel("student's test loss (cross-entropy), final epoch")
     ax.set_title("Students' test loss against the teacher's T. stddev\n" + subtitle, fontsize=9)

@@ -35,6 +35,7 @@ AUG_STYLE = {  # one color and label per augmentation level, the same in every f
 }
 MIN_SPAN_IMAGES = 20  # a top-1 axis spans at least this many test images' worth: one image <= 1/20 of its height
 ZOOM_EPOCHS = 0.25  # the curves' second panel: the last quarter of the epochs
+MIN_ZOOM_EPOCHS = 8  # fewer epochs than this: one panel (the last quarter would hold an epoch or two)
 METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "test_top1_at_best_val": "test top-1 (%), best-val epoch",
                 "best_top1": "test top-1 (%), epoch picked on test"}
 
@@ -129,8 +130,10 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
     """Figure 3: test top-1 per epoch at one alpha, one line (± 95% interval band over seeds) per augmentation
     level of the sweep; left the whole run, right its last epochs, where the final gap shows."""
     augs, _ = grid_axes(grid_cells(students))
-    fig = Figure(figsize=(11, 4.8))
-    whole, last = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    epochs_run = max((len(r["history"]) for r in students if r["status"] == "completed"), default=0)
+    zoom = epochs_run >= MIN_ZOOM_EPOCHS  # a short run's last quarter is an epoch or two: nothing to zoom into
+    fig = Figure(figsize=(11, 4.8) if zoom else (8, 4.8))
+    whole, last = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]}) if zoom else (fig.subplots(),) * 2
     missing, tail, tail_start, whole_values, last_epoch = [], [], None, [], 1
     for aug in augs:
         runs = [r for r in students if r["aug"] == aug and float(r["alpha"]) == alpha and r["status"] == "completed"]
@@ -148,18 +151,20 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
         tail_start = start if tail_start is None else min(tail_start, start)
         tail += low[start:] + high[start:]
         color, label = _style(aug)
-        for ax in (whole, last):
+        for ax in dict.fromkeys((whole, last)):
             ax.plot(x, [m for m, _ in stats], color=color, label=label, marker="o" if epochs < 30 else None,
                     markersize=3)
             if len(runs) > 1:
                 ax.fill_between(x, low, high, color=color, alpha=0.2)
     n_test = test_images(students)
-    if tail:
+    if tail and zoom:
         last.set_xlim(tail_start + 0.5, last_epoch + 0.5)
         last.set_ylim(*y_range(tail, n_test))
+    if tail:
         whole.set_xlim(0.5, last_epoch + 0.5)
         whole.set_ylim(*y_range(whole_values, n_test))
-    for ax, title in ((whole, "all epochs"), (last, f"last {ZOOM_EPOCHS:.0%} of the epochs")):
+    panels = ((whole, "all epochs"), (last, f"last {ZOOM_EPOCHS:.0%} of the epochs")) if zoom else ((whole, ""),)
+    for ax, title in panels:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(title, fontsize=9)
@@ -180,13 +185,15 @@ def plot_gains(students: list[dict[str, Any]], metric: str, subtitle: str) -> Fi
     ax = fig.subplots()
     ax.axhline(0.0, color="black", linewidth=1)
     drawn, intervals = [0.0], False
-    for offset, aug in enumerate(a for a in augs if a != "none"):
+    others = [a for a in augs if a != "none"]
+    width = min(0.15, 0.6 / len(others))  # each alpha is one slot; its augmentations side by side within it
+    for offset, aug in enumerate(others):
         x, mean, half = [], [], []
-        for alpha in alphas:
+        for slot, alpha in enumerate(alphas):
             aug_cell, none_cell = cells.get((aug, alpha)), cells.get(("none", alpha))
             gain = paired(aug_cell["by_seed"], none_cell["by_seed"]) if aug_cell and none_cell else None
             if gain is not None:
-                x.append(alpha + 0.01 * (offset - 0.5))  # side by side, not on top of each other
+                x.append(slot + width * (offset - (len(others) - 1) / 2))
                 mean.append(gain.mean)
                 half.append(gain.half_width or 0.0)
         color, label = _style(aug)
@@ -197,7 +204,10 @@ def plot_gains(students: list[dict[str, Any]], metric: str, subtitle: str) -> Fi
         drawn += [m + sign * h for m, h in zip(mean, half) for sign in (-1, 1)]
     n_test = test_images(students)
     ax.set_ylim(*y_range(drawn, n_test, floor=-100.0))
-    ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    # alphas as slots, not as positions on a number line: with one alpha the augmentations would otherwise
+    # spread along an axis that reads as alpha
+    ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    ax.set_xlim(-0.5, len(alphas) - 0.5)
     ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
     ax.set_ylabel("gain over none (points of " + METRIC_LABEL[metric] + ")", fontsize=8)
     ax.set_title("Gain of each augmentation over none, paired by seed" + (" (95% intervals)" if intervals else "")

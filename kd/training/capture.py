@@ -2,9 +2,11 @@
 
 On a GPU a batch-64 step of a small CIFAR ResNet is launch-bound (about 120 kernels). torch.compile
 fuses them; `trainer.graph_capture=true` adds CUDA graphs (torch.compile's mode="reduce-overhead"):
-each student's forward and backward, the teacher's forward and each optimizer step are recorded
-once and replayed, so a step costs a few launches. The optimizer's learning rate becomes a tensor,
-so the schedule changes it without a recompile (PyTorch's recipe for compiled optimizers).
+each student's forward and backward and the teacher's forward are recorded once and replayed. The optimizer
+step stays eager, right after its student's backward: under CUDA-graph trees every compiled call starts a new
+generation that frees the previous graphs' outputs, the gradients among them, so a compiled optimizer step
+(itself a compiled call) read freed gradients on an H200 (PyTorch issue 169545; the cudagraph-trees docs'
+limitations). On CUDA, SGD's multi-tensor path is a few kernels per student. Not measured on a GPU since.
 Elsewhere (the CPU, a stacked pack) the step runs eagerly and the log says why; a graph that
 cannot be captured runs compiled without it, and torch's own warning names the cause.
 """
@@ -39,13 +41,9 @@ class CompilePlan:
         return model if self.mode is None else torch.compile(model, mode=self.mode)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-        """The optimizer's step as the step calls it; with capture, compiled with a tensor learning rate."""
-        if not self.captures:
-            return optimizer.step
-        for group in optimizer.param_groups:  # a float lr would be baked into the graph: a recompile per change
-            if not isinstance(group["lr"], torch.Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]))
-        return torch.compile(optimizer.step, mode=self.mode)
+        """The optimizer's step as the step calls it: eager in every plan, so that it reads its student's gradients
+        before the next compiled call's generation frees them (the module's docstring)."""
+        return optimizer.step
 
     def begin_step(self) -> None:
         """Tell the CUDA graph trees that a new iteration starts, so the last one's outputs can be reused."""

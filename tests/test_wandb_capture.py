@@ -36,6 +36,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict]] = []  # (operation, variables)
+        self.artifact_id = "QXJ0aWZhY3Q6NDI="  # the teacher artifact's id on this server
         self.views: dict[str, dict] = {}
 
     def __call__(self, api: ServiceApi, request, timeout=None) -> ApiResponse:
@@ -43,6 +44,9 @@ class FakeServer:
         kind = request.WhichOneof("request")
         if kind == "auth_request":
             response.auth_response.authenticate_response.default_entity = VIEWER
+            return response
+        if kind == "features_request":  # a server that enables none of W&B's optional features
+            response.features_response.SetInParent()
             return response
         assert kind == "graphql_request", kind
         query, variables = request.graphql_request.query, json.loads(request.graphql_request.variables_json)
@@ -70,6 +74,32 @@ class FakeServer:
                                    "description": v["description"], "spec": v["spec"], "updatedAt": "2026-01-01T00:00:00",
                                    "project": {"id": project["id"], "name": v["projectName"], "entityName": v["entityName"]}}
             return {"upsertView": {"view": self.views[view_id], "inserted": inserted}}
+        if operation == "Run":  # the public API's run, as W&B's RunFragment has it
+            return {"project": {"run": {
+                "projectId": "1", "id": "UnVuOjE=", "tags": [], "name": v["name"], "displayName": v["name"],
+                "sweepName": None, "state": "finished", "config": "{}", "group": None, "jobType": "student",
+                "commit": None, "readOnly": False, "createdAt": "2026-01-01T00:00:00", "heartbeatAt": None,
+                "description": None, "notes": None, "systemMetrics": "{}", "summaryMetrics": "{}",
+                "historyLineCount": 1, "user": {"name": VIEWER, "username": VIEWER}, "historyKeys": None}}}
+        if operation == "ArtifactMembershipByName":  # the teacher's artifact, as its teacher run logged it
+            name, alias = v["name"].split(":")
+            project_info = {"id": project["id"], "internalId": "1", "name": v["project"],
+                            "entity": {"name": v["entity"]}}
+            collection = {"__typename": "ArtifactSequence", "name": name, "project": project_info}
+            alias_node = {"__typename": "ArtifactAlias", "id": "QWxpYXM6MQ==", "alias": alias}
+            return {"project": {"artifactCollectionMembership": {
+                "__typename": "ArtifactCollectionMembership", "id": "TWVtYmVyc2hpcDox", "versionIndex": 0,
+                "createdAt": "2026-01-01T00:00:00", "aliases": [alias_node], "artifactCollection": collection,
+                "artifact": {
+                    "__typename": "Artifact", "id": self.artifact_id, "artifactSequence": collection,
+                    "versionIndex": 0, "artifactType": {"name": "model"}, "description": None, "metadata": "{}",
+                    "ttlDurationSeconds": -1, "ttlIsInherited": True, "tags": [], "historyStep": None,
+                    "state": "COMMITTED", "size": 1, "digest": "d" * 32, "digestAlgorithm": "MANIFEST_MD5",
+                    "commitHash": "c" * 12, "fileCount": 1, "createdAt": "2026-01-01T00:00:00",
+                    "updatedAt": "2026-01-01T00:00:00", "aliases": [{
+                        **alias_node, "artifactCollection": collection}]}}}}
+        if operation == "UseArtifact":
+            return {"useArtifact": {"artifact": {"id": v["artifactID"]}}}
         raise AssertionError(f"kd sent a request the fake server does not know: {operation} {v}")
 
     def saved_specs(self) -> list[tuple[dict, dict]]:
@@ -214,3 +244,23 @@ def test_a_report_run_that_fails_midway_leaves_nothing_for_kd_sync(two_aug_sweep
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
                             text=True, check=True).stdout
     assert listed.count(REPORT_RUN_DIR) == 1 and str(good) in listed
+
+
+def test_kd_sync_declares_each_students_use_of_its_teacher_once_online(digits_sweep, server):
+    """After the upload, the student that distilled (alpha 0.5) declares its teacher's artifact through the public
+    API, by the name and alias its teacher logged; the alpha=0 cell, which never ran the teacher, declares none."""
+    from kd.tracking.lineage import declare_teacher_uses, teacher_uses
+    from kd.tracking.sync import sweep_job_dirs
+
+    uses = teacher_uses(sweep_job_dirs(digits_sweep))
+    (use,) = uses
+    student = next(r for r in collect_sweep(digits_sweep) if r["alpha"] == 0.5)
+    assert use["run"] == read_run_file(Path(student["job_dir"]))["id"]
+    assert use["artifact"] == f"teacher-{Path(student['teacher_checkpoint']).stem}:sha256-{student['teacher_sha256'][:12]}"
+    warnings = []
+    assert declare_teacher_uses(uses, warn=warnings.append) == 1, warnings
+    (lookup,) = [v for op, v in server.requests if op == "ArtifactMembershipByName"]
+    assert (lookup["entity"], lookup["project"], lookup["name"]) == (VIEWER, "kd", use["artifact"])
+    (declared,) = [v for op, v in server.requests if op == "UseArtifact"]
+    assert (declared["entityName"], declared["projectName"], declared["runName"]) == (VIEWER, "kd", use["run"])
+    assert declared["artifactID"] == server.artifact_id

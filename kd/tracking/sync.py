@@ -6,7 +6,9 @@
 `wandb sync <sweep dir>` misses the teachers: a teacher trains in its cache (KD_HOME/teachers/<name>.work),
 outside any sweep, so that every sweep can reuse it; each student's results.json names that dir
 (teacher_work_dir). A resumed job has one offline run dir per attempt, all of the same run: only the newest,
-which re-logged the checkpointed epochs and so holds the whole history, is uploaded.
+which re-logged the checkpointed epochs and so holds the whole history, is uploaded. Once uploaded, each
+distilling student's use of its teacher's artifact is declared through W&B's public API (kd/tracking/lineage.py),
+which offline runs cannot do.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from kd.runs.results import collect_sweep
+from kd.tracking.lineage import declare_teacher_uses, teacher_uses
 from kd.tracking.wandb_tracker import RUN_FILE, is_synced, newest_attempt, offline_run_dirs
 
 
@@ -53,7 +56,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not todo:
         print(f"kd-sync: no offline run left to upload in {args.sweep_dir} ({len(runs)} already synced)")
         return 0
-    return subprocess.run([sys.executable, "-m", "wandb", "sync", *todo]).returncode
+    code = subprocess.run([sys.executable, "-m", "wandb", "sync", *todo]).returncode
+    uploaded = [job for job in jobs if str(newest_attempt(job)) in todo]
+    uses = teacher_uses(uploaded)
+    if code == 0 and uses:  # online now: each student's use of its teacher, which offline runs could not declare
+        declared = declare_teacher_uses(uses)
+        print(f"kd-sync: declared {declared} of {len(uses)} student run(s)' use of their teacher's artifact "
+              f"(W&B's lineage graph: teacher -> student)")
+    return code
 
 
 if __name__ == "__main__":

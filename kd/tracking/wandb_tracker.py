@@ -52,10 +52,20 @@ def fit_tag(tag: str) -> str:
     return f"{tag[:MAX_TAG_LEN - 9]}~{hashlib.sha256(tag.encode()).hexdigest()[:8]}"
 
 
+def teacher_artifact_name(path: Path) -> str:
+    """The teacher's artifact is named after its checkpoint file."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"teacher-{path.stem}")[:128]
+
+
+def teacher_alias(sha256: str) -> str:
+    """The alias that names the teacher file's version by its content."""
+    return f"sha256-{sha256[:12]}"
+
+
 def teacher_artifact(path: Path, sha256: str, top1: float) -> wandb.Artifact:
     """The teacher checkpoint as a W&B model artifact named after its cache file. Its digest comes from the
     file's content, so the artifact a student builds from the same file is the version its teacher logged."""
-    artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9._-]+", "-", f"teacher-{path.stem}")[:128], type="model",
+    artifact = wandb.Artifact(teacher_artifact_name(path), type="model",
                               metadata={"sha256": sha256, "top1": top1, "file": path.name})
     # immutable: no copy into wandb's staging dir; the cache file is only ever replaced whole (kd/training/teacher.py)
     artifact.add_file(str(path.absolute()), name=path.name, policy="immutable")
@@ -135,7 +145,7 @@ class WandbRun:
 
     def log_teacher(self, path: Path, sha256: str, top1: float) -> None:
         self._call("log_artifact", lambda: self._run.log_artifact(teacher_artifact(path, sha256, top1),
-                                                                  aliases=[f"sha256-{sha256[:12]}"]))
+                                                                  aliases=[teacher_alias(sha256)]))
 
     def use_teacher(self, path: Path, sha256: str, top1: float) -> None:
         """Declare the teacher's artifact an input of this run; offline, where wandb refuses use_artifact ("Cannot

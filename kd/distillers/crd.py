@@ -20,8 +20,9 @@ Where kd differs, and why: RepDistiller draws each image's negatives without rep
 images in a DataLoader worker, and with replacement for a class whose other-class images are fewer than
 nce_k; kd draws them on the device from the distiller's own generator (so a resume repeats them), without
 replacement unless some class has fewer than nce_k other-class images, in which case every class draws with
-replacement (only on small data sets; CIFAR-100 has 49500 per class). It normalises with F.normalize's
-eps-guarded division where the references divide by the norm alone.
+replacement (only on small data sets; CIFAR-100 has 49500 other-class images per class). It scores each anchor
+against the whole bank and takes the drawn entries (the same numbers, without the references' (B, 1 + K,
+feat_dim) gather), and normalises with F.normalize's eps-guarded division where the references divide by the norm.
 """
 from __future__ import annotations
 
@@ -91,14 +92,13 @@ class CRD(FeatureDistiller):
             self.register_buffer(name, (torch.rand(n, self.feat_dim) * 2 - 1).mul_(bound).to(device))
         self.register_buffer("z", torch.full((2,), -1.0, device=device))  # the student's and teacher's Z; -1: unset
         # The training images sorted by class: an image's other-class images are all but its class's run.
-        labels = labels.to(device)
+        # Worked out once on the CPU (no device kernel to question under trainer.deterministic), kept on the device.
+        labels = labels.cpu()
         counts = torch.bincount(labels)
-        self.register_buffer("labels", labels, persistent=False)
-        self.register_buffer("by_class", torch.argsort(labels, stable=True), persistent=False)
-        self.register_buffer("counts", counts, persistent=False)
-        self.register_buffer("starts", torch.cumsum(counts, 0) - counts, persistent=False)
-        present = counts[counts > 0]
-        self.replace = bool(self.nce_k > n - int(present.max()))  # some class has fewer than K negatives
+        for name, value in (("labels", labels), ("by_class", torch.argsort(labels, stable=True)),
+                            ("counts", counts), ("starts", torch.cumsum(counts, 0) - counts)):
+            self.register_buffer(name, value.to(device), persistent=False)
+        self.replace = bool(self.nce_k > n - int(counts.max()))  # some class has fewer than nce_k negatives
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(int(torch.randint(0, 2**62, ())))  # from the cell's seeded global RNG
 

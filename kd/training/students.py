@@ -174,7 +174,8 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
                    or any(True for _ in s.distiller.parameters())]
     if stacked and unstackable:
         log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
-                 "features, own parameters or keep per-sample state (%s), which the stacked forward does not carry", ", ".join(unstackable))
+                 "features, own parameters or keep per-sample state (%s), which the stacked forward does not carry",
+                 ", ".join(unstackable))
         stacked = False
     return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
 

@@ -55,9 +55,8 @@ def test_a_grid_over_distillers_reports_one_table_per_loss(tmp_path, capsys):
     assert "## loss=kd" in claims and "## loss=fitnet" in claims
 
 
-@pytest.mark.chaos
-def test_a_fitnet_cell_saves_and_restores_its_regressor(tmp_path):
-    args = [*CELL, "loss=fitnet", "alpha=0.5", "trainer.epochs=3", "trainer.deterministic=true"]
+def killed_after_one_epoch(tmp_path: Path, args: list[str]) -> tuple[Path, Path, dict]:
+    """The uninterrupted run's dir, and the dir and checkpoint of the same run SIGKILLed just after epoch 1."""
     reference = tmp_path / "reference"
     done = run_cli([*args, f"hydra.run.dir={reference}"], cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -65,18 +64,42 @@ def test_a_fitnet_cell_saves_and_restores_its_regressor(tmp_path):
     kill_after_checkpoint(TRAIN_SCRIPT, [*args, f"hydra.run.dir={killed}"], killed / "checkpoint.pt", 1,
                           tmp_path / "k.log", 0.05)
     assert not (killed / RESULTS_FILE).exists() or read_results(killed / RESULTS_FILE)["status"] != "completed"
-    saved = torch.load(killed / "checkpoint.pt", weights_only=True)
+    return reference, killed, torch.load(killed / "checkpoint.pt", weights_only=True)
+
+
+def resumed_as_uninterrupted(tmp_path: Path, args: list[str], killed: Path, reference: Path) -> tuple[dict, dict]:
+    """Rerun the killed run; it must end with the uninterrupted one's metrics. Both final distiller states."""
+    resumed = run_cli([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    assert metrics(read_results(killed / RESULTS_FILE)) == metrics(read_results(reference / RESULTS_FILE))
+    assert same_weights(killed / "checkpoint.pt", reference / "checkpoint.pt")
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["distiller"] for d in (killed, reference))
+    assert a.keys() == b.keys()
+    return a, b
+
+
+@pytest.mark.chaos
+def test_a_fitnet_cell_saves_and_restores_its_regressor(tmp_path):
+    args = [*CELL, "loss=fitnet", "alpha=0.5", "trainer.epochs=3", "trainer.deterministic=true"]
+    reference, killed, saved = killed_after_one_epoch(tmp_path, args)
     assert any(k.startswith("regressor.") for k in saved["distiller"])  # the learned part is in the checkpoint
     # The regressor trains with the student's optimizer: its momentum is in the optimizer's state too.
     assert len(saved["optimizer"]["state"]) == len(saved["model"]) - sum(
         k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in saved["model"]) + sum(
         not k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in saved["distiller"])
-    resumed = run_cli([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=ONE_THREAD)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
-    assert metrics(read_results(killed / RESULTS_FILE)) == metrics(read_results(reference / RESULTS_FILE))
-    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["distiller"] for d in (killed, reference))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = resumed_as_uninterrupted(tmp_path, args, killed, reference)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.chaos
+def test_a_crd_cell_killed_mid_epoch_resumes_its_memory_banks_and_negatives_to_the_uninterrupted_result(tmp_path):
+    args = [*CELL, "loss=crd", "alpha=0.5", "trainer.epochs=3", "trainer.deterministic=true"]
+    reference, killed, saved = killed_after_one_epoch(tmp_path, args)
+    assert {"bank_s", "bank_t", "z", "_extra_state"} <= set(saved["distiller"]) and (saved["distiller"]["z"] > 0).all()
+    a, b = resumed_as_uninterrupted(tmp_path, args, killed, reference)
+    assert torch.equal(a["_extra_state"]["generator"], b["_extra_state"]["generator"])
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "_extra_state")
 
 
 # The README's own example ("A distiller of your own"), run from this very text.
@@ -99,7 +122,7 @@ def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):
     assert any(k.startswith("project.") for k in torch.load(run / "checkpoint.pt", weights_only=True)["distiller"])
 
 
-NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "ab"]
+NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "ab", "crd", "crd_kd"]
 
 
 def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):
@@ -110,7 +133,8 @@ def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):
         result = read_results(job / RESULTS_FILE)
         assert result["status"] == "completed", loss
         assert result["history"][-1]["train/kd"] > 0, loss
-    learned = {"cc": "embed_s.", "vid": "regressors.", "ofd": "connectors.", "reviewkd": "abfs."}
+    learned = {"cc": "embed_s.", "vid": "regressors.", "ofd": "connectors.", "reviewkd": "abfs.", "crd": "bank_s",
+               "crd_kd": "terms.crd.embed_t."}
     for loss, prefix in learned.items():  # learned parts are saved with the cell
         saved = torch.load(cell_dir(out, grid, f"loss={loss}") / "checkpoint.pt", weights_only=True)["distiller"]
         assert any(k.startswith(prefix) for k in saved), loss

@@ -14,6 +14,11 @@ with `features=True` (kd/models/features.py); otherwise they return logits only 
 is all that runs. It may own learned parameters (FitNet's regressor): `setup` builds them from the
 networks' shapes before the optimizer is made, they train with the student's optimizer and are saved
 in and restored from the cell's checkpoint.
+
+A distiller that keeps per-sample state across epochs (CRD's memory banks) sets `needs_indices`: its `setup`
+is also given the training set's labels, one per dataset index (their count is the training set's size),
+and its `term` the batch's dataset indices as a last argument. Such state lives in registered buffers and
+its random draws in a generator it checkpoints, so that a resumed cell trains as the uninterrupted one.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class Distiller(nn.Module):
     """Subclass it and write `term`; override `cross_entropy` for another CE (label smoothing)."""
 
     needs_features: bool = False
+    needs_indices: bool = False  # setup(..., labels) and term(..., indices): per-sample state (kd/distillers/crd.py)
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
@@ -67,14 +73,19 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def forward(self, student: Outputs, teacher: Optional[Outputs], targets: torch.Tensor, alpha: float,
-                epoch: int = 0) -> LossParts:
+                epoch: int = 0, indices: Optional[torch.Tensor] = None) -> LossParts:
         check_alpha(alpha)
         ce = self.cross_entropy(student.logits, targets)
         if alpha == 0.0:  # the teacher is not run for such a cell: its results are those of plain CE
             return LossParts(self.scale * ce, ce, torch.zeros_like(ce))  # x * 1.0 is x, bit for bit
         if teacher is None:
             raise ValueError("the teacher's outputs are required when alpha > 0")
-        parts = dict(self.term(student, teacher, targets, epoch))
+        if self.needs_indices:
+            if indices is None:
+                raise ValueError(f"{type(self).__name__} reads the batch's dataset indices: pass indices=")
+            parts = dict(self.term(student, teacher, targets, epoch, indices))
+        else:
+            parts = dict(self.term(student, teacher, targets, epoch))
         kd = parts.pop("kd")
         total = (1.0 - alpha) * ce + alpha * kd
         return LossParts(self.scale * total, ce, kd, parts)
@@ -87,7 +98,7 @@ class CrossEntropy(Distiller):
         raise ValueError("the cross-entropy loss has no distillation term, so alpha > 0 would be ignored; use alpha=0")
 
     def forward(self, student: Outputs, teacher: Optional[Outputs], targets: torch.Tensor, alpha: float,
-                epoch: int = 0) -> LossParts:
+                epoch: int = 0, indices: Optional[torch.Tensor] = None) -> LossParts:
         if alpha != 0.0:
             self.term(student, teacher, targets, epoch)
         return super().forward(student, None, targets, 0.0, epoch)

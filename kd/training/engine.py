@@ -82,7 +82,7 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
         teachers = {i: on_view[update.students[i].view] for i in distilling}
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
-        for i, (parts, logits) in update.step(live, images, labels, teachers, autocast, epoch).items():
+        for i, (parts, logits) in update.step(live, images, labels, teachers, autocast, epoch, indices).items():
             correct = (logits.argmax(1) == hard).sum()
             sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
             for name, value in parts.extra.items():
@@ -205,7 +205,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     example = torch.zeros((2, *train_images.shape[1:]), device=device)  # the shapes a distiller's parts are built for
     if teacher is not None:
         teacher = teacher.to(device).eval()
-    update = make_pack(cells, splits.num_classes, device, plan, teacher, example)
+    update = make_pack(cells, splits.num_classes, device, plan, teacher, example, splits.split("train")[1])
     students = update.students
     aug = instantiate(cfg.aug)
     autocast = autocast_for(device, t.bf16)

@@ -77,14 +77,15 @@ class LoopUpdate:
         self.students = students
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
-             autocast: Callable, epoch: int) -> dict[int, tuple]:
-        """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view."""
+             autocast: Callable, epoch: int, indices: Optional[torch.Tensor] = None) -> dict[int, tuple]:
+        """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view,
+        `indices` the batch's dataset indices (read only by a distiller that needs_indices)."""
         out = {}
         for i in live:
             s = self.students[i]
             with autocast():
                 student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
-            parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch)
+            parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
             s.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
             s.optimizer_step()
@@ -109,18 +110,26 @@ def student_outputs(forward: Callable, images: torch.Tensor, features: bool) -> 
 
 
 def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER,
-                 teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None) -> Student:
+                 teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None,
+                 train_labels: Optional[torch.Tensor] = None) -> Student:
     """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack.
 
     Its distiller's learned parts (FitNet's regressor) are built after the student, from the shapes of
-    `example` (a batch like the training ones), and train with the student's optimizer."""
+    `example` (a batch like the training ones), and train with the student's optimizer; a distiller that
+    needs_indices is also given `train_labels` (one per dataset index) to size its per-sample state."""
     cfg, t = cell.cfg, cell.cfg.trainer
     seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
     distiller = instantiate(cfg.loss)
     if float(cfg.alpha) > 0 and example is not None:  # an alpha=0 cell never runs its term (nor the teacher)
-        distiller.setup(model, teacher, example)
+        if distiller.needs_indices:
+            if train_labels is None:
+                raise ValueError(f"{type(distiller).__name__} keeps per-sample state: the training set's labels "
+                                 "are required")
+            distiller.setup(model, teacher, example, train_labels.to(device))
+        else:
+            distiller.setup(model, teacher, example)
     distiller = distiller.to(device)
     optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.parameters()])
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
@@ -152,19 +161,21 @@ def resume(student: Student) -> None:
 
 
 def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan,
-              teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None
-              ) -> Union[LoopUpdate, StackedUpdate]:
+              teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None,
+              train_labels: Optional[torch.Tensor] = None) -> Union[LoopUpdate, StackedUpdate]:
     """A pack's students, each resumed from its own checkpoint, in the update that trains them."""
-    students = [make_student(cell, num_classes, device, plan, teacher, example) for cell in cells]
+    students = [make_student(cell, num_classes, device, plan, teacher, example, train_labels) for cell in cells]
     for s in students:
         resume(s)
         s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
     stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
     unstackable = [s.cell.name or type(s.distiller).__name__ for s in students
-                   if s.distiller.needs_features or any(True for _ in s.distiller.parameters())]
+                   if s.distiller.needs_features or s.distiller.needs_indices
+                   or any(True for _ in s.distiller.parameters())]
     if stacked and unstackable:
         log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
-                 "features or own parameters (%s), which the stacked forward does not carry", ", ".join(unstackable))
+                 "features, own parameters or keep per-sample state (%s), which the stacked forward does not carry",
+                 ", ".join(unstackable))
         stacked = False
     return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
 

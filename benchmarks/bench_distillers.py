@@ -3,10 +3,13 @@
     python benchmarks/bench_distillers.py                      # CPU: resnet32x4 -> resnet8x4, fc, ~2 min
     python benchmarks/bench_distillers.py --device cuda --steps 100 --warmup 30 --pair wrn40_2-wrn16_2
 
-Each distiller trains one cell (alpha 0.5, a pack of one) through kd's own make_pack / make_teaching /
-train_one_epoch on synthetic CIFAR-shaped data; rounds alternate between the distillers so that a noisy
-machine slows all of them alike, and the best round counts. KD and DKD read logits only; FitNet and AT
-also make the student and the teacher return their stage features (FitNet adds its regressor's step).
+Each distiller of conf/loss/ trains one cell (alpha 0.5, a pack of one) through kd's own make_pack /
+make_teaching / train_one_epoch on synthetic CIFAR-shaped data; rounds alternate between the distillers so that
+a noisy machine slows all of them alike, and the best round counts. KD and DKD read logits only; the feature
+distillers also make the student and the teacher return their stage features, and most train learned parts
+(connectors, embeddings: their parameters and buffers, CRD's memory banks included, are the "learned state"
+column; on CUDA also the peak memory of the step). CRD's banks hold one row per training image: here the
+synthetic split's, on CIFAR-100 50,000.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from __future__ import annotations
 import torch
 
 from bench_pipeline import step_arguments, Setup, compose_config, synthetic_splits
+from kd.paths import CONF_DIR
 
-LOSSES = ("kd", "dkd", "fitnet", "at")
+LOSSES = ("kd", *sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml") if p.stem != "kd"))
 
 
 def main() -> None:
@@ -31,13 +35,26 @@ def main() -> None:
     print(f"{args.pair}, aug={args.aug}, batch {args.batch_size}, {name}, torch {torch.__version__}; best of "
           f"{args.rounds} alternating rounds of {args.warmup} warmup + {args.steps} timed steps")
     best = {loss: 0.0 for loss in LOSSES}
+    peak = {loss: 0 for loss in LOSSES}
     for _ in range(args.rounds):
         for loss, setup in setups.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             best[loss] = max(best[loss], setup.images_per_s(args.warmup, args.steps))
-    print("\n| distiller | images/s | step time vs KD |")
-    print("|---|---|---|")
+            if device.type == "cuda":
+                peak[loss] = max(peak[loss], torch.cuda.max_memory_allocated(device))
+    learned = {loss: learned_state_mb(setup) for loss, setup in setups.items()}
+    print("\n| distiller | images/s | step time vs KD | learned state (MB) |" + (" peak memory vs KD |" if peak["kd"] else ""))
+    print("|---|---|---|---|" + ("---|" if peak["kd"] else ""))
     for loss in LOSSES:
-        print(f"| {loss} | {best[loss]:.0f} | {best['kd'] / best[loss]:.2f}x |")
+        memory = f" {peak[loss] / peak['kd']:.2f}x |" if peak["kd"] else ""
+        print(f"| {loss} | {best[loss]:.0f} | {best['kd'] / best[loss]:.2f}x | {learned[loss]:.2f} |{memory}")
+
+
+def learned_state_mb(setup: Setup) -> float:
+    """The distiller's own parameters and buffers (connectors, embeddings, memory banks), in MB."""
+    (student,) = setup.update.students
+    return sum(t.numel() * t.element_size() for t in [*student.distiller.parameters(), *student.distiller.buffers()]) / 1e6
 
 
 if __name__ == "__main__":

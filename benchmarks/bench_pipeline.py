@@ -96,7 +96,7 @@ class Setup:
         if any(c.alpha > 0 for c in cfgs):
             teacher = instantiate(cfg.teacher.arch, num_classes=NUM_CLASSES).to(device).eval()
         example = torch.zeros((2, *splits.train_images.shape[1:]), device=device)  # what a distiller's parts fit
-        self.update = make_pack(cells, NUM_CLASSES, device, self.plan, teacher, example)
+        self.update = make_pack(cells, NUM_CLASSES, device, self.plan, teacher, example, splits.split("train")[1])
         aug = instantiate(cfg.aug) if aug is None else aug  # another: fcra in the form CUDA runs (ops.py)
         self.autocast = autocast_for(device, cfg.trainer.bf16)
         features = any(s.alpha > 0 and s.distiller.needs_features for s in self.update.students)

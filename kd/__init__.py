@@ -1,9 +1,11 @@
 """kd: Hydra-configured sweeps for knowledge distillation x data augmentation.
 
-OpenMP's wait policy is left as PyTorch ships it (idle threads spin briefly): a job alone runs fastest so,
-1.2-1.8x faster than with sleeping threads (benchmarks/README.md). Where kd itself runs several jobs on
-one machine it gives each its share of the cores instead (kd/training/cpu.py); a machine already busy is named
-in one warning at job start. Set OMP_WAIT_POLICY=PASSIVE yourself to share cores with other programs.
+The rooms of the package and what flows between them: docs/architecture.md.
+
+OpenMP's wait policy is left as PyTorch ships it on a free machine (idle threads spin briefly): a job alone runs
+fastest so, 1.2-1.8x faster than with sleeping threads (benchmarks/README.md). Where kd itself runs several jobs
+on one machine it gives each its share of the cores instead; on a machine other work already loads, kd/train.py
+makes idle threads sleep before torch loads (kd/training/cpu.py), unless OMP_WAIT_POLICY is set.
 """
 from __future__ import annotations
 

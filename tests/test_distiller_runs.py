@@ -122,7 +122,7 @@ def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):
     assert any(k.startswith("project.") for k in torch.load(run / "checkpoint.pt", weights_only=True)["distiller"])
 
 
-NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "ab", "crd", "crd_kd"]
+NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "ab", "crd", "crd_kd", "kdsvd"]
 
 
 def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):

@@ -1,8 +1,8 @@
 """The feature distillers of RepDistiller and mdistiller against their papers' formulas, each computed here
 independently in float64 with explicit loops (PKT: Passalis & Tefas 2018; SP: Tung & Mori 2019; RKD: Park et
 al. 2019; NST: Huang & Wang 2017; CC: Peng et al. 2019 as RepDistiller runs it; VID: Ahn et al. 2019; OFD: Heo
-et al. 2019; ReviewKD: Chen et al. 2021; AB: Heo et al. 2019), and the one meaning of alpha and scale for each
-on kd's real networks."""
+et al. 2019; ReviewKD: Chen et al. 2021; AB: Heo et al. 2019; KDSVD: Lee et al. 2018), and the one meaning of alpha
+and scale for each on kd's real networks."""
 from __future__ import annotations
 
 import itertools
@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from kd.distillers.ab import AB
 from kd.distillers.base import Outputs
 from kd.distillers.cc import CC
+from kd.distillers.kdsvd import KDSVD
 from kd.distillers.ofd import OFD, bn_before_relu, negative_mean
 from kd.distillers.reviewkd import ReviewKD, hcl
 from kd.distillers.nst import NST
@@ -328,9 +329,76 @@ def test_ab_needs_no_connector_where_the_maps_already_match():
     assert all(isinstance(c, torch.nn.Identity) for c in ab.connectors) and not list(ab.parameters())
 
 
+# -- KDSVD: aligned singular vectors of consecutive stages, RBF correlations --------------------------------
+
+def ref_kdsvd(s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], k: int) -> float:
+    """Per image, numpy's float64 SVD of each map as the paper's H*W x C matrix (built entry by entry); the
+    teacher's first k right-singular vectors (each with its largest entry positive) and normalised singular
+    values, the student's first k + 3; each teacher vector's most |cosine|-aligned student vector, sign-matched;
+    the squared gaps of exp(-(v_i[c] - v_{i-1}[c'])^2 / 8) over consecutive stages, summed, over the batch."""
+    import numpy as np
+    def matrix(f, b):
+        c, h, w = f.shape[1:]
+        return np.array([[float(f[b, ch, p // w, p % w]) for ch in range(c)] for p in range(h * w)])
+    total = 0.0
+    for b in range(s_maps[0].shape[0]):
+        prev = None
+        for f_s, f_t in zip(s_maps, t_maps):
+            _, sv_t, vt_t = np.linalg.svd(matrix(f_t, b), full_matrices=False)
+            _, _, vt_s = np.linalg.svd(matrix(f_s, b), full_matrices=False)  # min(HW, C) vectors
+            sigma = sv_t[:k] / np.linalg.norm(sv_t[:k])
+            t_vecs = [v if v[np.argmax(np.abs(v))] > 0 else -v for v in vt_t[:k]]
+            s_vecs = list(vt_s[:k + 3])
+            aligned = []
+            for v in t_vecs:
+                cos = [float(u @ v) for u in s_vecs]
+                best = max(range(len(cos)), key=lambda i: abs(cos[i]))
+                aligned.append(np.sign(cos[best]) * s_vecs[best])
+            t_vecs = [sigma[j] * v for j, v in enumerate(t_vecs)]
+            s_vecs = [sigma[j] * v for j, v in enumerate(aligned)]
+            if prev is not None:
+                for j in range(k):
+                    for c in range(len(s_vecs[j])):
+                        for c2 in range(len(prev[0][j])):
+                            g_s = math.exp(-(s_vecs[j][c] - prev[0][j][c2]) ** 2 / 8)
+                            g_t = math.exp(-(t_vecs[j][c] - prev[1][j][c2]) ** 2 / 8)
+                            total += (g_s - g_t) ** 2
+            prev = (s_vecs, t_vecs)
+    return total / s_maps[0].shape[0]
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_kdsvd_is_feat_weight_times_the_rbf_gap_of_aligned_singular_vectors(k):
+    g = torch.Generator().manual_seed(0)
+    channels, s_sides, t_sides = (4, 6, 8), (8, 4, 2), (4, 4, 2)  # equal channels, sizes free; the last HW < C
+    s = [torch.rand(N, 3, 8, 8, generator=g, dtype=torch.float64)] + [
+        torch.rand(N, c, h, h, generator=g, dtype=torch.float64) for c, h in zip(channels, s_sides)]
+    t = [torch.rand(N, 3, 8, 8, generator=g, dtype=torch.float64)] + [
+        torch.rand(N, c, h, h, generator=g, dtype=torch.float64) for c, h in zip(channels, t_sides)]
+    s_out, t_out = outputs(s, torch.zeros(N, 8)), outputs(t, torch.zeros(N, 8))
+    kdsvd = built(KDSVD(k=k, feat_weight=1.5), s_out, t_out)
+    assert all(isinstance(c, torch.nn.Identity) for c in kdsvd.connectors)  # equal channels: no learned part
+    expected = ref_kdsvd(s[1:], t[1:], k)
+    assert expected > 0
+    kd = kdsvd.term(s_out, t_out, Y, 0)["kd"]
+    assert torch.allclose(kd.double(), torch.tensor(1.5 * expected, dtype=torch.float64), rtol=1e-4)
+
+
+def test_kdsvd_connects_the_students_stages_whose_channels_differ(pair):
+    s, t = pair
+    kdsvd = built(KDSVD(), s, t)
+    assert [c[0].out_channels for c in kdsvd.connectors] == [6, 7, 9]
+    s = outputs([f.float().requires_grad_(True) for f in s.features.feats], s.features.pooled)
+    kd = kdsvd.term(s, t, Y, 0)["kd"]
+    kd.backward()
+    assert torch.isfinite(kd) and all(torch.isfinite(p.grad).all() for p in kdsvd.parameters())
+    assert all(torch.isfinite(f.grad).all() for f in s.features.feats[1:])
+
+
 # -- every new distiller on kd's real networks: alpha, scale, the YAML --------------------------------------
 
-NEW = {"pkt": PKT, "sp": SP, "rkd": RKD, "nst": NST, "cc": CC, "vid": VID, "ofd": OFD, "reviewkd": ReviewKD, "ab": AB}
+NEW = {"pkt": PKT, "sp": SP, "rkd": RKD, "nst": NST, "cc": CC, "vid": VID, "ofd": OFD, "reviewkd": ReviewKD, "ab": AB,
+       "kdsvd": KDSVD}
 
 
 def real_batch(name: str, scale: float = 1.0):
@@ -370,7 +438,7 @@ def test_scale_two_with_alpha_half_is_exactly_ce_plus_term(name):
     ("rkd", {"distance_weight": 25.0, "angle_weight": 50.0, "feat_weight": 1.0}),
     ("cc", {"feat_dim": 128, "feat_weight": 0.02}), ("vid", {"init_pred_var": 5.0, "eps": 1e-5, "feat_weight": 1.0}),
     ("ofd", {"feat_weight": 0.001}), ("reviewkd", {"feat_weight": 1.0, "warmup": 20, "max_mid_channels": 512}),
-    ("ab", {"margin": 1.0, "feat_weight": 1.0}),
+    ("ab", {"margin": 1.0, "feat_weight": 1.0}), ("kdsvd", {"k": 1, "feat_weight": 1.0}),
 ])
 def test_each_yaml_composes_into_its_distiller_with_the_references_defaults(name, defaults):
     distiller = instantiate(compose_config([f"loss={name}", "alpha=0.5", "loss.scale=2"]).loss)
@@ -384,6 +452,7 @@ def test_each_yaml_composes_into_its_distiller_with_the_references_defaults(name
     (lambda: VID(init_pred_var=0.0), "loss.init_pred_var=0.0"), (lambda: NST(scale=0.0), "loss.scale=0.0"),
     (lambda: OFD(feat_weight=-1.0), "loss.feat_weight=-1.0"), (lambda: ReviewKD(warmup=-1), "loss.warmup=-1"),
     (lambda: ReviewKD(max_mid_channels=0), "loss.max_mid_channels=0"), (lambda: AB(margin=0.0), "loss.margin=0.0"),
+    (lambda: KDSVD(k=0), "loss.k=0"), (lambda: KDSVD(feat_weight=-1.0), "loss.feat_weight=-1.0"),
 ])
 def test_bad_settings_name_their_key(make, key):
     with pytest.raises(ValueError, match=key):

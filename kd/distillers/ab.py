@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kd.distillers.base import Outputs
-from kd.distillers.common import FeatureDistiller, paired_stages, probe_features, require_teacher, stage_maps
+from kd.distillers.common import FeatureDistiller, probed_stages, stage_maps
 from kd.distillers.fitnet import conv_regressor
 
 
@@ -43,8 +43,7 @@ class AB(FeatureDistiller):
         self.connectors = nn.ModuleList()
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:
-        teacher = require_teacher(teacher, "AB")
-        pairs = paired_stages(probe_features(student, images).preact, probe_features(teacher, images).preact, "AB")
+        pairs = probed_stages(student, teacher, images, "AB", preact=True)
         for f_s, f_t in pairs:
             same = f_s.shape[1:3] == f_t.shape[1:3]  # RepDistiller compares the channels and the height
             self.connectors.append(nn.Identity() if same else conv_regressor(f_s.shape, f_t.shape, relu=False))

@@ -45,6 +45,15 @@ def paired_stages(s: list[torch.Tensor], t: list[torch.Tensor], method: str) -> 
     return list(zip(g_s, g_t))
 
 
+def probed_stages(student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor, method: str,
+                  preact: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """For a setup: the two networks' stage maps on `images` (probed in eval mode), pair by pair; a teacher is
+    required."""
+    teacher = require_teacher(teacher, method)
+    f_s, f_t = probe_features(student, images), probe_features(teacher, images)
+    return paired_stages(f_s.preact if preact else f_s.feats, f_t.preact if preact else f_t.feats, method)
+
+
 def pool_to_common(f_s: torch.Tensor, f_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both maps in float32, the larger average-pooled to the smaller's size (per side)."""
     size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))

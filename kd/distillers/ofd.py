@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.distillers.base import Outputs
-from kd.distillers.common import FeatureDistiller, paired_stages, probe_features, require_teacher, stage_maps
+from kd.distillers.common import FeatureDistiller, probe_features, probed_stages, stage_maps
 
 
 def connector(s_channels: int, t_channels: int) -> nn.Module:
@@ -91,8 +91,7 @@ class OFD(FeatureDistiller):
         self.connectors = nn.ModuleList()  # and a buffer margin<i> per stage, from setup
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:
-        teacher = require_teacher(teacher, "OFD")
-        pairs = paired_stages(probe_features(student, images).preact, probe_features(teacher, images).preact, "OFD")
+        pairs = probed_stages(student, teacher, images, "OFD", preact=True)
         for (f_s, f_t), bn in zip(pairs, bn_before_relu(teacher, images)):
             self.connectors.append(connector(f_s.shape[1], f_t.shape[1]))
             margin = negative_mean(bn.weight.detach(), bn.bias.detach()).view(1, -1, 1, 1)

@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.distillers.base import Outputs
-from kd.distillers.common import FeatureDistiller, paired_stages, pool_to_common, probe_features, require_teacher, \
-    stage_maps
+from kd.distillers.common import FeatureDistiller, pool_to_common, probed_stages, stage_maps
 
 
 def vid_regressor(s_channels: int, t_channels: int) -> nn.Module:
@@ -49,8 +48,7 @@ class VID(FeatureDistiller):
         self.log_scales = nn.ParameterList()
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:
-        teacher = require_teacher(teacher, "VID")
-        pairs = paired_stages(probe_features(student, images).feats, probe_features(teacher, images).feats, "VID")
+        pairs = probed_stages(student, teacher, images, "VID")
         start = math.log(math.expm1(self.init_pred_var - self.eps))  # softplus(start) + eps = init_pred_var
         for f_s, f_t in pairs:
             self.regressors.append(vid_regressor(f_s.shape[1], f_t.shape[1]))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 
+import pytest
 import torch
 
 from conftest import FAST, run_cli
@@ -72,16 +74,36 @@ def test_a_grid_over_pairs_has_a_teacher_per_table_and_no_warning_but_one_table_
 
 
 def test_a_busy_machine_makes_idle_threads_sleep_unless_the_user_chose(monkeypatch):
+    from kd.training import cpu
+
     cores = usable_cores()
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))  # this process alone
+    monkeypatch.setattr(cpu, "load_at_start", lambda: 0.0)  # this process alone
     assert share_cores_when_busy(cores) is None and "OMP_WAIT_POLICY" not in os.environ
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))  # one other runnable process
+    monkeypatch.setattr(cpu, "load_at_start", lambda: 1.0)  # one other process running
     line = share_cores_when_busy(cores)
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert line.startswith("kd: the machine is busy (load average 2.0") and "no result changes" in line
+    assert line.startswith(f"kd: the machine is busy (other work worth 1.0 of {cores} core(s))")
+    assert "no result changes" in line
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stands
     assert share_cores_when_busy(cores) is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="Linux's /proc/loadavg")
+def test_a_process_that_just_started_spinning_counts_at_once():
+    """The load average needs a minute to show a new competitor; the runnable count shows it now."""
+    import subprocess
+    import sys
+
+    from kd.training.cpu import runnable_others
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert runnable_others() >= 1
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_kd_train_sets_the_wait_policy_before_torch_loads():

@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import time
 from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
+PROC_LOADAVG = Path("/proc/loadavg")  # Linux: 1, 5, 15-min averages, then running/total tasks
 
 
 def cpu_model() -> str:
@@ -51,6 +53,27 @@ def other_load() -> Optional[float]:
         return None
 
 
+def runnable_others(samples: int = 5, interval_s: float = 0.02) -> Optional[int]:
+    """Other tasks running or ready to run right now (Linux: /proc/loadavg's fourth field, less this process), the
+    least of a few samples so that a passing short command does not count; None where the file is missing."""
+    counts = []
+    for _ in range(samples):
+        try:
+            running = int(PROC_LOADAVG.read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(running - 1)
+        time.sleep(interval_s)
+    return max(0, min(counts))
+
+
+def load_at_start() -> Optional[float]:
+    """Other work on the cores as a job starts: the load average trails a competitor that began less than a
+    minute ago (one nice'd process shows as load 0.6 after 60 s), so what runs right now counts too."""
+    others = [v for v in (other_load(), runnable_others()) if v is not None]
+    return max(others) if others else None
+
+
 def is_busy(others: Optional[float], threads: int) -> bool:
     return others is not None and others >= 1.0 and others + threads > usable_cores()
 
@@ -58,11 +81,13 @@ def is_busy(others: Optional[float], threads: int) -> bool:
 def share_cores_when_busy(threads: int) -> Optional[str]:
     """Before torch loads: on a busy machine, and unless the user chose a wait policy, make OpenMP's idle threads
     sleep; return the one line that says so (None when nothing changed)."""
-    others = other_load()
-    if "OMP_WAIT_POLICY" in os.environ or not is_busy(others, threads):
+    if "OMP_WAIT_POLICY" in os.environ:
+        return None
+    others = load_at_start()
+    if not is_busy(others, threads):
         return None
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return (f"kd: the machine is busy (load average {others + 1.0:.1f} on {usable_cores()} core(s)): idle threads "
+    return (f"kd: the machine is busy (other work worth {others:.1f} of {usable_cores()} core(s)): idle threads "
             f"will sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), so that this job and the other work share the "
             f"cores; no result changes. Set OMP_WAIT_POLICY=ACTIVE to keep them spinning.")
 

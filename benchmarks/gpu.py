@@ -45,6 +45,16 @@ def way_configs(way: str, model: list[str], alphas: tuple[float, ...], args) -> 
             for a in alphas]
 
 
+def measured_configs(way: str, aug: str | None, teacher: str, student: str, args) -> list:
+    """What one measurement trains: the pack `way` makes of an aug level's cells, or with aug None the teacher's
+    own training (the same step with the teacher as the model, CE only, its recipe's fc)."""
+    if aug is None:
+        return way_configs(way, [f"model={teacher}", f"teacher={teacher}", "aug=fc"], (0.0,), args)
+    cells = WAYS[way][1]
+    return way_configs(way, [f"model={student}", f"teacher={teacher}", f"aug={aug}"],
+                       GRID_ALPHAS if cells > 1 else (0.5,), args)
+
+
 def measure(cfgs: list, splits, device: torch.device, args) -> dict:
     """Best of the rounds (a busy machine slows a round, never speeds it), with how the step ran. A way that
     fails (a graph that cannot be captured, say) is recorded with its error, so the other ways still count."""
@@ -120,20 +130,14 @@ def main() -> None:
     print(f"{info['device']}; torch {info['torch']}, CUDA {info['cuda']}; {teacher}->{student}, batch "
           f"{args.batch_size}; best of {args.rounds} rounds of {args.warmup} warmup + {args.steps} timed steps")
 
-    # Column by column, (d) last: a budget that runs out leaves whole ways measured. The teacher's own
-    # training is the same step with the teacher as the model, CE only, its recipe's fc.
+    # Column by column, (d) last: a budget that runs out leaves whole ways measured.
     rates: dict = {"teacher": {}, "cells": {aug: {} for aug in AUGS}}
-    for way, (_, k) in WAYS.items():
+    for way in WAYS:
         for aug in ([None] if way in TEACHER_WAYS else []) + list(AUGS):  # None: the teacher's own training
             if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
                 print(f"{way}, {aug or 'teacher'}: not run, past --budget-s {args.budget_s:.0f}", flush=True)
                 continue
-            if aug is None:
-                cfgs = way_configs(way, [f"model={teacher}", f"teacher={teacher}", "aug=fc"], (0.0,), args)
-            else:
-                cfgs = way_configs(way, [f"model={student}", f"teacher={teacher}", f"aug={aug}"],
-                                   GRID_ALPHAS if k > 1 else (0.5,), args)
-            result = measure(cfgs, splits, device, args)
+            result = measure(measured_configs(way, aug, teacher, student, args), splits, device, args)
             (rates["teacher"] if aug is None else rates["cells"][aug])[way] = result
             print(f"{way}, {aug or 'teacher'}: {rate_text(result)} cell-images/s "
                   f"({result.get('error') or result['step']}; {result['seconds']:.0f} s)", flush=True)

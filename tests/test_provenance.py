@@ -29,8 +29,8 @@ def site_without_kd(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("in_git", [True, False])
 def test_a_checkout_that_pip_never_installed_records_its_commit_or_says_so(tmp_path, in_git):
-    """What the GPU machine does (benchmarks/device_check.sh: PYTHONPATH=<checkout>, no install): a fresh Python
-    without its site (-S) sees a copy of kd and the libraries, and no kd distribution to read a version from."""
+    """A checkout on PYTHONPATH that pip never installed: a fresh Python without its site (-S) sees a copy of kd
+    and the libraries, and no kd distribution to read a version from."""
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "kd", checkout / "kd", ignore=shutil.ignore_patterns("__pycache__"))
     commit = None

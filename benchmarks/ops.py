@@ -13,7 +13,10 @@ images under kd/training/sync_guard.py's OpRecord, the record of the CPU tests' 
 step after the warm-up one (the first also builds the optimizer's momentum and the augmentation's tables). The
 teacher runs live, so that the rows differ by the augmentation alone: its ops per training image are those of
 one cell's step with it less those with aug none, over the batch size. One more row runs aug=none as kd does
-by default, the teacher's logits cached. torch.compile stays off (its graphs hide their ops from the count).
+by default, the teacher's logits cached. Rows marked "epoch" run trainer.augment_scope=epoch: the whole split is
+augmented once per epoch (DevicePipeline.begin_epoch, its ops counted apart: their number does not depend on the
+split's size) and the step only slices it; their ops per training image add that pass's ops over CIFAR's 50,000
+training images. torch.compile stays off (its graphs hide their ops from the count).
 """
 from __future__ import annotations
 
@@ -33,9 +36,11 @@ from kd.training.sync_guard import OpRecord
 
 AUGS = ("none", "fc", "fcra")
 WAYS = {"1 cell": ("loop", (0.5,)), "5 looped": ("loop", GRID_ALPHAS), "5 stacked": ("stacked", GRID_ALPHAS)}
-# Row: (aug, the teacher's logits cached). The cache is kd's default for aug=none: they are computed once, not
-# per step; the other rows run the teacher live, so that they differ by the augmentation alone.
-ROWS = {**{aug: (aug, False) for aug in AUGS}, "none, logits cached": ("none", True)}
+# Row: (aug, the teacher's logits cached, trainer.augment_scope). The cache is kd's default for aug=none: they are
+# computed once, not per step; the other rows run the teacher live, so that they differ by the augmentation alone.
+ROWS = {**{aug: (aug, False, "batch") for aug in AUGS}, "none, logits cached": ("none", True, "batch"),
+        **{f"{aug}, epoch": (aug, False, "epoch") for aug in AUGS[1:]}}
+EPOCH_IMAGES = 50_000  # CIFAR's training split: what an epoch's augmentation pass is spread over
 PACK_TARGET = 2.0  # ops of a packed 5-cell step / one cell's step (aug=none)
 AUG_TARGET = 0.1  # augmentation ops per training image, fc and fcra each
 
@@ -44,11 +49,15 @@ def count(cfgs: list, aug: str, splits, device: torch.device, warmup: int, steps
     """The ops per step of the pack of `cfgs`, and the host syncs among them (which should be none)."""
     augmentation = instantiate(cfgs[0].aug, form="select") if aug == "fcra" else None
     setup = Setup(cfgs, splits, device, augmentation)
+    setup.batches.begin_epoch(0)  # first, as the first step does for the others: builds RandAugment's tables once
+    with OpRecord() as epoch_pass:  # augment_scope=epoch: the split's augmentation, once per epoch; else nothing
+        setup.batches.begin_epoch(0)
     record = OpRecord()
     with record.watch(itertools.islice(setup.batches, warmup + steps), skip=warmup) as batches:
         train_one_epoch(setup.update, batches, setup.teaching, setup.autocast, 0, set(), setup.plan)
     return {"cells": len(cfgs), "steps": record.steps, "ops_per_step": record.total / record.steps,
             "ops_per_cell_step": record.total / record.steps / len(cfgs),
+            "ops_per_epoch_pass": epoch_pass.total,
             "host_syncs_per_step": sum(record.syncs.values()) / record.steps, "host_syncs": dict(record.syncs),
             "ops": {op: n / record.steps for op, n in record.counts.most_common()}}
 
@@ -77,17 +86,18 @@ def main() -> None:
           f"uint8, {splits.num_classes} classes; ops per step over {args.steps} step(s) after {args.warmup} warm-up")
 
     rows: dict = {row: {} for row in ROWS}
-    for row, (aug, cached) in ROWS.items():
+    for row, (aug, cached, scope) in ROWS.items():
         cfg = compose_config([f"model={student}", f"teacher={teacher}", f"aug={aug}", f"trainer.device={args.device}",
                               f"trainer.batch_size={args.batch_size}", "trainer.compile=false",
-                              f"trainer.teacher_logit_cache={cached}"])
+                              f"trainer.teacher_logit_cache={cached}", f"trainer.augment_scope={scope}"])
         for way, (mode, alphas) in WAYS.items():
             cfgs = [copy.deepcopy(cfg) for _ in alphas]  # a compose per cell would take longer than the counting
             for c, alpha in zip(cfgs, alphas):
                 c.alpha, c.trainer.pack_mode = alpha, mode
             rows[row][way] = count(cfgs, aug, splits, device, args.warmup, args.steps)
-    per_image = {aug: {way: (rows[aug][way]["ops_per_step"] - rows["none"][way]["ops_per_step"]) / args.batch_size
-                       for way in WAYS} for aug in AUGS[1:]}
+    per_image = {row: {way: (rows[row][way]["ops_per_step"] - rows["none"][way]["ops_per_step"]) / args.batch_size
+                       + rows[row][way]["ops_per_epoch_pass"] / EPOCH_IMAGES for way in WAYS}
+                 for row, (aug, cached, _) in ROWS.items() if aug != "none"}
     packed = {row: {way: rows[row][way]["ops_per_step"] / rows[row]["1 cell"]["ops_per_step"]
                     for way in ("5 looped", "5 stacked")} for row in ("none", "none, logits cached")}
 
@@ -105,20 +115,24 @@ def main() -> None:
 
 def print_table(rows: dict, per_image: dict, packed: dict) -> None:
     print("\nATen ops per training step (and per cell-step in a pack of 5); augmentation ops per training image "
-          "(one cell's step with the aug less that with none, over the batch):\n")
-    print("| aug | 1 cell | 5 looped | per cell | 5 stacked | per cell | aug ops per image | host syncs per step |")
-    print("|---" * 8 + "|")
+          f"(one cell's step with the aug less that with none, over the batch, plus an epoch's augmentation pass over "
+          f"{EPOCH_IMAGES:,} images):\n")
+    print("| aug | 1 cell | 5 looped | per cell | 5 stacked | per cell | ops per epoch pass | aug ops per image "
+          "| host syncs per step |")
+    print("|---" * 9 + "|")
     for row, ways in rows.items():
         counts = " | ".join(f"{r['ops_per_step']:.0f}" + ("" if r["cells"] == 1 else f" | {r['ops_per_cell_step']:.0f}")
                             for r in ways.values())
-        image = f"{per_image[row]['1 cell']:.2f}" if row in per_image else "-"
-        print(f"| {row} | {counts} | {image} | {max(r['host_syncs_per_step'] for r in ways.values()):g} |")
+        epoch = ways["1 cell"]["ops_per_epoch_pass"]
+        image = f"{per_image[row]['1 cell']:.3f}" if row in per_image else "-"
+        print(f"| {row} | {counts} | {epoch or '-'} | {image} "
+              f"| {max(r['host_syncs_per_step'] for r in ways.values()):g} |")
     print("\ntargets:")
     for row, ratios in packed.items():
         print(f"  packed 5-cell step / one cell's step, aug={row}: " + ", ".join(
             f"{way.split()[1]} {ratio:.2f}x" for way, ratio in ratios.items()) + f" (target <= {PACK_TARGET:g}x)")
-    for aug, ways in per_image.items():
-        print(f"  augmentation ops per training image, {aug}: {ways['1 cell']:.2f} (target <= {AUG_TARGET:g})")
+    for row, ways in per_image.items():
+        print(f"  augmentation ops per training image, {row}: {ways['1 cell']:.3f} (target <= {AUG_TARGET:g})")
 
 
 if __name__ == "__main__":

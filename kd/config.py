@@ -46,6 +46,13 @@ class TeacherView(Enum):
     independent = "independent"  # its own draw of the same augmentation of the same image, from its own generator
 
 
+class AugmentScope(Enum):
+    """How often the training split is augmented (kd/data/pipeline.py, DevicePipeline)."""
+
+    batch = "batch"  # each batch as it is drawn: the default, and what every result before the key was trained with
+    epoch = "epoch"  # the whole split once per epoch on the device, each step a slice of it: no augmentation per step
+
+
 class WandbMode(Enum):
     auto = "auto"  # online if W&B credentials exist, else offline; a set WANDB_MODE decides instead
     online = "online"
@@ -231,6 +238,7 @@ class TrainerConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints
     pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/training/stacking.py)
     teacher_view: TeacherView = TeacherView.same  # what the teacher sees in training (kd/training/teacher_views.py)
+    augment_scope: AugmentScope = AugmentScope.batch  # augment per batch, or the whole split once per epoch (device)
 
 
 @dataclass
@@ -328,7 +336,8 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
 NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download", "data.cache_dir")
 # Keys added after results and checkpoints were written without them: at these values (what those jobs did)
 # they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
-ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value}
+ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
+                               "trainer.augment_scope": AugmentScope.batch.value}
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,

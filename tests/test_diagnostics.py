@@ -161,11 +161,8 @@ def without_times(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")} for row in history]
 
 
-@pytest.mark.parametrize("aug", ["fcra", "fccutmixpick"])
-def test_a_pack_over_views_trains_each_cell_as_alone(tmp_path, aug: str):
-    cfgs = [compose_config([*FAST, f"aug={aug}", "trainer.batch_size=64", f"alpha={a}",
-                            f"trainer.teacher_view={v}"], out_dir=tmp_path)
-            for a, v in [(0, "same"), (0.5, "same"), (0.5, "clean"), (0.5, "independent")]]
+def fit_packed_and_alone(cfgs, tmp_path: Path) -> list[dict]:
+    """The pack of `cfgs` trained, each cell's results asserted to be those of the cell trained alone (times aside)."""
     splits = synthetic_splits()
     torch.manual_seed(0)
     teacher = resnet8(num_classes=10)
@@ -173,6 +170,15 @@ def test_a_pack_over_views_trains_each_cell_as_alone(tmp_path, aug: str):
     for i, cfg in enumerate(cfgs):
         (alone,) = fit_cells([cfg], splits, tmp_path / f"alone{i}", teacher)
         assert without_times(alone["history"]) == without_times(packed[i]["history"]), cfg.trainer.teacher_view
+    return packed
+
+
+@pytest.mark.parametrize("aug", ["fcra", "fccutmixpick"])
+def test_a_pack_over_views_trains_each_cell_as_alone(tmp_path, aug: str):
+    cfgs = [compose_config([*FAST, f"aug={aug}", "trainer.batch_size=64", f"alpha={a}",
+                            f"trainer.teacher_view={v}"], out_dir=tmp_path)
+            for a, v in [(0, "same"), (0.5, "same"), (0.5, "clean"), (0.5, "independent")]]
+    packed = fit_packed_and_alone(cfgs, tmp_path)
     rows = [p["history"][-1] for p in packed]
     assert "diag/t_stddev" not in rows[0] and "diag/test_agreement" not in rows[0]  # alpha=0: no teacher in it
     for row in rows[1:]:
@@ -183,17 +189,21 @@ def test_a_pack_over_views_trains_each_cell_as_alone(tmp_path, aug: str):
     assert len({r["test/loss"] for r in rows[1:]}) == 3
 
 
-def test_a_resumed_independent_view_cell_continues_its_uninterrupted_run(tmp_path):
-    """The independent view's generator is re-seeded per epoch: a resume needs no state of it to be exact."""
-    cfgs = {epochs: compose_config([*FAST, "aug=fcra", f"trainer.epochs={epochs}", "alpha=0.5",
-                                    "trainer.teacher_view=independent"], out_dir=tmp_path) for epochs in (1, 2)}
+def resumes_as_uninterrupted(tmp_path: Path, overrides: list[str], epochs: int) -> bool:
+    """Whether a cell stopped after its first epoch and resumed ends with the history of one trained straight."""
+    cfgs = {e: compose_config([*overrides, f"trainer.epochs={e}"], out_dir=tmp_path) for e in (1, epochs)}
     splits = synthetic_splits()
     torch.manual_seed(0)
     teacher = resnet8(num_classes=10)
-    (straight,) = fit_cells([cfgs[2]], splits, tmp_path / "straight", teacher)
+    (straight,) = fit_cells([cfgs[epochs]], splits, tmp_path / "straight", teacher)
     fit_cells([cfgs[1]], splits, tmp_path / "resumed", teacher)  # stopped after epoch 1, its checkpoint kept
-    (resumed,) = fit_cells([cfgs[2]], splits, tmp_path / "resumed", teacher)
-    assert without_times(resumed["history"]) == without_times(straight["history"])
+    (resumed,) = fit_cells([cfgs[epochs]], splits, tmp_path / "resumed", teacher)
+    return without_times(resumed["history"]) == without_times(straight["history"])
+
+
+def test_a_resumed_independent_view_cell_continues_its_uninterrupted_run(tmp_path):
+    """The independent view's generator is re-seeded per epoch: a resume needs no state of it to be exact."""
+    assert resumes_as_uninterrupted(tmp_path, [*FAST, "aug=fcra", "alpha=0.5", "trainer.teacher_view=independent"], 2)
 
 
 @pytest.mark.parametrize("overrides, says", [

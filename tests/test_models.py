@@ -30,3 +30,18 @@ def test_projection_shortcut_only_where_shape_changes():
     model = models.resnet20(10)
     projections = [b for b in model.layers if not isinstance(b.shortcut, torch.nn.Identity)]
     assert len(projections) == 2  # the first block of stages 2 and 3
+
+
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize("shape", [(64, 256, 8, 8), (5, 1280, 4, 4), (3, 512, 2, 2), (7, 100, 1, 1), (4, 64, 7, 5)])
+def test_global_average_pooling_is_adaptive_pooling_to_one_bit_for_bit(shape, memory_format):
+    """The networks' GlobalAvgPool (a mean, which vmap batches) gives nn.AdaptiveAvgPool2d(1)'s values and
+    gradients exactly, so that swapping it in changed no result, checkpoint or cached teacher."""
+    from kd.models.pooling import GlobalAvgPool
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape).contiguous(memory_format=memory_format).requires_grad_()
+    ours, theirs = GlobalAvgPool()(x), torch.nn.AdaptiveAvgPool2d(1)(x)
+    upstream = torch.randn_like(ours)
+    assert torch.equal(ours, theirs) and torch.equal(torch.flatten(ours, 1), torch.flatten(theirs, 1))
+    assert torch.equal(*(torch.autograd.grad(y, x, upstream)[0] for y in (ours, theirs)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,23 @@ def test_a_stacked_step_of_every_family_matches_its_loop_step(model, tmp_path):
     for loop, stacked in zip(*weights):
         for name in loop:
             torch.testing.assert_close(stacked[name], loop[name], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", STUDENTS)
+def test_a_stacked_step_of_every_family_runs_without_vmap_fallbacks(model, tmp_path):
+    """In the training memory format (channels_last), every op of a stacked step has a batching rule: an op without
+    one (adaptive average pooling's `aten::as_strided_` was) makes vmap loop over the students, and warns."""
+    cfgs = [compose_config([*CELL, "aug=fc", f"alpha={a}", f"model={model}"], out_dir=tmp_path) for a in (0, 1.0)]
+    students = [make_student(Cell(cfg, tmp_path, {}, lambda row, step: None, "", ""), 10, torch.device("cpu"))
+                for cfg in cfgs]
+    for s in students:
+        s.model.to(memory_format=torch.channels_last).train()
+    update = StackedUpdate(students, cfgs[0].optim)
+    images = torch.randn(8, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    labels, teacher = torch.randint(0, 10, (8,)), Outputs(torch.randn(8, 10))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*batching rule.*")
+        update.step([0, 1], images, labels, {0: teacher, 1: teacher}, contextlib.nullcontext, epoch=0)
 
 
 @pytest.mark.chaos

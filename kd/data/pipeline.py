@@ -7,7 +7,7 @@ augmentation mixes images (Mixup, CutMix) the labels are soft targets, (N, class
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torchvision.transforms as T
@@ -30,14 +30,26 @@ class Normalize:
         return x.contiguous(memory_format=self.memory_format)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's augmentation under trainer.augment_scope=epoch: a fixed odd-multiplier mix of the run's
+    seed and the epoch, never the stream's own seed nor the teacher's independent view's (kd/training/teacher_views.py)."""
+    return (seed * 0xD1B54A32D192ED03 + (epoch + 1) * 0x94D049BB133111EB) % (1 << 63)
+
+
 class DevicePipeline:
     """The whole split lives on the device as uint8; an epoch is a permutation of indices.
 
-    No workers, no PIL, no host sync: augmentation runs per image on the device.
+    No workers, no PIL, no host sync: augmentation runs per image on the device, per batch as it is drawn, or
+    (`epoch_seed` set: trainer.augment_scope=epoch) over the whole split once per epoch in `begin_epoch`, airbench's
+    way: the same per-image draws in a few whole-tensor passes, then each step only slices the augmented split. That
+    epoch's draws come from a generator seeded by `epoch_seed` and the epoch alone, so a resumed run or a pack draws
+    them as an uninterrupted run alone does. A mixing or picking augmentation (Mixup, CutMix, CutMixPick) still mixes
+    and picks per batch, from the pipeline's own generator; only its per-image part (fc) is done per epoch.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, normalize: Normalize,
-                 batch_size: int, generator: torch.Generator, shuffle: bool, num_classes: int) -> None:
+                 batch_size: int, generator: torch.Generator, shuffle: bool, num_classes: int,
+                 epoch_seed: Optional[int] = None) -> None:
         device = generator.device
         self.images = images.to(device)
         self.labels = labels.to(device)
@@ -48,28 +60,45 @@ class DevicePipeline:
         self.generator = generator
         self.shuffle = shuffle
         self.scorer = None  # a picking augmentation's: images -> one score per image (kd/data/augment_ladder.py)
+        self.epoch_seed = epoch_seed  # None: augment per batch
+        self.epoch_generator = torch.Generator(device=device)
+        self.augmented: Optional[torch.Tensor] = None  # the split as `begin_epoch` augmented it, until __iter__ takes it
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Per epoch (`fit` calls it before each): with `epoch_seed`, augment the whole split for the epoch's pass."""
+        if self.epoch_seed is not None:
+            self.augmented = self.augment_all(self.epoch_generator.manual_seed(epoch_seed(self.epoch_seed, epoch)))
+
+    def augment_all(self, generator: torch.Generator) -> torch.Tensor:
+        """Every image of the split augmented (per image, as a batch of them would be), from `generator`."""
+        return self.aug(self.images, generator)
+
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.labels)
         device = self.images.device
+        augmented, self.augmented = self.augmented, None  # each epoch its own: a pass without begin_epoch fails
+        if self.epoch_seed is not None and augmented is None:
+            raise RuntimeError("trainer.augment_scope=epoch: call begin_epoch(epoch) before each pass over the batches")
         order = (torch.randperm(n, device=device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=device))
         for start in range(0, n, self.batch_size):
             idx = order[start:start + self.batch_size]
             if hasattr(self.aug, "pick"):  # CutMixPick: the teacher picks from a pool of mixed batches
-                yield self.picked(idx)
+                yield self.picked(idx, augmented)
                 continue
-            images, labels = self.view(idx, self.generator)
+            images, labels = self.view(idx, self.generator, augmented)
             yield images, labels, idx
 
-    def view(self, idx: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(self, idx: torch.Tensor, generator: torch.Generator, augmented: Optional[torch.Tensor] = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """The images `idx` augmented (and mixed, with soft targets) from `generator`, normalized: the
-        student's batch from the pipeline's own generator, the teacher's independent view from its own."""
+        student's batch from the pipeline's own generator, the teacher's independent view from its own.
+        `augmented`: the whole split already augmented for this epoch (augment_scope=epoch), sliced instead."""
         with one_cpu_thread(self.images.device):
-            images = self.normalize(self.aug(self.images[idx], generator))
+            images = self.normalize(self.aug(self.images[idx], generator) if augmented is None else augmented[idx])
         labels = self.labels[idx]
         if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/data/augment_ladder.py)
             images, labels = self.aug.mix(images, labels, self.num_classes, generator)
@@ -79,13 +108,13 @@ class DevicePipeline:
         """The images `idx` as stored, normalized, with their hard labels: the teacher's clean view."""
         return self.normalize(self.images[idx]), self.labels[idx]
 
-    def picked(self, idx: torch.Tensor) -> Batch:
+    def picked(self, idx: torch.Tensor, augmented: Optional[torch.Tensor] = None) -> Batch:
         """A picking augmentation's batch: the pool it mixes from `idx`, cut down to len(idx) by the scores of
         `self.scorer` (the teacher's, set by the loop); the indices are each picked image's own (un-pasted) one."""
         if self.scorer is None:
             raise RuntimeError(f"aug={self.aug.name} picks its batch with the teacher, but no teacher is loaded")
         with one_cpu_thread(self.images.device):
-            base = self.normalize(self.aug(self.images[idx], self.generator))
+            base = self.normalize(self.aug(self.images[idx], self.generator) if augmented is None else augmented[idx])
         images, labels, rows = self.aug.pool(base, self.labels[idx], self.num_classes, self.generator)
         keep = self.aug.pick(self.scorer(images), len(idx))
         return images[keep], labels[keep], idx[rows[keep]]
@@ -145,6 +174,9 @@ class DataLoaderPipeline:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Nothing: its workers augment each image as they load it (trainer.augment_scope=epoch is refused)."""
 
     def __iter__(self) -> Iterator[Batch]:
         for x, y, idx in self.loader:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features
+from kd.models.pooling import GlobalAvgPool
 
 MIN_IMAGE_SIZE = 1
 
@@ -71,7 +72,7 @@ class MobileNetV2(nn.Module):
         last = max(1280, int(1280 * width))  # theirs: widened only for width > 1
         self.conv2 = _conv_bn_relu(in_planes, last, 1, 1)
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # theirs: normal(0, sqrt(2 / (k * k * out_channels)))
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features, staged_features
+from kd.models.pooling import GlobalAvgPool
 
 
 def shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
@@ -57,7 +58,7 @@ class CifarResNet(nn.Module):
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
         self.blocks_per_stage = blocks
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(in_planes, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features, staged_features
+from kd.models.pooling import GlobalAvgPool
 from kd.models.resnet import shortcut
 
 MIN_IMAGE_SIZE = 1
@@ -57,7 +58,7 @@ class ResNet(nn.Module):
         self.layer2 = _stage(EXPANSION * 64, 128, blocks[1], 2)
         self.layer3 = _stage(EXPANSION * 128, 256, blocks[2], 2)
         self.layer4 = _stage(EXPANSION * 256, 512, blocks[3], 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.linear = nn.Linear(EXPANSION * 512, num_classes)  # keeps PyTorch's default init, as theirs
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features, staged_features
+from kd.models.pooling import GlobalAvgPool
 
 MIN_IMAGE_SIZE = 1
 
@@ -73,7 +74,7 @@ class ShuffleNetV1(nn.Module):
         self.layer2 = self._stage(widths[0], widths[1], blocks[1], groups, first_groups=groups)
         self.layer3 = self._stage(widths[1], widths[2], blocks[2], groups, first_groups=groups)
         self.linear = nn.Linear(widths[2], num_classes)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, groups: int, first_groups: int) -> nn.Sequential:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features
+from kd.models.pooling import GlobalAvgPool
 from kd.models.shufflenetv1 import channel_shuffle
 
 MIN_IMAGE_SIZE = 1
@@ -91,7 +92,7 @@ class ShuffleNetV2(nn.Module):
         self.conv2 = nn.Conv2d(widths[2], widths[3], 1, bias=False)
         self.bn2 = nn.BatchNorm2d(widths[3])
         self.linear = nn.Linear(widths[3], num_classes)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
 
     @staticmethod
     def _stage(in_channels: int, channels: int, blocks: int) -> nn.Sequential:

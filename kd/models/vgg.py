@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.models.features import Features
+from kd.models.pooling import GlobalAvgPool
 
 MIN_IMAGE_SIZE = 8
 
@@ -47,7 +48,7 @@ class VGG(nn.Module):
         self.block2 = _block(widths[1][-1], widths[2])
         self.block3 = _block(widths[2][-1], widths[3])
         self.block4 = _block(widths[3][-1], widths[4])
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.classifier = nn.Linear(widths[4][-1], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kd.models.features import Features
+from kd.models.pooling import GlobalAvgPool
 
 MIN_IMAGE_SIZE = 1
 
@@ -71,7 +72,7 @@ class WideResNet(nn.Module):
         self.block2 = NetworkBlock(blocks, widths[1], widths[2], 2)
         self.block3 = NetworkBlock(blocks, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = GlobalAvgPool()
         self.fc = nn.Linear(widths[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

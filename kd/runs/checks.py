@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.data.augment_ladder import picks_with_teacher
-from kd.config import Pipeline, TeacherView, check_known_keys
+from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
 from kd.distillers.base import Distiller, check_alpha
 from kd.runs.targets import ConfigTargetError, check_targets
@@ -25,6 +25,10 @@ def check_trainer(t: DictConfig) -> None:
         raise ValueError(f"trainer.teacher_view={TeacherView(t.teacher_view).value} draws the teacher's view per image "
                          f"on the device, which trainer.pipeline=dataloader does not; use trainer.pipeline=device "
                          f"or trainer.teacher_view=same")
+    if t.augment_scope == AugmentScope.epoch and t.pipeline != Pipeline.device:
+        raise ValueError("trainer.augment_scope=epoch augments the whole split on the device once per epoch, which "
+                         "trainer.pipeline=dataloader (per image in its workers) does not; use trainer.pipeline=device "
+                         "or trainer.augment_scope=batch")
     if t.graph_capture and not t.compile:
         raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
                          "set trainer.compile=true, or drop trainer.graph_capture")

@@ -30,7 +30,7 @@ from kd.data.augment import NoAugment
 from kd.data.augment_ladder import teacher_entropy
 from kd.training.capture import EAGER, CompilePlan, log_plan, plan_compile
 from kd.checkpoint import rng_state, save_atomic, set_rng_state
-from kd.config import Pipeline, Stage, TeacherView
+from kd.config import AugmentScope, Pipeline, Stage, TeacherView
 from kd.data.datasets import ImageSplits
 from kd.training.diagnostics import TEST_KEYS, fidelity_sums
 from kd.distillers.base import Outputs
@@ -155,8 +155,9 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: 
     channels_last = t.channels_last  # faster on CPUs too (oneDNN convolutions), not only with cuDNN
     if t.pipeline == Pipeline.device:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        per_epoch = shuffle and t.augment_scope == AugmentScope.epoch  # evaluation is never augmented
         return DevicePipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
-                              batch_size, generator, shuffle, splits.num_classes)
+                              batch_size, generator, shuffle, splits.num_classes, cfg.seed if per_epoch else None)
     return DataLoaderPipeline(images, labels, aug, splits.mean, splits.std, batch_size, device,
                               t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last, splits.num_classes)
 
@@ -233,6 +234,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
         started = time.perf_counter()
         needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
         lrs = [update.lr(i) for i in range(len(students))]
+        train_batches.begin_epoch(epoch)
         stats = train_one_epoch(update, train_batches, teaching if needs_teacher else None,
                                 autocast, epoch, waiting, plan)
         on_views = teaching.read() if needs_teacher else {}

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from kd.config import Stage, as_recorded
+from kd.config import AugmentScope, Stage, as_recorded
 from kd.training import published_teachers as published
 from kd.data.datasets import ImageSplits
 from kd.distillers.base import Outputs
@@ -79,6 +79,7 @@ def teacher_training_config(cfg: DictConfig, work_dir: Path) -> DictConfig:
     tcfg.optim = t.optim
     tcfg.trainer.epochs = t.epochs
     tcfg.trainer.batch_size = t.batch_size
+    tcfg.trainer.augment_scope = AugmentScope.batch.value  # the recipe's draws: the cache name knows no other
     tcfg.seed = t.seed
     tcfg.alpha = 0.0
     tcfg.stage = Stage.teacher.value

@@ -11,7 +11,9 @@ distillation: a good teacher is patient and consistent").
 A pack draws each kind of view once per step and shares it between its cells of that view. The
 independent view comes from its own generator, re-seeded from `seed` and the epoch at each epoch's start:
 drawing it leaves the student's stream untouched, and what it draws depends on nothing but seed, epoch
-and step, so a cell trains the same alone, in a pack with cells of other views, or resumed.
+and step, so a cell trains the same alone, in a pack with cells of other views, or resumed. Under
+trainer.augment_scope=epoch it augments its own copy of the whole split once per epoch from that generator,
+as the student's stream does from its own (kd/data/pipeline.py).
 """
 from __future__ import annotations
 
@@ -35,16 +37,20 @@ class TeacherViews:
         self.batches = batches  # a DevicePipeline: the only one with per-index views (kd/runs/checks.py refuses others)
         self.seed = seed
         self.generator = torch.Generator(device=device)
+        self.augmented: torch.Tensor | None = None  # augment_scope=epoch: the independent view's own epoch of the split
 
     def begin_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(independent_seed(self.seed, epoch))
+        self.augmented = None
 
     def inputs(self, view: TeacherView, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> Views:
         if view == TeacherView.same:
             return images, labels, indices
         if view == TeacherView.clean:
             return (*self.batches.clean(indices), indices)
-        return (*self.batches.view(indices, self.generator), indices)
+        if self.batches.epoch_seed is not None and self.augmented is None:  # its epoch's draws, once, when first asked
+            self.augmented = self.batches.augment_all(self.generator)
+        return (*self.batches.view(indices, self.generator, self.augmented), indices)
 
 
 class Teaching:

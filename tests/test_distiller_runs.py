@@ -1,5 +1,6 @@
 """Distillers on the real loop: a grid over losses packs and trains each cell as alone, a FitNet regressor
-resumes, feature distillers run on every network family, and a user's own feature distiller is one file."""
+resumes, feature distillers run on every network family, a distiller's first stage runs before the main epochs
+and resumes from inside, and a user's own feature distiller is one file."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import torch
 from conftest import FAST, REPO, TRAIN_SCRIPT, cell_dir, run_cli
 from kd.report.cli import main as report_main
 from kd.runs.results import RESULTS_FILE, read_results
-from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
+from reliability import ONE_THREAD, TIMING_KEYS, kill_after_checkpoint, metrics, same_weights
 
 CELL = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fc"]
 
@@ -122,7 +123,7 @@ def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):
     assert any(k.startswith("project.") for k in torch.load(run / "checkpoint.pt", weights_only=True)["distiller"])
 
 
-NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "ab", "crd", "crd_kd", "kdsvd"]
+NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "crd", "crd_kd", "kdsvd"]
 
 
 def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):
@@ -140,3 +141,63 @@ def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):
         assert any(k.startswith(prefix) for k in saved), loss
     rkd = read_results(cell_dir(out, grid, "loss=rkd") / RESULTS_FILE)["history"][0]
     assert rkd["train/distance"] > 0 and rkd["train/angle"] > 0
+
+
+# AB, FSP and FT train a first stage (kd/distillers/base.py); FSP compares the maps channel by channel, so the
+# student is the teacher's network here. A multirun composes its base config with the default loss (kd), which has no
+# such key: "++" sets it in each cell's loss without being refused there.
+FIRST_STAGE = [*CELL, "model=resnet8", "++loss.first_stage_epochs=1"]
+
+
+def first_stage_rows(result: dict) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in result["first_stage_history"]]
+
+
+def test_a_first_stage_runs_before_the_main_schedule_and_packs_exactly_as_alone(tmp_path):
+    grid = [*FIRST_STAGE, "loss=ab,fsp,ft", "alpha=0.5", "loss.scale=2", "optim.scheduler.milestones=[1]"]
+    packed, log = sweep(tmp_path, "packed", grid)
+    alone, _ = sweep(tmp_path, "alone", [*grid, "hydra/launcher=basic"])
+    for loss in ("ab", "fsp", "ft"):
+        job = cell_dir(packed, grid, f"loss={loss}")
+        result = read_results(job / RESULTS_FILE)
+        assert result["status"] == "completed" and result["first_stage_epochs"] == 1, loss
+        (first,) = result["first_stage_history"]
+        assert first["first_stage/epoch"] == 1 and first["first_stage/loss"] > 0, loss
+        assert first["first_stage/lr"] == (0.01 if loss == "ft" else 0.05), loss
+        # The main schedule counts from the first stage's end: its lr steps after main epoch 1, not before.
+        assert [row["epoch"] for row in result["history"]] == [1, 2]
+        assert [row["lr"] for row in result["history"]] == pytest.approx([0.05, 0.005]), loss
+        # AB's and FSP's main stage is CE only (feat_weight 0); FT's adds its factor loss.
+        assert (result["history"][-1]["train/kd"] > 0) == (loss == "ft"), loss
+        other = read_results(alone / job.name / RESULTS_FILE)
+        assert metrics(result) == metrics(other) and first_stage_rows(result) == first_stage_rows(other), loss
+        assert same_weights(job / "checkpoint.pt", alone / job.name / "checkpoint.pt"), loss
+    saved = torch.load(cell_dir(packed, grid, "loss=ft") / "checkpoint.pt", weights_only=True)
+    assert saved["epoch"] == 3 and saved["stage"] == "main" and saved["first_optimizer"]["state"]
+    assert any(k.startswith("paraphraser.") for k in saved["distiller"])
+
+
+def test_alpha_zero_runs_no_first_stage_and_is_plain_cross_entropy(tmp_path):
+    grid = [*FAST, "teacher=resnet8", "model=resnet8", "loss=kd,ab,fsp,ft", "alpha=0"]
+    out, _ = sweep(tmp_path, "zero", grid)
+    plain = cell_dir(out, grid, "loss=kd")
+    for loss in ("ab", "fsp", "ft"):
+        job = cell_dir(out, grid, f"loss={loss}")
+        result = read_results(job / RESULTS_FILE)
+        assert "first_stage_history" not in result and len(result["history"]) == 1, loss
+        assert metrics(result) == metrics(read_results(plain / RESULTS_FILE)), loss
+        assert same_weights(job / "checkpoint.pt", plain / "checkpoint.pt"), loss
+        assert "first_optimizer" not in torch.load(job / "checkpoint.pt", weights_only=True), loss
+
+
+@pytest.mark.chaos
+def test_a_cell_killed_inside_its_first_stage_resumes_to_the_uninterrupted_result(tmp_path):
+    args = [*CELL, "model=resnet8", "loss=ft", "alpha=0.5", "loss.first_stage_epochs=3", "trainer.epochs=1",
+            "trainer.deterministic=true"]
+    reference, killed, saved = killed_after_one_epoch(tmp_path, args)
+    assert saved["stage"] == "first" and saved["epoch"] < 3 and saved["history"] == []  # killed inside it
+    assert len(saved["first_history"]) == saved["epoch"] and saved["first_optimizer"]["state"]
+    a, b = resumed_as_uninterrupted(tmp_path, args, killed, reference)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert first_stage_rows(read_results(killed / RESULTS_FILE)) == first_stage_rows(
+        read_results(reference / RESULTS_FILE))

@@ -1,8 +1,8 @@
 """The feature distillers of RepDistiller and mdistiller against their papers' formulas, each computed here
 independently in float64 with explicit loops (PKT: Passalis & Tefas 2018; SP: Tung & Mori 2019; RKD: Park et
 al. 2019; NST: Huang & Wang 2017; CC: Peng et al. 2019 as RepDistiller runs it; VID: Ahn et al. 2019; OFD: Heo
-et al. 2019; ReviewKD: Chen et al. 2021; AB: Heo et al. 2019; KDSVD: Lee et al. 2018), and the one meaning of alpha
-and scale for each on kd's real networks."""
+et al. 2019; ReviewKD: Chen et al. 2021; AB: Heo et al. 2019; KDSVD: Lee et al. 2018; FSP: Yim et al. 2017; FT: Kim
+et al. 2018), and the one meaning of alpha and scale for each on kd's real networks."""
 from __future__ import annotations
 
 import itertools
@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from kd.distillers.ab import AB
 from kd.distillers.base import Outputs
 from kd.distillers.cc import CC
+from kd.distillers.fsp import FSP
+from kd.distillers.ft import FT
 from kd.distillers.kdsvd import KDSVD
 from kd.distillers.ofd import OFD, bn_before_relu, negative_mean
 from kd.distillers.reviewkd import ReviewKD, hcl
@@ -329,6 +331,101 @@ def test_ab_needs_no_connector_where_the_maps_already_match():
     assert all(isinstance(c, torch.nn.Identity) for c in ab.connectors) and not list(ab.parameters())
 
 
+def test_ab_first_stage_is_its_unweighted_loss_over_the_connectors_and_the_students_feature_layers(pair):
+    s, t = pair
+    ab = built(AB(margin=1.0, feat_weight=2.0), s, t)
+    assert torch.equal(ab.term(s, t, Y, 0)["kd"], 2.0 * ab.first_term(s, t))
+    student = resnet8(C)
+    modules = ab.first_stage_modules(student)
+    assert modules[0] is ab.connectors and student.fc not in modules
+    assert {id(p) for m in modules[1:] for p in m.parameters()} == {
+        id(p) for n, p in student.named_parameters() if not n.startswith("fc.")}
+
+
+# -- FSP: Gram matrices of consecutive maps, and its first stage -----------------------------------------------
+
+def block_mean(f: torch.Tensor, size: int) -> torch.Tensor:
+    """Average-pooling to size x size by explicit block means (the sizes here divide)."""
+    k = f.shape[2] // size
+    out = torch.zeros(f.shape[0], f.shape[1], size, size, dtype=torch.float64)
+    for y, x in itertools.product(range(size), range(size)):
+        out[:, :, y, x] = f[:, :, y * k:(y + 1) * k, x * k:(x + 1) * k].double().mean((2, 3))
+    return out
+
+
+def ref_fsp(bottom: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    size = min(bottom.shape[2], top.shape[2])
+    bottom, top = block_mean(bottom, size), block_mean(top, size)
+    g = torch.zeros(bottom.shape[0], top.shape[1], bottom.shape[1], dtype=torch.float64)
+    for n, j, i in itertools.product(*(range(k) for k in g.shape)):
+        g[n, j, i] = sum(float(bottom[n, i, y, x] * top[n, j, y, x])
+                         for y, x in itertools.product(range(size), range(size))) / size ** 2
+    return g
+
+
+def test_fsp_matrix_and_loss_match_a_float64_computation():
+    from kd.distillers.fsp import fsp_loss, fsp_matrix
+    g = torch.Generator().manual_seed(1)
+    shapes = [(3, 8), (4, 8), (6, 4), (8, 2)]
+    s = [torch.rand(N, c, h, h, generator=g) for c, h in shapes]
+    t = [torch.rand(N, c, h, h, generator=g) for c, h in shapes]
+    for bottom, top in zip(s, s[1:]):
+        assert torch.allclose(fsp_matrix(bottom, top).double(), ref_fsp(bottom, top), rtol=1e-5, atol=1e-7)
+    expected = sum(float(((ref_fsp(s[i], s[i + 1]) - ref_fsp(t[i], t[i + 1])) ** 2).mean()) for i in range(3))
+    assert math.isclose(float(fsp_loss(s, t)), expected, rel_tol=1e-5)
+    fsp = FSP(feat_weight=50.0)
+    s_out, t_out = outputs(s, torch.zeros(N, 8)), outputs(t, torch.zeros(N, 8))
+    assert torch.equal(fsp.first_term(s_out, t_out), fsp_loss(s, t))
+    assert torch.equal(fsp.term(s_out, t_out, Y, 0)["kd"], 50.0 * fsp_loss(s, t))
+    student = resnet8(C)
+    assert {id(p) for m in fsp.first_stage_modules(student) for p in m.parameters()} == {
+        id(p) for n, p in student.named_parameters() if not n.startswith("fc.")}
+
+
+def test_fsp_refuses_networks_whose_channels_differ():
+    with pytest.raises(ValueError, match="FSP compares the networks' maps channel by channel"):
+        FSP().setup(resnet8(C), resnet32x4(C), torch.zeros(2, 3, 8, 8))
+
+
+# -- FT: the paraphraser's reconstruction first, then the factors' L1 gap ---------------------------------------
+
+def ref_factor(f: torch.Tensor, size: int) -> list[list[float]]:
+    f = block_mean(f, size)
+    rows = []
+    for n in range(f.shape[0]):
+        m = [float((f[n, :, y, x] ** 2).mean()) for y, x in itertools.product(range(size), range(size))]
+        norm = math.sqrt(sum(v * v for v in m))
+        rows.append([v / norm for v in m])
+    return rows
+
+
+def test_ft_factor_loss_and_reconstruction_match_float64(pair):
+    from kd.distillers.ft import factor_loss
+    s, t = pair
+    ft = built(FT(k=0.5, feat_weight=200.0), s, t)
+    f_s, f_t = s.features.feats[-1], t.features.feats[-1]  # 8 channels at 2x2, 9 at 1x1
+    a, b = ref_factor(f_s, 1), ref_factor(f_t, 1)
+    expected = sum(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)) / (N * 1)
+    assert math.isclose(float(factor_loss(f_s.float(), f_t.float())), expected, rel_tol=1e-5, abs_tol=1e-7)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(N, 6, 4, 4, generator=g), torch.rand(N, 5, 2, 2, generator=g)
+    a, b = ref_factor(x, 2), ref_factor(y, 2)
+    expected = sum(abs(p - q) for ra, rb in zip(a, b) for p, q in zip(ra, rb)) / (N * 4)
+    assert math.isclose(float(factor_loss(x, y)), expected, rel_tol=1e-5)
+    with torch.no_grad():  # the term: the translator's factor of the student's map against the paraphraser's
+        factor_s, factor_t = ft.translator(f_s.float()), ft.paraphraser["encoder"](f_t.float())
+        size = min(factor_s.shape[2], factor_t.shape[2])
+        a, b = ref_factor(factor_s, size), ref_factor(factor_t, size)
+        expected = 200.0 * sum(abs(p - q) for ra, rb in zip(a, b) for p, q in zip(ra, rb)) / (N * size ** 2)
+        assert math.isclose(float(ft.term(s, t, Y, 0)["kd"]), expected, rel_tol=1e-5)
+        rec = ft.paraphraser["decoder"](factor_t).double()
+        assert math.isclose(float(ft.first_term(s, t)), float(((rec - f_t) ** 2).mean()), rel_tol=1e-5)
+    assert factor_t.shape[1] == 4 == int(9 * 0.5)  # k = 0.5 of the teacher's channels
+    assert ft.first_stage_modules(resnet8(C)) == [ft.paraphraser]
+    main = {id(p) for p in ft.main_parameters()}
+    assert main == {id(p) for p in ft.translator.parameters()} and not main & {id(p) for p in ft.paraphraser.parameters()}
+
+
 # -- KDSVD: aligned singular vectors of consecutive stages, RBF correlations --------------------------------
 
 def ref_kdsvd(s_maps: list[torch.Tensor], t_maps: list[torch.Tensor], k: int) -> float:
@@ -398,7 +495,7 @@ def test_kdsvd_connects_the_students_stages_whose_channels_differ(pair):
 # -- every new distiller on kd's real networks: alpha, scale, the YAML --------------------------------------
 
 NEW = {"pkt": PKT, "sp": SP, "rkd": RKD, "nst": NST, "cc": CC, "vid": VID, "ofd": OFD, "reviewkd": ReviewKD, "ab": AB,
-       "kdsvd": KDSVD}
+       "kdsvd": KDSVD, "fsp": FSP, "ft": FT}
 
 
 def real_batch(name: str, scale: float = 1.0):
@@ -423,7 +520,7 @@ def test_alpha_zero_is_exactly_cross_entropy_and_alpha_mixes_the_term(name):
     assert torch.equal(parts.kd, distiller.term(s_out, t_out, y, 25)["kd"]) and torch.isfinite(parts.kd)
     assert torch.equal(parts.total, (1 - 0.3) * parts.ce + 0.3 * parts.kd)
     parts.total.backward()
-    assert all(p.grad is not None for p in distiller.parameters())
+    assert all(p.grad is not None for p in distiller.main_parameters())
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -438,7 +535,10 @@ def test_scale_two_with_alpha_half_is_exactly_ce_plus_term(name):
     ("rkd", {"distance_weight": 25.0, "angle_weight": 50.0, "feat_weight": 1.0}),
     ("cc", {"feat_dim": 128, "feat_weight": 0.02}), ("vid", {"init_pred_var": 5.0, "eps": 1e-5, "feat_weight": 1.0}),
     ("ofd", {"feat_weight": 0.001}), ("reviewkd", {"feat_weight": 1.0, "warmup": 20, "max_mid_channels": 512}),
-    ("ab", {"margin": 1.0, "feat_weight": 1.0}), ("kdsvd", {"k": 1, "feat_weight": 1.0}),
+    ("ab", {"margin": 1.0, "feat_weight": 0.0, "first_stage_epochs": 30, "first_stage_lr": 0.05}),
+    ("kdsvd", {"k": 1, "feat_weight": 1.0}),
+    ("fsp", {"feat_weight": 0.0, "first_stage_epochs": 30, "first_stage_lr": 0.05}),
+    ("ft", {"k": 0.5, "feat_weight": 200.0, "first_stage_epochs": 30, "first_stage_lr": 0.01}),
 ])
 def test_each_yaml_composes_into_its_distiller_with_the_references_defaults(name, defaults):
     distiller = instantiate(compose_config([f"loss={name}", "alpha=0.5", "loss.scale=2"]).loss)
@@ -453,6 +553,8 @@ def test_each_yaml_composes_into_its_distiller_with_the_references_defaults(name
     (lambda: OFD(feat_weight=-1.0), "loss.feat_weight=-1.0"), (lambda: ReviewKD(warmup=-1), "loss.warmup=-1"),
     (lambda: ReviewKD(max_mid_channels=0), "loss.max_mid_channels=0"), (lambda: AB(margin=0.0), "loss.margin=0.0"),
     (lambda: KDSVD(k=0), "loss.k=0"), (lambda: KDSVD(feat_weight=-1.0), "loss.feat_weight=-1.0"),
+    (lambda: FSP(first_stage_epochs=-1), "loss.first_stage_epochs=-1"), (lambda: FT(k=0.0), "loss.k=0.0"),
+    (lambda: AB(first_stage_lr=0.0), "loss.first_stage_lr=0.0"), (lambda: FT(feat_weight=-1.0), "loss.feat_weight"),
 ])
 def test_bad_settings_name_their_key(make, key):
     with pytest.raises(ValueError, match=key):

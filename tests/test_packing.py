@@ -75,6 +75,15 @@ def test_cells_on_other_data_never_share_a_pack():
     assert sorted(packs) == [[0, 7], [1, 8], [2, 9], [3, 10], [4, 6, 11, 13], [5, 12]]
 
 
+def test_only_cells_with_equal_first_stages_share_a_pack():
+    """A first stage (AB's, FSP's, FT's: kd/distillers/base.py) draws epochs of the data stream before the main
+    ones; it runs only where alpha > 0, so an alpha=0 cell of such a loss packs with plain CE."""
+    cells = [("kd", 0), ("ab", 0), ("ft", 0), ("kd", 0.5), ("ab", 0.5), ("fsp", 0.5), ("ft", 0.5)]
+    cfgs = [compose_config([*FAST, f"loss={loss}", f"alpha={a}"]) for loss, a in cells]
+    cfgs.append(compose_config([*FAST, "loss=ft", "alpha=0.5", "loss.first_stage_epochs=2"]))
+    assert sorted(group_packs(cfgs)) == [[0, 1, 2, 3], [4, 5, 6], [7]]
+
+
 def sweep(tmp_path: Path, name: str, args: list[str], env: dict | None = None) -> Path:
     out = tmp_path / name
     done = run_cli(["-m", *args, f"hydra.sweep.dir={out}"], cwd=tmp_path, env={**ONE_THREAD, **(env or {})})

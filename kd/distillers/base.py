@@ -19,10 +19,16 @@ A distiller that keeps per-sample state across epochs (CRD's memory banks) sets 
 is also given the training set's labels, one per dataset index (their count is the training set's size),
 and its `term` the batch's dataset indices as a last argument. Such state lives in registered buffers and
 its random draws in a generator it checkpoints, so that a resumed cell trains as the uninterrupted one.
+
+A distiller may declare a first stage (RepDistiller's `init_epochs`: AB, FSP, FT): `first_stage_epochs` epochs
+that a distilling cell (alpha > 0) runs before its main ones, training only `first_stage_modules` (the student
+and the teacher in eval mode, those modules in train mode) on `first_term` alone, with their own SGD
+(`first_stage_lr` constant, momentum 0.9, weight decay 5e-4, as RepDistiller's init()). The main schedule starts
+after it; `main_parameters` are the distiller's parts that train with the student (all of them by default).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +56,17 @@ def check_alpha(alpha: float) -> None:
         raise ValueError(f"alpha={alpha} is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure distillation)")
 
 
+FIRST_STAGE_MOMENTUM = 0.9  # RepDistiller's init(): its main optimizer's momentum and weight decay
+FIRST_STAGE_WEIGHT_DECAY = 5e-4
+
+
 class Distiller(nn.Module):
     """Subclass it and write `term`; override `cross_entropy` for another CE (label smoothing)."""
 
     needs_features: bool = False
     needs_indices: bool = False  # setup(..., labels) and term(..., indices): per-sample state (kd/distillers/crd.py)
+    first_stage_epochs: int = 0  # a first stage before the main epochs (set_first_stage)
+    first_stage_lr: float = 0.0
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
@@ -64,6 +76,30 @@ class Distiller(nn.Module):
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:
         """Build learned parts from the networks' shapes on a batch like the training ones; none by default."""
+
+    def set_first_stage(self, epochs: int, lr: float) -> None:
+        if not epochs >= 0:
+            raise ValueError(f"loss.first_stage_epochs={epochs} must be >= 0 (0: no first stage)")
+        if epochs > 0 and not lr > 0.0:
+            raise ValueError(f"loss.first_stage_lr={lr} must be > 0")
+        self.first_stage_epochs, self.first_stage_lr = int(epochs), float(lr)
+
+    def first_stage_modules(self, student: nn.Module) -> list[nn.Module]:
+        """What the first stage trains (in train mode, the rest in eval mode); none without a first stage."""
+        return []
+
+    def first_term(self, student: Outputs, teacher: Outputs) -> torch.Tensor:
+        """The first stage's loss, alone (no CE, no alpha)."""
+        raise NotImplementedError
+
+    def first_stage(self, student: Outputs, teacher: Outputs, targets: torch.Tensor) -> LossParts:
+        """A first-stage step's loss; its CE is only logged."""
+        loss = self.first_term(student, teacher)
+        return LossParts(loss, self.cross_entropy(student.logits, targets).detach(), loss)
+
+    def main_parameters(self) -> Iterator[nn.Parameter]:
+        """The learned parts that train with the student in the main stage."""
+        return self.parameters()
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets)  # hard labels, or Mixup/CutMix's soft ones

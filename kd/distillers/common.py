@@ -90,3 +90,9 @@ def linear_warmup(epoch: int, warmup: int) -> float:
     """min((epoch + 1) / warmup, 1), epochs counted from 0 (mdistiller's epoch / warmup, counted from 1); 1 for
     warmup=0."""
     return min((epoch + 1) / warmup, 1.0) if warmup > 0 else 1.0
+
+
+def feature_modules(student: nn.Module) -> list[nn.Module]:
+    """The network's children but its classifier (the one holding its nn.Linear): RepDistiller's
+    get_feat_modules(), what AB's and FSP's first stages train."""
+    return [m for m in student.children() if not any(isinstance(x, nn.Linear) for x in m.modules())]

@@ -1,7 +1,9 @@
 """Which cells of a sweep train together: those that differ only in the loss's settings.
 
 Such cells draw the same data stream and start from the same weights (see kd/training/engine.py), so one
-process can train them side by side on one augmented batch and one teacher forward per step.
+process can train them side by side on one augmented batch and one teacher forward per step. A distiller's
+first stage (kd/distillers/base.py) draws epochs of that stream before the main ones, so only cells with equal
+first stages pack together.
 """
 from __future__ import annotations
 
@@ -26,7 +28,15 @@ def pack_key(cfg: DictConfig) -> str:
     shared = defining_config(OmegaConf.masked_copy(cfg, kept))
     for key in PACK_FREE_TRAINER_KEYS:
         shared.get("trainer", {}).pop(key, None)
-    return json.dumps({**shared, "data": data}, sort_keys=True)
+    return json.dumps({**shared, "data": data, "first_stage_epochs": first_stage_epochs(cfg)}, sort_keys=True)
+
+
+def first_stage_epochs(cfg: DictConfig) -> int:
+    """The epochs of the cell's first stage: its loss's first_stage_epochs, run only where alpha > 0 (a loss
+    without the key has none; kd.training.students.pack_first_stage refuses a pack that this got wrong)."""
+    if float(cfg.alpha) == 0.0 or "first_stage_epochs" not in cfg.loss:
+        return 0
+    return int(cfg.loss.first_stage_epochs)
 
 
 def group_packs(cfgs: Sequence[DictConfig]) -> list[list[int]]:

@@ -29,7 +29,7 @@ from torch import nn
 from kd.data.augment import NoAugment
 from kd.data.augment_ladder import teacher_entropy
 from kd.training.capture import EAGER, CompilePlan, log_plan, plan_compile
-from kd.checkpoint import rng_state, save_atomic, set_rng_state
+from kd.checkpoint import set_rng_state
 from kd.config import AugmentScope, Pipeline, Stage, TeacherView
 from kd.data.datasets import ImageSplits
 from kd.training.diagnostics import TEST_KEYS, fidelity_sums
@@ -37,7 +37,7 @@ from kd.distillers.base import Outputs
 from kd.data.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.training.progress import PackProgress
 from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
-from kd.training.students import Cell, _prefix, make_pack
+from kd.training.students import Cell, Student, _prefix, make_pack, pack_first_stage, save_checkpoint
 from kd.training.teacher_views import TeacherViews, Teaching
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,16 @@ def autocast_for(device: torch.device, bf16: bool) -> Callable:
 
 
 def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Callable, epoch: int,
-                    skip: set[int], plan: CompilePlan = EAGER) -> list[Union[dict, NonFiniteLossError, None]]:
+                    skip: set[int], plan: CompilePlan = EAGER,
+                    first_stage_epochs: int = 0) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
     that stopped it (None for those skipped: they wait for the pack to reach their epoch). `teaching`
-    (None: no live cell distils) runs the teacher on each view the live distilling students ask for."""
+    (None: no live cell distils) runs the teacher on each view the live distilling students ask for.
+
+    `epoch` counts the pack's first stage's epochs (`first_stage_epochs`, kd/distillers/base.py) too: before
+    them, each student trains only its distiller's first-stage modules (in train mode, the rest in eval mode)
+    on its first-stage loss; the distiller's own `epoch` counts the main epochs from 0."""
+    first_stage = epoch < first_stage_epochs
     n_students = len(update.students)
     device = next(update.students[0].model.parameters()).device
     sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
@@ -69,8 +75,12 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
     first_bad = [torch.tensor(-1, device=device) for _ in range(n_students)]
     errors: dict[int, NonFiniteLossError] = {}
     live = [i for i in range(n_students) if i not in skip]
-    for s in update.students:
-        s.model.train()
+    for i, s in enumerate(update.students):
+        s.model.train(not first_stage)
+        s.distiller.train(not first_stage)
+        if first_stage and i in live:
+            for module in s.distiller.first_stage_modules(s.model):
+                module.train()
     seen = 0
     if teaching is not None:
         teaching.begin_epoch(epoch)
@@ -82,7 +92,9 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
         teachers = {i: on_view[update.students[i].view] for i in distilling}
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
-        for i, (parts, logits) in update.step(live, images, labels, teachers, autocast, epoch, indices).items():
+        stepped = update.step(live, images, labels, teachers, autocast, epoch - first_stage_epochs, indices,
+                              first_stage=first_stage)
+        for i, (parts, logits) in stepped.items():
             correct = (logits.argmax(1) == hard).sum()
             sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
             for name, value in parts.extra.items():
@@ -228,17 +240,22 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
         set_rng_state(first.rng, train_batches.generator)
 
     label = "teacher" if Stage(cfg.stage) == Stage.teacher else "pack"  # a teacher's training is no pack of the grid
-    progress = PackProgress(label, len(students), first.start_epoch, t.epochs)
-    for epoch in range(first.start_epoch, t.epochs):
+    first_stage_epochs = pack_first_stage(students)
+    epochs = first_stage_epochs + t.epochs
+    progress = PackProgress(label, len(students), first.start_epoch, epochs)
+    for epoch in range(first.start_epoch, epochs):
+        first_stage = epoch < first_stage_epochs
         waiting = {i for i, s in enumerate(students) if s.error is not None or s.start_epoch > epoch}
         started = time.perf_counter()
         needs_teacher = any(s.alpha > 0 for i, s in enumerate(students) if i not in waiting)
-        lrs = [update.lr(i) for i in range(len(students))]
+        lrs = [float(s.first_optimizer.param_groups[0]["lr"]) if first_stage else update.lr(i)
+               for i, s in enumerate(students)]
         train_batches.begin_epoch(epoch)
         stats = train_one_epoch(update, train_batches, teaching if needs_teacher else None,
-                                autocast, epoch, waiting, plan)
+                                autocast, epoch, waiting, plan, first_stage_epochs)
         on_views = teaching.read() if needs_teacher else {}
-        update.end_epoch([i for i in range(len(students)) if i not in waiting])
+        if not first_stage:  # the main schedule counts from the first stage's end
+            update.end_epoch([i for i in range(len(students)) if i not in waiting])
         train_s = time.perf_counter() - started
         pack_images = sum(st["images"] for st in stats if isinstance(st, dict))  # every cell's, this epoch
         for i, (s, st) in enumerate(zip(students, stats)):
@@ -249,29 +266,45 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 log.error("%s%s", _prefix(s), st)
                 continue
             images_per_s = st.pop("images") / train_s
-            row = {"epoch": epoch + 1, "lr": lrs[i], **st, **(on_views[s.view] if s.alpha > 0 else {})}
-            for split, batches in eval_batches.items():
-                fidelity = teacher_on_test if split == "test" and s.alpha > 0 else None
-                row.update(evaluate(s.model, batches, autocast, split, fidelity))
-            row.update(epoch_time_s=time.perf_counter() - started, images_per_s=images_per_s)
-            s.history.append(row)
-            val = f"val top-1 {row['val/top1']:.2f}%  " if "val/top1" in row else ""
-            diag = (f"  T.stddev {row['diag/t_stddev']:.4f} agree {row['diag/test_agreement']:.1f}%"
-                    if "diag/t_stddev" in row else "")
-            log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  %stest top-1 %.2f%% top-5 %.2f%%%s  lr %.4g  %.1fs",
-                     _prefix(s), epoch + 1, t.epochs, row["train/loss"], row["train/ce"], row["train/kd"], val,
-                     row["test/top1"], row["test/top5"], diag, row["lr"], row["epoch_time_s"])
+            if first_stage:
+                row = {"first_stage/epoch": epoch + 1, "first_stage/lr": lrs[i],
+                       **{key.replace("train/", "first_stage/"): value for key, value in st.items()},
+                       "epoch_time_s": time.perf_counter() - started, "images_per_s": images_per_s}
+                s.first_history.append(row)
+                log.info("%sfirst stage epoch %d/%d  loss %.4f (ce %.4f)  lr %.4g  %.1fs", _prefix(s), epoch + 1,
+                         first_stage_epochs, row["first_stage/loss"], row["first_stage/ce"], row["first_stage/lr"],
+                         row["epoch_time_s"])
+            else:
+                row = {"epoch": epoch - first_stage_epochs + 1, "lr": lrs[i], **st,
+                       **(on_views[s.view] if s.alpha > 0 else {})}
+                for split, batches in eval_batches.items():
+                    fidelity = teacher_on_test if split == "test" and s.alpha > 0 else None
+                    row.update(evaluate(s.model, batches, autocast, split, fidelity))
+                row.update(epoch_time_s=time.perf_counter() - started, images_per_s=images_per_s)
+                s.history.append(row)
+                log_epoch(s, row, t.epochs)
             s.cell.log_metrics(row, epoch + 1)
-            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 == t.epochs:
-                optimizer_state, scheduler_state = update.states(i)
-                # Cloned: in stacked mode the weights are views of the whole stack, which torch.save would write.
-                model_state = {k: v.clone() for k, v in s.model.state_dict().items()}
-                save_atomic({"model": model_state, "distiller": s.distiller.state_dict(),
-                             "optimizer": optimizer_state, "scheduler": scheduler_state,
-                             "rng": rng_state(train_batches.generator), "history": s.history, "epoch": epoch + 1,
-                             "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
+            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 in (first_stage_epochs, epochs):
+                save_checkpoint(s, update.states(i), train_batches.generator, epoch + 1, first_stage_epochs)
         progress.epoch_done(epoch, pack_images / train_s)
-    return [s.error if s.error is not None else summarize(s.history, t.epochs) for s in students]
+    return [s.error if s.error is not None else result(s, t.epochs) for s in students]
+
+
+def log_epoch(s: Student, row: dict, epochs: int) -> None:
+    val = f"val top-1 {row['val/top1']:.2f}%  " if "val/top1" in row else ""
+    diag = (f"  T.stddev {row['diag/t_stddev']:.4f} agree {row['diag/test_agreement']:.1f}%"
+            if "diag/t_stddev" in row else "")
+    log.info("%sepoch %d/%d  loss %.4f (ce %.4f kd %.4f)  %stest top-1 %.2f%% top-5 %.2f%%%s  lr %.4g  %.1fs",
+             _prefix(s), row["epoch"], epochs, row["train/loss"], row["train/ce"], row["train/kd"], val,
+             row["test/top1"], row["test/top5"], diag, row["lr"], row["epoch_time_s"])
+
+
+def result(s: Student, epochs: int) -> dict:
+    """What results.json holds of a cell's training: the main epochs' summary, and its first stage's epochs."""
+    summary = summarize(s.history, epochs)
+    if s.first_history:
+        summary.update(first_stage_epochs=len(s.first_history), first_stage_history=s.first_history)
+    return summary
 
 
 def warn_late_milestones(cfg: DictConfig) -> None:

@@ -51,8 +51,9 @@ class StackedUpdate:
         return functional_call(self.base, (params, buffers), (images,))
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict, autocast: Callable,
-             epoch: int, indices=None) -> dict[int, tuple]:
-        """As LoopUpdate.step; its distillers never read `indices` (make_pack loops a pack whose do)."""
+             epoch: int, indices=None, first_stage: bool = False) -> dict[int, tuple]:
+        """As LoopUpdate.step; its distillers never read `indices` nor run a first stage (make_pack loops a pack
+        whose do)."""
         held = [i for i in range(len(self.students)) if i not in live]
         kept = self._slices(held)  # before the forward, which moves every student's BatchNorm statistics
         with autocast():

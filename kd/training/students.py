@@ -20,9 +20,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kd.training.capture import EAGER, CompilePlan, float_lrs
-from kd.checkpoint import CheckpointError, load_checkpoint
+from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic
 from kd.config import PackMode, TeacherView
-from kd.distillers.base import Distiller, Outputs
+from kd.distillers.base import FIRST_STAGE_MOMENTUM, FIRST_STAGE_WEIGHT_DECAY, Distiller, Outputs
 from kd.training.stacking import StackedUpdate
 
 log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
@@ -53,10 +53,17 @@ class Student:
     distiller: Distiller  # its loss, with any learned parts (a FitNet regressor) that train with the student
     alpha: float
     view: TeacherView  # what its teacher sees (kd/training/teacher_views.py)
-    history: list[dict] = field(default_factory=list)
-    start_epoch: int = 0
+    first_optimizer: Optional[torch.optim.Optimizer] = None  # its distiller's first stage's, where it runs one
+    history: list[dict] = field(default_factory=list)  # the main epochs'
+    first_history: list[dict] = field(default_factory=list)  # the first stage's epochs'
+    start_epoch: int = 0  # epochs done, the first stage's included
     rng: Optional[dict] = None  # random states of its checkpoint, when resumed
     error: Optional[BaseException] = None
+
+    @property
+    def first_stage_epochs(self) -> int:
+        """Its distiller's first stage, which only a distilling cell runs."""
+        return self.distiller.first_stage_epochs if self.alpha > 0 else 0
 
 
 def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> None:
@@ -77,18 +84,25 @@ class LoopUpdate:
         self.students = students
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
-             autocast: Callable, epoch: int, indices: Optional[torch.Tensor] = None) -> dict[int, tuple]:
+             autocast: Callable, epoch: int, indices: Optional[torch.Tensor] = None,
+             first_stage: bool = False) -> dict[int, tuple]:
         """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view,
-        `indices` the batch's dataset indices (read only by a distiller that needs_indices)."""
+        `indices` the batch's dataset indices (read only by a distiller that needs_indices). In the first stage,
+        each steps its first-stage optimizer on its distiller's first-stage loss."""
         out = {}
         for i in live:
             s = self.students[i]
             with autocast():
                 student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
-            parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
-            s.optimizer.zero_grad(set_to_none=True)
+            if first_stage:
+                parts, optimizer, optimizer_step = (s.distiller.first_stage(student, teachers[i], labels),
+                                                    s.first_optimizer, s.first_optimizer.step)
+            else:
+                parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
+                optimizer, optimizer_step = s.optimizer, s.optimizer_step
+            optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
-            s.optimizer_step()
+            optimizer_step()
             out[i] = (parts, student.logits)
         return out
 
@@ -131,10 +145,30 @@ def make_student(cell: Cell, num_classes: int, device: torch.device, plan: Compi
         else:
             distiller.setup(model, teacher, example)
     distiller = distiller.to(device)
-    optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.parameters()])
+    optimizer = instantiate(cfg.optim.optimizer)([*model.parameters(), *distiller.main_parameters()])
     scheduler = instantiate(cfg.optim.scheduler)(optimizer)
-    return Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller, float(cfg.alpha),
-                   TeacherView(t.teacher_view))
+    student = Student(cell, model, plan.model(model), optimizer, optimizer.step, scheduler, distiller,
+                      float(cfg.alpha), TeacherView(t.teacher_view))
+    if student.first_stage_epochs > 0:  # RepDistiller's init(): its own SGD, over the first stage's parts only
+        params = [p for m in distiller.first_stage_modules(model) for p in m.parameters()]
+        student.first_optimizer = torch.optim.SGD(params, lr=distiller.first_stage_lr, momentum=FIRST_STAGE_MOMENTUM,
+                                                  weight_decay=FIRST_STAGE_WEIGHT_DECAY)
+    return student
+
+
+def save_checkpoint(s: Student, states: tuple[dict, dict], generator: torch.Generator, done: int,
+                    first_stage_epochs: int) -> None:
+    """The cell's checkpoint.pt after `done` epochs (its first stage's included), with the first stage's
+    optimizer and history where it runs one, and which stage comes next."""
+    optimizer_state, scheduler_state = states
+    # Cloned: in stacked mode the weights are views of the whole stack, which torch.save would write.
+    model_state = {k: v.clone() for k, v in s.model.state_dict().items()}
+    first = ({"first_optimizer": float_lrs(s.first_optimizer.state_dict()), "first_history": s.first_history,
+              "stage": "first" if done < first_stage_epochs else "main"} if s.first_optimizer is not None else {})
+    save_atomic({"model": model_state, "distiller": s.distiller.state_dict(),
+                 "optimizer": optimizer_state, "scheduler": scheduler_state,
+                 "rng": rng_state(generator), "history": s.history, "epoch": done, **first,
+                 "config": s.cell.identity}, s.cell.out_dir / "checkpoint.pt")
 
 
 def resume(student: Student) -> None:
@@ -151,13 +185,19 @@ def resume(student: Student) -> None:
         student.distiller.load_state_dict(state["distiller"])
     student.optimizer.load_state_dict(state["optimizer"])
     student.scheduler.load_state_dict(state["scheduler"])
+    if student.first_optimizer is not None:  # its config, checked above, gives it a first stage: saved with it
+        student.first_optimizer.load_state_dict(state["first_optimizer"])
+        student.first_history = state["first_history"]
     student.history, student.start_epoch, student.rng = state["history"], state["epoch"], state["rng"]
     # A resumed W&B offline run is a new file, and a killed attempt's may hold nothing (SIGKILL flushes
     # nothing): log the checkpointed epochs again, so that the run shows its whole history.
+    first = student.first_stage_epochs
+    for row in student.first_history:
+        student.cell.log_metrics(row, row["first_stage/epoch"])
     for row in student.history:
-        student.cell.log_metrics(row, row["epoch"])
-    log.info("%sresumed from %s at epoch %d/%d", _prefix(student), path, student.start_epoch,
-             student.cell.cfg.trainer.epochs)
+        student.cell.log_metrics(row, first + row["epoch"])
+    log.info("%sresumed from %s at epoch %d/%d%s", _prefix(student), path, student.start_epoch,
+             first + student.cell.cfg.trainer.epochs, f" ({first} of them the first stage's)" if first else "")
 
 
 def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan,
@@ -170,7 +210,7 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
         s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
     stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
     unstackable = [s.cell.name or type(s.distiller).__name__ for s in students
-                   if s.distiller.needs_features or s.distiller.needs_indices
+                   if s.distiller.needs_features or s.distiller.needs_indices or s.first_stage_epochs > 0
                    or any(True for _ in s.distiller.parameters())]
     if stacked and unstackable:
         log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
@@ -178,6 +218,15 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
                  ", ".join(unstackable))
         stacked = False
     return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
+
+
+def pack_first_stage(students: list[Student]) -> int:
+    """The first stage's epochs of the pack's cells, all equal (kd/runs/packs.py packs no others together)."""
+    lengths = {s.first_stage_epochs for s in students}
+    if len(lengths) > 1:
+        raise ValueError(f"a pack's cells must run equal first stages, not {sorted(lengths)} epochs: "
+                         "kd.runs.packs.pack_key keeps them apart")
+    return lengths.pop()
 
 
 def _prefix(student: Student) -> str:

@@ -17,7 +17,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 
-import kd.training.engine
+import kd.training.students
 from conftest import CONF_DIR, FAST, compose_config, run_cli
 from kd.models import resnet as models
 from kd.checkpoint import CheckpointError, load_checkpoint
@@ -281,14 +281,14 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     if not Path("/dev/full").exists():
         pytest.skip("needs /dev/full")
     job, args = tmp_path / "job", [*STUDENT, "trainer.epochs=2"]
-    save_atomic = kd.training.engine.save_atomic
+    save_atomic = kd.training.students.save_atomic
 
     def disk_full_after_first_save(obj, path: Path) -> None:
         save_atomic(obj, path)
         # The next save's temp file is /dev/full: the kernel answers its writes with a real ENOSPC.
         path.with_name(path.name + ".tmp").symlink_to("/dev/full")
 
-    monkeypatch.setattr(kd.training.engine, "save_atomic", disk_full_after_first_save)
+    monkeypatch.setattr(kd.training.students, "save_atomic", disk_full_after_first_save)
     with pytest.raises(CheckpointError, match=r"could not write .*job/checkpoint.pt \(OSError: \[Errno 28\] No space "
                                               r"left on device\); the previous checkpoint.pt, if any, is intact"):
         train(compose_config(args, out_dir=job))
@@ -297,7 +297,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
                                                                                            RESULTS_FILE]  # no temp file
     assert read_results(job / RESULTS_FILE)["status"] == "failed"
 
-    monkeypatch.setattr(kd.training.engine, "save_atomic", save_atomic)  # space freed: the same command resumes
+    monkeypatch.setattr(kd.training.students, "save_atomic", save_atomic)  # space freed: the same command resumes
     resumed = train(compose_config(args, out_dir=job))
     assert metrics(resumed) == metrics(train(compose_config(args, out_dir=tmp_path / "uninterrupted")))
 

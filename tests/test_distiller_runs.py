@@ -153,6 +153,7 @@ def first_stage_rows(result: dict) -> list[dict]:
     return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in result["first_stage_history"]]
 
 
+@pytest.mark.slow
 def test_a_first_stage_runs_before_the_main_schedule_and_packs_exactly_as_alone(tmp_path):
     grid = [*FIRST_STAGE, "loss=ab,fsp,ft", "alpha=0.5", "loss.scale=2", "optim.scheduler.milestones=[1]"]
     packed, log = sweep(tmp_path, "packed", grid)

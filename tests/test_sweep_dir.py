@@ -35,6 +35,7 @@ def test_cells_are_named_by_their_defining_overrides():
     assert cell_dir_name([], 4) == "4"
 
 
+@pytest.mark.slow
 def test_a_refused_rerun_changes_nothing_and_names_what_differs(tmp_path):
     sweep = tmp_path / "sweep"
     done = multirun(tmp_path, sweep, *GRID, "alpha=0,0.5")
@@ -84,6 +85,7 @@ def test_extending_a_grid_runs_only_the_new_cells_and_leaves_the_old_ones_untouc
     assert "| aug \\ alpha | 0 " in report.stdout and "| 0.5 " in report.stdout and "| 1 " in report.stdout
 
 
+@pytest.mark.slow
 def test_the_report_of_a_partial_sweep_lists_the_cells_not_started(tmp_path):
     sweep = tmp_path / "sweep"
     done = multirun(tmp_path, sweep, *GRID, "alpha=0,0.5")

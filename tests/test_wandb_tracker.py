@@ -75,6 +75,7 @@ def no_credentials(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
 
 
+@pytest.mark.slow
 def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_home):
     no_credentials(monkeypatch, tmp_path)
     proc = run_cli(["-m", *FAST_WANDB, "teacher=resnet8", "alpha=0,0.5", "data.train_size=280",
@@ -322,6 +323,7 @@ def test_racing_jobs_agree_on_one_sweep_id(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [SWEEP_ID_FILE]  # no draft left behind
 
 
+@pytest.mark.slow
 def test_a_moved_sweep_syncs_reports_and_resumes_its_own_runs(tmp_path, monkeypatch, isolated_kd_home):
     """A sweep rsynced from a cluster's scratch to a laptop, the original gone: its run files name its own runs."""
     no_credentials(monkeypatch, tmp_path)

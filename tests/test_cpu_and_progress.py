@@ -89,21 +89,24 @@ def test_a_busy_machine_makes_idle_threads_sleep_unless_the_user_chose(monkeypat
     assert share_cores_when_busy(cores) is None and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="Linux's /proc/loadavg")
-def test_a_process_that_just_started_spinning_counts_at_once():
-    """The load average needs a minute to show a new competitor; the runnable count shows it now."""
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux's /proc")
+def test_a_process_that_just_started_spinning_counts_at_once_and_a_niced_one_not():
+    """The load average needs a minute to show a new competitor; the runnable tasks show it now. A nice'd one gets
+    next to no time beside a job, so it does not count."""
     import subprocess
     import sys
 
     from kd.training.cpu import runnable_others
 
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)
-        assert runnable_others() >= 1
-    finally:
-        spinner.kill()
-        spinner.wait()
+    before = runnable_others()
+    for nice, counted in ((0, 1), (19, 0)):
+        spinner = subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", "while True: pass"])
+        try:
+            time.sleep(0.5)
+            assert runnable_others() >= before + counted if counted else runnable_others() <= before
+        finally:
+            spinner.kill()
+            spinner.wait()
 
 
 def test_kd_train_sets_the_wait_policy_before_torch_loads():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 log = logging.getLogger(__name__)
-PROC_LOADAVG = Path("/proc/loadavg")  # Linux: 1, 5, 15-min averages, then running/total tasks
+PROC = Path("/proc")  # Linux: a dir per process, its threads under task/
 
 
 def cpu_model() -> str:
@@ -54,24 +54,35 @@ def other_load() -> Optional[float]:
 
 
 def runnable_others(samples: int = 5, interval_s: float = 0.02) -> Optional[int]:
-    """Other tasks running or ready to run right now (Linux: /proc/loadavg's fourth field, less this process), the
-    least of a few samples so that a passing short command does not count; None where the file is missing."""
+    """Other tasks (threads) running or ready to run right now at this process's priority or above (Linux's
+    /proc/<pid>/task/<tid>/stat), the least of a few samples so that a passing short command does not count; None
+    where /proc is missing. A nice'd task is left out: the scheduler gives it next to no time beside this job, and
+    making this job's threads sleep for it only slowed the job (benchmarks/README.md)."""
+    if not PROC.is_dir():
+        return None
+    own_nice = os.getpriority(os.PRIO_PROCESS, 0)
     counts = []
     for _ in range(samples):
-        try:
-            running = int(PROC_LOADAVG.read_text().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        counts.append(running - 1)
+        count = 0
+        for stat in PROC.glob("[0-9]*/task/[0-9]*/stat"):
+            if stat.parts[-4] == str(os.getpid()):
+                continue
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):  # the task ended while we looked
+                continue
+            count += fields[0] == "R" and int(fields[16]) <= own_nice
+        counts.append(count)
         time.sleep(interval_s)
-    return max(0, min(counts))
+    return min(counts)
 
 
 def load_at_start() -> Optional[float]:
-    """Other work on the cores as a job starts: the load average trails a competitor that began less than a
-    minute ago (one nice'd process shows as load 0.6 after 60 s), so what runs right now counts too."""
-    others = [v for v in (other_load(), runnable_others()) if v is not None]
-    return max(others) if others else None
+    """Other work on the cores as a job starts: the tasks runnable right now at this job's priority (the load
+    average trails a competitor that began less than a minute ago, and counts nice'd ones); where /proc is
+    missing, the load average."""
+    now = runnable_others()
+    return float(now) if now is not None else other_load()
 
 
 def is_busy(others: Optional[float], threads: int) -> bool:

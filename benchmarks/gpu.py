@@ -9,7 +9,8 @@ Per aug level (none, fc, fcra), through kd's own functions on CIFAR-shaped rando
     the teacher run on every step, one cell per process;
 (b) kd's defaults, one cell per process (bf16, channels_last, torch.compile on CUDA);
 (c) kd packed: the 5 alpha cells of the aug level in one process, sharing the batch and the teacher;
-(d) packed + graph capture (trainer.graph_capture=true: CUDA graphs through torch.compile).
+(d) stacked + graph capture: those 5 students as one grouped network (trainer.pack_mode=stacked,
+    kd/training/grouped.py), compiled and captured as CUDA graphs (trainer.graph_capture=true).
 The teacher's own training (resnet32x4, 240 epochs, its fc recipe) is timed the (a), (b) and (d) ways.
 The projection is the 15-cell x 240-epoch x 50,000-image grid plus the teacher, evaluation excluded.
 Prints a Markdown table and writes everything to --json.
@@ -32,9 +33,9 @@ WAYS = {  # name: (overrides, cells per process)
     "a conventional": ("conventional", 1),
     "b kd defaults": ([], 1),
     "c kd packed": ([], len(GRID_ALPHAS)),
-    "d packed + capture": (["trainer.graph_capture=true"], len(GRID_ALPHAS)),
+    "d stacked + capture": (["trainer.pack_mode=stacked", "trainer.graph_capture=true"], len(GRID_ALPHAS)),
 }
-TEACHER_WAYS = ("a conventional", "b kd defaults", "d packed + capture")  # the teacher is a pack of one
+TEACHER_WAYS = ("a conventional", "b kd defaults", "d stacked + capture")  # the teacher is a pack of one
 
 
 def way_configs(way: str, model: list[str], alphas: tuple[float, ...], args) -> list:

@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from conftest import FAST, compose_config, run_cli
 from kd.training.capture import EAGER, CompilePlan, plan_compile
 from kd.config import TeacherView
 from kd.training.engine import Cell, autocast_for, make_batches, make_teaching, train_one_epoch
-from kd.training.students import LoopUpdate, make_student
+from kd.training.students import make_pack
 from kd.models.resnet import resnet8
 from test_augment import synthetic_splits
 
@@ -20,12 +21,15 @@ RECIPE = [*FAST, "aug=fc", "alpha=0.5", "trainer.batch_size=32", "optim.optimize
           "trainer.graph_capture=true"]
 
 
-def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path) -> tuple[list[dict], list[dict]]:
-    """(per-epoch stats, the student's parameters after each epoch) for one cell, trained with `plan`."""
+def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path,
+                     alphas: tuple[float, ...] = ()) -> tuple[list[dict], list[dict]]:
+    """(per-epoch stats, the students' parameters after each epoch) for one cell, or a pack of `alphas`'s cells,
+    trained with `plan`."""
     splits = synthetic_splits(n=128, size=16)
-    student = make_student(Cell(cfg, tmp_path, {}, lambda row, step: None, "", ""), 10, device, plan)
-    student.optimizer_step = plan.optimizer_step(student.optimizer)
-    update = LoopUpdate([student])
+    cfgs = [cfg] if not alphas else [OmegaConf.merge(cfg, {"alpha": alpha}) for alpha in alphas]
+    cells = [Cell(c, tmp_path, {}, lambda row, step: None, "", "") for c in cfgs]
+    example = torch.zeros(2, 3, 16, 16, device=device)
+    update = make_pack(cells, 10, device, plan, example=example)
     autocast = autocast_for(device, cfg.trainer.bf16)
     torch.manual_seed(0)
     batches = make_batches(cfg, splits, "train", instantiate(cfg.aug), device, shuffle=True)
@@ -34,8 +38,9 @@ def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path) -> 
     stats, weights = [], []
     for epoch in range(2):
         stats += train_one_epoch(update, batches, teaching, autocast, epoch, set(), plan)
-        update.end_epoch([0])
-        weights.append({k: v.detach().clone().float().cpu() for k, v in student.model.named_parameters()})
+        update.end_epoch(list(range(len(cells))))
+        weights.append({f"{k}.{name}": v.detach().clone().float().cpu() for k, s in enumerate(update.students)
+                        for name, v in s.model.named_parameters()})
     return stats, weights
 
 
@@ -60,6 +65,18 @@ def test_the_compiled_step_trains_as_eager_on_the_cpu(tmp_path):
     assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.slow
+def test_a_compiled_stacked_pack_trains_as_eager_on_the_cpu(tmp_path):
+    """The grouped students (kd/training/grouped.py) compiled as one network, the path of a stacked pack under graph
+    capture, run by inductor's CPU backend: as the eager stacked pack."""
+    cfg = compose_config([*RECIPE, "trainer.device=cpu", "trainer.pack_mode=stacked"], out_dir=tmp_path)
+    device = torch.device("cpu")
+    eager = train_two_epochs(cfg, EAGER, device, tmp_path, alphas=(0.0, 0.5, 1.0))
+    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test"), device, tmp_path, alphas=(0.0, 0.5, 1.0))
+    assert len(eager[0]) == 6
+    assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graph_capture_on_cuda_trains_as_eager_within_bf16_tolerance(tmp_path):
@@ -81,7 +98,7 @@ def test_where_compilation_is_off_the_plan_says_why():
     assert plan("trainer.graph_capture=true", device="cpu") == CompilePlan(
         None, "torch.compile is used on CUDA only; cpu runs eagerly")
     assert plan("trainer.compile=false").why == "trainer.compile=false"
-    assert "stacked" in plan("trainer.graph_capture=true", "trainer.pack_mode=stacked").why
+    assert plan("trainer.graph_capture=true", "trainer.pack_mode=stacked").captures  # its grouped network
 
 
 def test_graph_capture_without_compile_is_refused_before_any_work(tmp_path):
@@ -102,3 +119,15 @@ def test_under_graph_capture_the_optimizer_step_stays_eager_with_a_float_learnin
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     step = CompilePlan("reduce-overhead", "test").optimizer_step(optimizer)
     assert step == optimizer.step and isinstance(optimizer.param_groups[0]["lr"], float)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_captured_stacked_pack_on_cuda_trains_as_eager_within_bf16_tolerance(tmp_path):
+    cfg = compose_config([*RECIPE, "trainer.device=cuda", "trainer.pack_mode=stacked"], out_dir=tmp_path)
+    device = torch.device("cuda")
+    plan = plan_compile(cfg.trainer, device)
+    assert plan.captures, plan.why
+    eager = train_two_epochs(cfg, EAGER, device, tmp_path, alphas=(0.0, 0.5, 1.0))
+    captured = train_two_epochs(cfg, plan, device, tmp_path, alphas=(0.0, 0.5, 1.0))
+    assert_trains_alike(eager, captured, rtol=5e-2, atol=2e-2)

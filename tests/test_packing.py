@@ -175,7 +175,7 @@ def test_each_cell_of_a_pack_has_its_own_wandb_run(tmp_path, mode):
 
 # ---- trainer.pack_mode=stacked: one vmapped model for the pack's students ----
 
-def one_step(update_cls, dtype: torch.dtype, tmp_path: Path):
+def one_step(update_cls, dtype: torch.dtype, tmp_path: Path, grouped: bool = True):
     """Three students (alpha 0, 0.5, 1) of one pack after one step on one batch: losses, grads, weights, BN stats."""
     cfgs = [compose_config([*CELL, "aug=fc", f"alpha={a}", "optim.optimizer.lr=0.5"], out_dir=tmp_path)
             for a in (0, 0.5, 1.0)]
@@ -186,26 +186,35 @@ def one_step(update_cls, dtype: torch.dtype, tmp_path: Path):
         s.optimizer = instantiate(cfg.optim.optimizer)(s.model.parameters())  # on the converted weights
         s.optimizer_step, s.scheduler = s.optimizer.step, instantiate(cfg.optim.scheduler)(s.optimizer)
         students.append(s)
-    update = update_cls(students, cfgs[0].optim) if update_cls is StackedUpdate else LoopUpdate(students)
     torch.manual_seed(7)
     images = torch.randn(16, 3, 8, 8, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    update = StackedUpdate(students, cfgs[0].optim, images if grouped else None) if update_cls is StackedUpdate \
+        else LoopUpdate(students)
+    assert update_cls is LoopUpdate or (update.grouped is not None) == grouped
+    if update_cls is StackedUpdate and dtype == torch.float64:
+        # The networks' part, exact to float64's reassociation: each loss as its own (KD computes its losses in
+        # float32, so the batched loss of tests/test_losses.py agrees to float32's only).
+        update.shared_loss = False
     labels = torch.randint(0, 10, (16,))
     teacher_logits = torch.randn(16, 10, dtype=dtype)
     for s in students:
         s.model.train()
     out = update.step([0, 1, 2], images, labels, {i: Outputs(teacher_logits) for i in range(3)}, contextlib.nullcontext,
                       epoch=0)
-    losses = [out[i][0].total.detach() for i in range(3)]
+    assert out.live == [0, 1, 2]
+    losses = [out.losses.total[i].detach() for i in range(3)]
     grads = [{n: p.grad.clone() for n, p in s.model.named_parameters()} for s in students] \
         if update_cls is LoopUpdate else \
-        [{n: update.params[n].grad[i].clone() for n, _ in s.model.named_parameters()} for i, s in enumerate(students)]
+        [{n: update.blocks(update.params[n].grad, n)[i].clone() for n, _ in s.model.named_parameters()}
+         for i, s in enumerate(students)]
     states = [{k: v.clone() for k, v in s.model.state_dict().items()} for s in students]
     return losses, grads, states
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmapped"])
 @pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
-def test_stacked_step_matches_separate_models(tmp_path, dtype, rtol):
-    loop, stacked = one_step(LoopUpdate, dtype, tmp_path), one_step(StackedUpdate, dtype, tmp_path)
+def test_stacked_step_matches_separate_models(tmp_path, dtype, rtol, grouped):
+    loop, stacked = one_step(LoopUpdate, dtype, tmp_path), one_step(StackedUpdate, dtype, tmp_path, grouped)
     for i in range(3):
         torch.testing.assert_close(stacked[0][i], loop[0][i], rtol=rtol, atol=rtol)
         for name in loop[1][i]:
@@ -217,12 +226,15 @@ def test_stacked_step_matches_separate_models(tmp_path, dtype, rtol):
 
 
 STUDENTS = ["resnet8", "wrn_16_1", "vgg8", "resnet50", "mobilenetv2", "shufflev1", "shufflev2"]  # every family
+UNGROUPABLE = {"shufflev1", "shufflev2"}  # their channel shuffles and concatenations mix the grouped channels
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "vmapped"])
 @pytest.mark.parametrize("model", STUDENTS)
-def test_a_stacked_step_of_every_family_matches_its_loop_step(model, tmp_path):
+def test_a_stacked_step_of_every_family_matches_its_loop_step(model, grouped, tmp_path):
     """float64, where the batched kernels' reassociation is invisible: MobileNetV2's and ShuffleV2's float32 steps
-    differ from the loop's by ~1e-4 (their small BN maps amplify it); the stacked mode stays opt-in for that."""
+    differ from the loop's by ~1e-4 (their small BN maps amplify it); the stacked mode stays opt-in for that.
+    Grouped where the network allows it (kd/training/grouped.py finds out), else vmapped."""
     cfgs = [compose_config([*CELL, "aug=fc", f"alpha={a}", f"model={model}"], out_dir=tmp_path) for a in (0, 1.0)]
     images = torch.randn(8, 3, 8, 8, dtype=torch.float64)
     labels, teacher = torch.randint(0, 10, (8,)), Outputs(torch.randn(8, 10, dtype=torch.float64))
@@ -235,7 +247,12 @@ def test_a_stacked_step_of_every_family_matches_its_loop_step(model, tmp_path):
             s.optimizer = instantiate(cfg.optim.optimizer)(s.model.parameters())
             s.optimizer_step, s.scheduler = s.optimizer.step, instantiate(cfg.optim.scheduler)(s.optimizer)
             students.append(s)
-        update = StackedUpdate(students, cfgs[0].optim) if update_cls is StackedUpdate else LoopUpdate(students)
+        if update_cls is StackedUpdate:
+            update = StackedUpdate(students, cfgs[0].optim, images if grouped else None)
+            assert (update.grouped is not None) == (grouped and model not in UNGROUPABLE)
+            update.shared_loss = False  # each loss as its own: float64 throughout (see one_step)
+        else:
+            update = LoopUpdate(students)
         update.step([0, 1], images, labels, {0: teacher, 1: teacher}, contextlib.nullcontext, epoch=0)
         weights.append([{k: v.clone() for k, v in s.model.state_dict().items()} for s in students])
     for loop, stacked in zip(*weights):

@@ -51,6 +51,21 @@ class LossParts(NamedTuple):
     extra: dict = {}  # the term's named parts (DKD's tckd, nckd), logged as train/<name>
 
 
+class PackLosses(NamedTuple):
+    """The losses of a pack's students on one step, as LossParts stacked over them (total, ce, kd: one each)."""
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor
+    extra: list[dict]  # each student's named parts
+
+
+def stack_parts(parts: list[LossParts]) -> PackLosses:
+    """Students' LossParts, computed one by one, as one PackLosses."""
+    return PackLosses(torch.stack([p.total for p in parts]), torch.stack([p.ce for p in parts]),
+                      torch.stack([p.kd for p in parts]), [p.extra for p in parts])
+
+
 def check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure distillation)")
@@ -125,6 +140,14 @@ class Distiller(nn.Module):
         kd = parts.pop("kd")
         total = (1.0 - alpha) * ce + alpha * kd
         return LossParts(self.scale * total, ce, kd, parts)
+
+    def pack_forward(self, logits: torch.Tensor, teachers: list[Optional[Outputs]], targets: torch.Tensor,
+                     alphas: list[float], epoch: int = 0) -> PackLosses:
+        """The losses of students whose distillers share this one's settings and differ only in alpha (a stacked
+        pack's, kd/training/stacking.py), `logits` stacked over them: each as `forward` gives it alone. This one
+        calls `forward` per student; a distiller may compute them at once (kd/distillers/kd.py)."""
+        return stack_parts([self(Outputs(student), teacher, targets, alpha, epoch)
+                            for student, teacher, alpha in zip(logits, teachers, alphas)])
 
 
 class CrossEntropy(Distiller):

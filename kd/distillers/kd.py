@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import Distiller, LossParts, Outputs, check_alpha
+from typing import Optional
+
+from kd.distillers.base import Distiller, LossParts, Outputs, PackLosses, check_alpha
 
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -54,3 +56,49 @@ class KD(Distiller):
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         return {"kd": kd_term(student.logits, teacher.logits, self.temperature)}
+
+    def pack_forward(self, logits: torch.Tensor, teachers: list[Optional[Outputs]], targets: torch.Tensor,
+                     alphas: list[float], epoch: int = 0) -> PackLosses:
+        """All students' losses in one pass over their stacked logits: the ops of one student's loss, not K of them
+        (a launch-bound GPU step pays per op). Each equals `forward`'s within float reassociation."""
+        if type(self).cross_entropy is not Distiller.cross_entropy:  # a subclass's CE is written for one student
+            return super().pack_forward(logits, teachers, targets, alphas, epoch)
+        for alpha in alphas:
+            check_alpha(alpha)
+        n, batch = logits.shape[:2]
+        flat = logits.float().reshape(n * batch, -1)
+        repeated = targets.repeat(n) if targets.ndim == 1 else targets.repeat(n, 1)  # hard, or Mixup's soft ones
+        ce = F.cross_entropy(flat, repeated, reduction="none").view(n, batch).mean(1)
+        distilling = [i for i, alpha in enumerate(alphas) if alpha > 0]
+        weights = self._alpha_weights(tuple(alphas), logits.device)
+        if distilling:
+            if any(teachers[i] is None for i in distilling):
+                raise ValueError("the teacher's outputs are required when alpha > 0")
+            kd = self._pack_term(logits, [teachers[i].logits if i in distilling else None for i in range(n)])
+            if len(distilling) < n:  # the others' term is 0 (their teacher never ran), as forward's
+                kd = torch.where(weights["distils"], kd, 0.0)
+        else:
+            kd = torch.zeros_like(ce)
+        total = weights["ce"] * ce + weights["kd"] * kd
+        return PackLosses(self.scale * total, ce, kd, [{} for _ in alphas])
+
+    def _pack_term(self, logits: torch.Tensor, teachers: list[Optional[torch.Tensor]]) -> torch.Tensor:
+        """T^2 * KL(p_t || p_s) per student; one teacher's softmax where they share one view (its tensor)."""
+        given = [t for t in teachers if t is not None]
+        if all(t is given[0] for t in given):
+            teacher = given[0]
+        else:
+            teacher = torch.stack([t if t is not None else given[0] for t in teachers])
+        log_p_s = F.log_softmax(logits.float() / self.temperature, dim=-1)
+        log_p_t = F.log_softmax(teacher.float() / self.temperature, dim=-1)
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean(-1) * self.temperature**2
+
+    def _alpha_weights(self, alphas: tuple[float, ...], device: torch.device) -> dict[str, torch.Tensor]:
+        """1 - alpha, alpha and alpha > 0 as device tensors, made once per pack: a tensor built from Python
+        numbers every step is a copy from the host, which a captured step cannot hold."""
+        cache = self.__dict__.setdefault("_alpha_cache", {})
+        key = (alphas, device)
+        if key not in cache:
+            alpha = torch.tensor(alphas, dtype=torch.float32, device=device)
+            cache[key] = {"ce": 1.0 - alpha, "kd": alpha, "distils": alpha > 0}
+        return cache[key]

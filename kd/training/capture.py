@@ -7,7 +7,8 @@ step stays eager, right after its student's backward: under CUDA-graph trees eve
 generation that frees the previous graphs' outputs, the gradients among them, so a compiled optimizer step
 (itself a compiled call) read freed gradients on an H200 (PyTorch issue 169545; the cudagraph-trees docs'
 limitations). On CUDA, SGD's multi-tensor path is a few kernels per student. Not measured on a GPU since.
-Elsewhere (the CPU, a stacked pack) the step runs eagerly and the log says why; a graph that
+A stacked pack compiles its grouped network (kd/training/grouped.py), all students' forward and backward as one
+graph; a vmapped one runs eagerly. Elsewhere (the CPU) the step runs eagerly and the log says why; a graph that
 cannot be captured runs compiled without it, and torch's own warning names the cause.
 """
 from __future__ import annotations
@@ -20,7 +21,6 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kd.config import PackMode
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ def plan_compile(trainer: DictConfig, device: torch.device) -> CompilePlan:
         return CompilePlan(None, "trainer.compile=false")
     if device.type != "cuda":
         return CompilePlan(None, f"torch.compile is used on CUDA only; {device.type} runs eagerly")
-    if trainer.pack_mode == PackMode.stacked:
-        return CompilePlan(None, "trainer.pack_mode=stacked runs its vmapped students eagerly")
     if trainer.graph_capture:
         return CompilePlan("reduce-overhead", "trainer.graph_capture=true: compiled and captured as CUDA graphs")
     return CompilePlan("default", "trainer.compile=true (trainer.graph_capture=false: no CUDA graphs)")

@@ -70,9 +70,9 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
     first_stage = epoch < first_stage_epochs
     n_students = len(update.students)
     device = next(update.students[0].model.parameters()).device
-    sums = [torch.zeros(4, device=device) for _ in range(n_students)]  # loss, ce, kd, correct (summed over images)
+    sums = torch.zeros(n_students, 4, device=device)  # per student: loss, ce, kd, correct (summed over images)
     extra_sums: list[dict[str, torch.Tensor]] = [{} for _ in range(n_students)]  # a distiller's own parts
-    first_bad = [torch.tensor(-1, device=device) for _ in range(n_students)]
+    first_bad = torch.full((n_students,), -1, device=device)  # the step each student's loss first went non-finite
     errors: dict[int, NonFiniteLossError] = {}
     live = [i for i in range(n_students) if i not in skip]
     for i, s in enumerate(update.students):
@@ -82,6 +82,7 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
             for module in s.distiller.first_stage_modules(s.model):
                 module.train()
     seen = 0
+    places = StudentPlaces(n_students, device)
     if teaching is not None:
         teaching.begin_epoch(epoch)
     for step, (images, labels, indices) in enumerate(batches):
@@ -92,36 +93,79 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
         teachers = {i: on_view[update.students[i].view] for i in distilling}
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
-        stepped = update.step(live, images, labels, teachers, autocast, epoch - first_stage_epochs, indices,
-                              first_stage=first_stage)
-        for i, (parts, logits) in stepped.items():
-            correct = (logits.argmax(1) == hard).sum()
-            sums[i] += torch.stack([parts.total.detach() * n, parts.ce.detach() * n, parts.kd.detach() * n, correct])
-            for name, value in parts.extra.items():
+        out = update.step(live, images, labels, teachers, autocast, epoch - first_stage_epochs, indices,
+                          first_stage=first_stage)
+        # Every live student's metrics at once: a pack's step adds the ops of one student's, not K of them.
+        losses = out.losses
+        correct = (out.logits.argmax(-1) == hard).sum(-1)
+        total = losses.total.detach()
+        places.add(sums, out.live, torch.stack([total * n, losses.ce.detach() * n, losses.kd.detach() * n,
+                                                correct], 1))
+        for i, extra in zip(out.live, losses.extra):
+            for name, value in extra.items():
                 extra_sums[i][name] = extra_sums[i].get(name, 0.0) + value.detach().float() * n
-            bad = ~torch.isfinite(parts.total.detach())
-            first_bad[i] = torch.where(bad & (first_bad[i] < 0), step, first_bad[i])
+        bad = ~torch.isfinite(total)
+        was = places.take(first_bad, out.live)
+        places.put(first_bad, out.live, torch.where(bad & (was < 0), step, was))
         seen += n
         if (step + 1) % NONFINITE_CHECK_EVERY == 0:
             live = _drop_nonfinite(live, first_bad, errors, epoch)
     _drop_nonfinite(live, first_bad, errors, epoch)
     stats: list[Union[dict, NonFiniteLossError, None]] = []
+    means = (sums / seen).tolist()
     for i in range(n_students):
         if i in skip or i in errors:
             stats.append(errors.get(i))
             continue
-        loss, ce, kd, correct = (sums[i] / seen).tolist()
+        loss, ce, kd, correct = means[i]
         extra = {f"train/{name}": float(value) / seen for name, value in extra_sums[i].items()}
         stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, **extra, "train/top1": 100.0 * correct,
                       "images": seen})
     return stats
 
 
-def _drop_nonfinite(live: list[int], first_bad: list[torch.Tensor], errors: dict, epoch: int) -> list[int]:
+class StudentPlaces:
+    """Reads and writes of a pack's per-student rows for the students a step trained: the whole tensor when all
+    did, else through their places as a device index, made once per set of them (a Python list as an index is a
+    copy from the host, each time)."""
+
+    def __init__(self, n_students: int, device: torch.device) -> None:
+        self.n_students, self.device = n_students, device
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _index(self, students: list[int]) -> Optional[torch.Tensor]:
+        if len(students) == self.n_students:
+            return None
+        key = tuple(students)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(students, device=self.device)
+        return self._indices[key]
+
+    def add(self, rows: torch.Tensor, students: list[int], values: torch.Tensor) -> None:
+        index = self._index(students)
+        if index is None:
+            rows += values
+        else:
+            rows.index_add_(0, index, values.to(rows.dtype))
+
+    def take(self, rows: torch.Tensor, students: list[int]) -> torch.Tensor:
+        index = self._index(students)
+        return rows if index is None else rows.index_select(0, index)
+
+    def put(self, rows: torch.Tensor, students: list[int], values: torch.Tensor) -> None:
+        index = self._index(students)
+        if index is None:
+            rows.copy_(values)
+        else:
+            rows.index_copy_(0, index, values)
+
+
+def _drop_nonfinite(live: list[int], first_bad: torch.Tensor, errors: dict, epoch: int) -> list[int]:
     """The students still finite; the others get their error (the rest of the pack trains on)."""
     still = []
+    steps = first_bad.tolist()  # one read from the device for the whole pack
     for i in live:
-        step = int(first_bad[i].item())
+        step = int(steps[i])
         if step < 0:
             still.append(i)
             continue

@@ -1,80 +1,125 @@
-"""`trainer.pack_mode=stacked`: a pack's K students as one vmapped model, for accelerators.
+"""`trainer.pack_mode=stacked`: a pack's K students as one model, for accelerators.
 
-One forward computes all K students on the shared batch (torch.func.stack_module_state +
-functional_call + vmap), so a step launches the kernels of one model, not K. BatchNorm's
-running statistics are stacked with the parameters and updated per student inside vmap
-(functorch's replace_all_batch_norm_modules_ would drop them). One optimizer steps the stacked
-parameters: SGD (and any elementwise optimizer) updates each student's slice exactly as its
-own optimizer would, since the cells of a pack share the optimizer's settings.
+One forward computes all K students on the shared batch, so a step launches the kernels of one model, not K:
+as one network with K times the channels (kd/training/grouped.py) wherever the network allows it, else as a
+vmapped model (torch.func.stack_module_state + functional_call + vmap, BatchNorm's running statistics stacked
+with the parameters). Where the students' distillers share their settings, their losses are computed at once
+too (Distiller.pack_forward). One optimizer steps the stacked parameters: SGD (and any elementwise optimizer)
+updates each student's slice exactly as its own optimizer would, since the cells of a pack share the
+optimizer's settings.
 
-Each student's nn.Module keeps working: its parameters and buffers are made views of its
-slice of the stack, so evaluation, state_dict and checkpoints read the live values.
+Each student's nn.Module keeps working: its parameters and buffers are made views of its slice of the stack
+(student k's is `t.view(K, *shape)[k]` in both forms), so evaluation, state_dict and checkpoints read the live
+values.
 """
 from __future__ import annotations
 
 import copy
-from typing import Callable
+import logging
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.func import functional_call, stack_module_state, vmap
 
-from kd.distillers.base import Outputs
+from kd.distillers.base import Outputs, PackLosses, stack_parts
+from kd.training.capture import EAGER, CompilePlan
+from kd.training.grouped import group_models
+
+log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
+
+
+class StepOutputs(NamedTuple):
+    """What a step of a pack's update computed for its live students (in `live`'s order)."""
+
+    live: list[int]
+    losses: PackLosses
+    logits: torch.Tensor  # (live students, batch, classes)
 
 
 class StackedUpdate:
     """Forward, backward and optimizer step of all of a pack's students at once."""
 
-    def __init__(self, students: list, optim_cfg) -> None:
+    def __init__(self, students: list, optim_cfg, example: Optional[torch.Tensor] = None,
+                 plan: CompilePlan = EAGER) -> None:
         self.students = students
         models = [s.model for s in students]
-        params, buffers = stack_module_state(models)
+        self.k = len(models)
+        self.grouped = group_models(models, example) if example is not None else None
+        if self.grouped is not None:
+            self.forward = plan.model(self.grouped)
+            params, buffers = dict(self.grouped.named_parameters()), dict(self.grouped.named_buffers())
+            params, buffers = ({name.removeprefix("net."): t for name, t in d.items()} for d in (params, buffers))
+        else:
+            params, buffers = stack_module_state(models)
+            self.base = copy.deepcopy(models[0]).to("meta")
+            if plan.mode is not None:
+                log.info("trainer.pack_mode=stacked: the vmapped students run eagerly, not compiled")
         self.params, self.buffers = params, buffers
+        self.shapes = {name: p.shape for name, p in models[0].named_parameters()}
+        self.shapes.update((name, b.shape) for name, b in models[0].named_buffers())
         for k, model in enumerate(models):  # the modules become windows onto their slice of the stack
             for name, p in model.named_parameters():
-                p.data = params[name].data[k]
+                p.data = self.blocks(params[name].data, name)[k]
             for name, _ in model.named_buffers():
                 owner, leaf = _owner(model, name)
-                owner._buffers[leaf] = buffers[name][k]
-        self.base = copy.deepcopy(models[0]).to("meta")
-        self._held_indices: dict[tuple[int, ...], torch.Tensor] = {}  # by the students held out of a step
+                owner._buffers[leaf] = self.blocks(buffers[name], name)[k]
+        # One pass computes every student's loss where their distillers differ only in alpha.
+        losses = [OmegaConf.to_container(s.cell.cfg.loss, resolve=True) for s in students]
+        self.shared_loss = all(loss == losses[0] for loss in losses)
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # of students, by the tuple of them
         self.optimizer = instantiate(optim_cfg.optimizer)(list(params.values()))
         self.scheduler = instantiate(optim_cfg.scheduler)(self.optimizer)
         # Resumed students bring their own optimizer and scheduler states: stack them. The pack's lr follows
         # its least advanced student: a student further on waits until the pack reaches its epoch.
         lead = min(range(len(students)), key=lambda i: students[i].start_epoch)
+        param_shapes = [self.shapes[name] for name in params]
         self.optimizer.load_state_dict(stack_optimizer_states([s.optimizer.state_dict() for s in students],
-                                                              list(params.values()), lead))
+                                                              list(params.values()), param_shapes, lead))
         self.scheduler.load_state_dict(students[lead].scheduler.state_dict())
+
+    def blocks(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        """A stacked tensor as (K, *a student's shape): a view in both forms (the module's docstring)."""
+        return t.view(self.k, *self.shapes[name])
 
     def _forward(self, params: dict, buffers: dict, images: torch.Tensor) -> torch.Tensor:
         return functional_call(self.base, (params, buffers), (images,))
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Every student's logits on the batch, (K, batch, classes)."""
+        if self.grouped is not None:
+            return self.forward(images)
+        return vmap(self._forward, in_dims=(0, 0, None))(self.params, self.buffers, images)
+
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict, autocast: Callable,
-             epoch: int, indices=None, first_stage: bool = False) -> dict[int, tuple]:
+             epoch: int, indices=None, first_stage: bool = False) -> StepOutputs:
         """As LoopUpdate.step; its distillers never read `indices` nor run a first stage (make_pack loops a pack
         whose do)."""
-        held = [i for i in range(len(self.students)) if i not in live]
+        held = [i for i in range(self.k) if i not in live]
         kept = self._slices(held)  # before the forward, which moves every student's BatchNorm statistics
         with autocast():
-            logits = vmap(self._forward, in_dims=(0, 0, None))(self.params, self.buffers, images)
-        out, total = {}, 0.0
-        for i in live:
-            s = self.students[i]
-            parts = s.distiller(Outputs(logits[i]), teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch)
-            total = total + parts.total
-            out[i] = (parts, logits[i])
+            logits = self.logits(images)
+        if held:
+            logits = logits.index_select(0, self._index(live))
+        views = [teachers.get(i) if self.students[i].alpha > 0 else None for i in live]
+        alphas = [self.students[i].alpha for i in live]
+        if self.shared_loss:
+            losses = self.students[live[0]].distiller.pack_forward(logits, views, labels, alphas, epoch)
+        else:
+            losses = stack_parts([self.students[i].distiller(Outputs(student), view, labels, alpha, epoch)
+                                  for i, student, view, alpha in zip(live, logits, views, alphas)])
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()  # the students share no parameter, so each gets the gradient of its own loss
+        losses.total.sum().backward()  # the students share no parameter, so each gets the gradient of its own loss
         self.optimizer.step()
         self._restore(held, kept)
-        return out
+        return StepOutputs(live, losses, logits)
 
     def _slices(self, held: list[int]) -> list[torch.Tensor]:
         """Copies of the held students' slices of every stacked tensor (weights, BN stats, optimizer state)."""
         if not held:
             return []
-        index = self._held_index(held)
+        index = self._index(held)
         return [t[index].clone() for t in self._stacked_tensors()]
 
     @torch.no_grad()
@@ -83,22 +128,25 @@ class StackedUpdate:
         momentum and BatchNorm would otherwise move them even without a loss."""
         if not held:
             return
-        index = self._held_index(held)
+        index = self._index(held)
         for t, saved in zip(self._stacked_tensors(), kept):
             t[index] = saved
 
-    def _held_index(self, held: list[int]) -> torch.Tensor:
-        """The held students' places in the stack as a tensor on its device, made once per set of them: a Python
+    def _index(self, students: list[int]) -> torch.Tensor:
+        """The students' places in the stack as a tensor on its device, made once per set of them: a Python
         list as an index is copied from the host for every tensor it indexes, each step."""
-        key = tuple(held)
-        if key not in self._held_indices:
-            self._held_indices[key] = torch.tensor(held, device=next(iter(self.params.values())).device)
-        return self._held_indices[key]
+        key = tuple(students)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(students, device=next(iter(self.params.values())).device)
+        return self._indices[key]
 
     def _stacked_tensors(self) -> list[torch.Tensor]:
-        state = [v for entry in self.optimizer.state.values() for v in entry.values()
-                 if torch.is_tensor(v) and v.ndim > 0]
-        return [p.data for p in self.params.values()] + list(self.buffers.values()) + state
+        """Every stacked tensor as (K, *a student's shape): weights, buffers, and the optimizer's state."""
+        names = {id(p): name for name, p in self.params.items()}
+        state = [self.blocks(v, names[id(p)]) for p, entry in self.optimizer.state.items()
+                 for v in entry.values() if torch.is_tensor(v) and v.ndim > 0]
+        return ([self.blocks(p.data, name) for name, p in self.params.items()]
+                + [self.blocks(b, name) for name, b in self.buffers.items()] + state)
 
     def end_epoch(self, trained: list[int]) -> None:
         self.scheduler.step()
@@ -108,7 +156,8 @@ class StackedUpdate:
 
     def states(self, i: int) -> tuple[dict, dict]:
         """Student i's optimizer and scheduler states, in the form of its own optimizer's (as the loop saves them)."""
-        return unstack_optimizer_state(self.optimizer.state_dict(), i), self.scheduler.state_dict()
+        shapes = [self.shapes[name] for name in self.params]
+        return unstack_optimizer_state(self.optimizer.state_dict(), i, shapes), self.scheduler.state_dict()
 
 
 def _owner(model: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:
@@ -116,8 +165,10 @@ def _owner(model: torch.nn.Module, dotted: str) -> tuple[torch.nn.Module, str]:
     return model.get_submodule(".".join(path)) if path else model, leaf
 
 
-def stack_optimizer_states(states: list[dict], stacked_params: list[torch.Tensor], lead: int) -> dict:
-    """K optimizers' state dicts (same settings, same parameter order) as one over the stacked parameters.
+def stack_optimizer_states(states: list[dict], stacked_params: list[torch.Tensor], shapes: list[torch.Size],
+                           lead: int) -> dict:
+    """K optimizers' state dicts (same settings, same parameter order) as one over the stacked parameters, each
+    student's parameter of `shapes`.
 
     A student with no state yet (a cell of a resumed pack that starts afresh) gets zeros, which is
     exactly SGD's first step without dampening (kd's default); any other difference is refused.
@@ -129,9 +180,9 @@ def stack_optimizer_states(states: list[dict], stacked_params: list[torch.Tensor
         template = next(e for e in entries if e is not None)
         merged_entry = {}
         for key, value in template.items():
-            shape = stacked_params[index].shape[1:]
-            if torch.is_tensor(value) and value.shape == shape:
-                merged_entry[key] = torch.stack([e[key] if e is not None else torch.zeros_like(value) for e in entries])
+            if torch.is_tensor(value) and value.shape == shapes[index]:
+                merged_entry[key] = torch.stack([e[key] if e is not None else torch.zeros_like(value)
+                                                 for e in entries]).reshape(stacked_params[index].shape)
             elif all(e is not None and _same(e[key], value) for e in entries):
                 merged_entry[key] = value
             else:
@@ -145,9 +196,13 @@ def _same(a, b) -> bool:
     return torch.equal(a, b) if torch.is_tensor(a) and torch.is_tensor(b) else a == b
 
 
-def unstack_optimizer_state(state: dict, k: int) -> dict:
-    """Student k's slice of a stacked optimizer's state dict."""
+def unstack_optimizer_state(state: dict, k: int, shapes: list[torch.Size]) -> dict:
+    """Student k's slice of a stacked optimizer's state dict, each parameter's of `shapes` (its student's)."""
+    def slice_of(value, shape: torch.Size):
+        if torch.is_tensor(value) and value.ndim > 0:
+            return value.reshape(-1, *shape)[k].clone()
+        return value
+
     return {"param_groups": copy.deepcopy(state["param_groups"]),
-            "state": {index: {key: value[k].clone() if torch.is_tensor(value) and value.ndim > 0 else value
-                              for key, value in entry.items()}
+            "state": {index: {key: slice_of(value, shapes[index]) for key, value in entry.items()}
                       for index, entry in state["state"].items()}}

@@ -22,8 +22,8 @@ from torch import nn
 from kd.training.capture import EAGER, CompilePlan, float_lrs
 from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic
 from kd.config import PackMode, TeacherView
-from kd.distillers.base import FIRST_STAGE_MOMENTUM, FIRST_STAGE_WEIGHT_DECAY, Distiller, Outputs
-from kd.training.stacking import StackedUpdate
+from kd.distillers.base import FIRST_STAGE_MOMENTUM, FIRST_STAGE_WEIGHT_DECAY, Distiller, Outputs, stack_parts
+from kd.training.stacking import StackedUpdate, StepOutputs
 
 log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
 
@@ -85,26 +85,27 @@ class LoopUpdate:
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
              autocast: Callable, epoch: int, indices: Optional[torch.Tensor] = None,
-             first_stage: bool = False) -> dict[int, tuple]:
+             first_stage: bool = False) -> StepOutputs:
         """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view,
         `indices` the batch's dataset indices (read only by a distiller that needs_indices). In the first stage,
         each steps its first-stage optimizer on its distiller's first-stage loss."""
-        out = {}
+        parts, logits = [], []
         for i in live:
             s = self.students[i]
             with autocast():
                 student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
             if first_stage:
-                parts, optimizer, optimizer_step = (s.distiller.first_stage(student, teachers[i], labels),
-                                                    s.first_optimizer, s.first_optimizer.step)
+                loss, optimizer, optimizer_step = (s.distiller.first_stage(student, teachers[i], labels),
+                                                   s.first_optimizer, s.first_optimizer.step)
             else:
-                parts = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
+                loss = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
                 optimizer, optimizer_step = s.optimizer, s.optimizer_step
             optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
+            loss.total.backward()
             optimizer_step()
-            out[i] = (parts, student.logits)
-        return out
+            parts.append(loss)
+            logits.append(student.logits.detach())
+        return StepOutputs(live, stack_parts(parts), torch.stack(logits))
 
     def end_epoch(self, trained: list[int]) -> None:
         for i in trained:  # a waiting student's schedule waits with it
@@ -217,7 +218,7 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
                  "features, own parameters or keep per-sample state (%s), which the stacked forward does not carry",
                  ", ".join(unstackable))
         stacked = False
-    return StackedUpdate(students, cells[0].cfg.optim) if stacked else LoopUpdate(students)
+    return StackedUpdate(students, cells[0].cfg.optim, example, plan) if stacked else LoopUpdate(students)
 
 
 def pack_first_stage(students: list[Student]) -> int:

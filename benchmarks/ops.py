@@ -55,7 +55,8 @@ def count(cfgs: list, aug: str, splits, device: torch.device, warmup: int, steps
     record = OpRecord()
     with record.watch(itertools.islice(setup.batches, warmup + steps), skip=warmup) as batches:
         train_one_epoch(setup.update, batches, setup.teaching, setup.autocast, 0, set(), setup.plan)
-    return {"cells": len(cfgs), "steps": record.steps, "ops_per_step": record.total / record.steps,
+    grouped = getattr(setup.update, "grouped", None) is not None  # a stacked pack as one network (kd/training/grouped.py)
+    return {"cells": len(cfgs), "steps": record.steps, "grouped": grouped, "ops_per_step": record.total / record.steps,
             "ops_per_cell_step": record.total / record.steps / len(cfgs),
             "ops_per_epoch_pass": epoch_pass.total,
             "host_syncs_per_step": sum(record.syncs.values()) / record.steps, "host_syncs": dict(record.syncs),
@@ -127,7 +128,8 @@ def print_table(rows: dict, per_image: dict, packed: dict) -> None:
         image = f"{per_image[row]['1 cell']:.3f}" if row in per_image else "-"
         print(f"| {row} | {counts} | {epoch or '-'} | {image} "
               f"| {max(r['host_syncs_per_step'] for r in ways.values()):g} |")
-    print("\ntargets:")
+    grouped = all(ways["5 stacked"]["grouped"] for ways in rows.values())
+    print(f"\nthe stacked packs ran {'as one grouped network' if grouped else 'vmapped (not all grouped)'}; targets:")
     for row, ratios in packed.items():
         print(f"  packed 5-cell step / one cell's step, aug={row}: " + ", ".join(
             f"{way.split()[1]} {ratio:.2f}x" for way, ratio in ratios.items()) + f" (target <= {PACK_TARGET:g}x)")

@@ -35,7 +35,7 @@ class Pipeline(Enum):
 
 class PackMode(Enum):
     loop = "loop"  # each student of a pack its own forward/backward/step: exact, the default
-    stacked = "stacked"  # all of a pack's students as one vmapped model: fewer kernel launches on accelerators
+    stacked = "stacked"  # a pack's students as one grouped (else vmapped) model: fewer kernel launches on accelerators
 
 
 class TeacherView(Enum):

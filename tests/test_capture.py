@@ -25,7 +25,7 @@ def train_two_epochs(cfg, plan: CompilePlan, device: torch.device, tmp_path,
                      alphas: tuple[float, ...] = ()) -> tuple[list[dict], list[dict]]:
     """(per-epoch stats, the students' parameters after each epoch) for one cell, or a pack of `alphas`'s cells,
     trained with `plan`."""
-    splits = synthetic_splits(n=128, size=16)
+    splits = synthetic_splits(n=144, size=16)  # 4 batches of 32 and a partial one of 16, as CIFAR's last
     cfgs = [cfg] if not alphas else [OmegaConf.merge(cfg, {"alpha": alpha}) for alpha in alphas]
     cells = [Cell(c, tmp_path, {}, lambda row, step: None, "", "") for c in cfgs]
     example = torch.zeros(2, 3, 16, 16, device=device)
@@ -61,7 +61,7 @@ def test_the_compiled_step_trains_as_eager_on_the_cpu(tmp_path):
     cfg = compose_config([*RECIPE, "trainer.device=cpu"], out_dir=tmp_path)
     device = torch.device("cpu")
     eager = train_two_epochs(cfg, EAGER, device, tmp_path)
-    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test"), device, tmp_path)
+    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test", batch_size=32), device, tmp_path)
     assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
 
 
@@ -72,7 +72,7 @@ def test_a_compiled_stacked_pack_trains_as_eager_on_the_cpu(tmp_path):
     cfg = compose_config([*RECIPE, "trainer.device=cpu", "trainer.pack_mode=stacked"], out_dir=tmp_path)
     device = torch.device("cpu")
     eager = train_two_epochs(cfg, EAGER, device, tmp_path, alphas=(0.0, 0.5, 1.0))
-    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test"), device, tmp_path, alphas=(0.0, 0.5, 1.0))
+    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test", batch_size=32), device, tmp_path, alphas=(0.0, 0.5, 1.0))
     assert len(eager[0]) == 6
     assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
 
@@ -131,3 +131,19 @@ def test_a_captured_stacked_pack_on_cuda_trains_as_eager_within_bf16_tolerance(t
     eager = train_two_epochs(cfg, EAGER, device, tmp_path, alphas=(0.0, 0.5, 1.0))
     captured = train_two_epochs(cfg, plan, device, tmp_path, alphas=(0.0, 0.5, 1.0))
     assert_trains_alike(eager, captured, rtol=5e-2, atol=2e-2)
+
+
+@pytest.mark.slow
+def test_a_compiled_forward_is_compiled_for_the_training_batch_size_alone():
+    """The epoch's last partial batch (and a logit cache's larger ones) run the module eagerly: one graph, never a
+    recompile or a dynamic-shape graph in place of the static one."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    forward = CompilePlan("default", "test", batch_size=4).model(model)
+    full, partial = torch.randn(4, 6), torch.randn(2, 6)
+    torch.testing.assert_close(forward(full), model(full))
+    forward(full)
+    assert torch.equal(forward(partial), model(partial))  # eager: the module's own result, bit for bit
+    forward(torch.randn(4, 6))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

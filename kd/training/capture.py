@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CompilePlan:
-    """How this job's step runs: mode None is eager, else torch.compile's mode; `why` is for the log."""
+    """How this job's step runs: mode None is eager, else torch.compile's mode; `why` is for the log. A compiled
+    forward is compiled for batches of `batch_size` images only (ShapeStableForward)."""
 
     mode: Optional[str]
     why: str
+    batch_size: Optional[int] = None
 
     @property
     def captures(self) -> bool:
@@ -38,7 +40,7 @@ class CompilePlan:
 
     def model(self, model: nn.Module) -> Callable:
         """The model's forward as the step calls it."""
-        return model if self.mode is None else torch.compile(model, mode=self.mode)
+        return model if self.mode is None else ShapeStableForward(model, self.mode, self.batch_size)
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
         """The optimizer's step as the step calls it: eager in every plan, so that it reads its student's gradients
@@ -54,6 +56,21 @@ class CompilePlan:
 EAGER = CompilePlan(None, "eager")
 
 
+class ShapeStableForward:
+    """A model's forward compiled for the training batch's size alone (static shapes); a batch of another size (an
+    epoch's last partial batch: CIFAR's 50,000 = 781 x 64 + 16; a logit cache's evaluation batches) runs the same
+    module eagerly. So nothing recompiles mid-run, no dynamic-shape graph replaces the static one, no second CUDA
+    graph is recorded per size, and no batch is dropped."""
+
+    def __init__(self, model: nn.Module, mode: str, batch_size: Optional[int]) -> None:
+        self.model, self.batch_size = model, batch_size
+        self.compiled = torch.compile(model, mode=mode, dynamic=False)
+
+    def __call__(self, images: torch.Tensor, *args, **kwargs):
+        run = self.compiled if self.batch_size is None or images.shape[0] == self.batch_size else self.model
+        return run(images, *args, **kwargs)
+
+
 def plan_compile(trainer: DictConfig, device: torch.device) -> CompilePlan:
     """trainer.compile / trainer.graph_capture as they can take effect on `device`."""
     if not trainer.compile:
@@ -61,8 +78,10 @@ def plan_compile(trainer: DictConfig, device: torch.device) -> CompilePlan:
     if device.type != "cuda":
         return CompilePlan(None, f"torch.compile is used on CUDA only; {device.type} runs eagerly")
     if trainer.graph_capture:
-        return CompilePlan("reduce-overhead", "trainer.graph_capture=true: compiled and captured as CUDA graphs")
-    return CompilePlan("default", "trainer.compile=true (trainer.graph_capture=false: no CUDA graphs)")
+        return CompilePlan("reduce-overhead", "trainer.graph_capture=true: compiled and captured as CUDA graphs",
+                           trainer.batch_size)
+    return CompilePlan("default", "trainer.compile=true (trainer.graph_capture=false: no CUDA graphs)",
+                       trainer.batch_size)
 
 
 def float_lrs(optimizer_state: dict) -> dict:

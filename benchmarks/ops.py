@@ -55,7 +55,7 @@ def count(cfgs: list, aug: str, splits, device: torch.device, warmup: int, steps
     record = OpRecord()
     with record.watch(itertools.islice(setup.batches, warmup + steps), skip=warmup) as batches:
         train_one_epoch(setup.update, batches, setup.teaching, setup.autocast, 0, set(), setup.plan)
-    grouped = getattr(setup.update, "grouped", None) is not None  # a stacked pack as one network (kd/training/grouped.py)
+    grouped = getattr(setup.update, "grouped", None) is not None  # a stacked pack as one network (grouped.py)
     return {"cells": len(cfgs), "steps": record.steps, "grouped": grouped, "ops_per_step": record.total / record.steps,
             "ops_per_cell_step": record.total / record.steps / len(cfgs),
             "ops_per_epoch_pass": epoch_pass.total,

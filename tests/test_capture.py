@@ -72,7 +72,8 @@ def test_a_compiled_stacked_pack_trains_as_eager_on_the_cpu(tmp_path):
     cfg = compose_config([*RECIPE, "trainer.device=cpu", "trainer.pack_mode=stacked"], out_dir=tmp_path)
     device = torch.device("cpu")
     eager = train_two_epochs(cfg, EAGER, device, tmp_path, alphas=(0.0, 0.5, 1.0))
-    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test", batch_size=32), device, tmp_path, alphas=(0.0, 0.5, 1.0))
+    compiled = train_two_epochs(cfg, CompilePlan("reduce-overhead", "test", batch_size=32), device, tmp_path,
+                                alphas=(0.0, 0.5, 1.0))
     assert len(eager[0]) == 6
     assert_trains_alike(eager, compiled, rtol=1e-2, atol=1e-3)
 

@@ -48,6 +48,7 @@ class StackedUpdate:
         self.k = len(models)
         self.grouped = group_models(models, example) if example is not None else None
         if self.grouped is not None:
+            log.info("trainer.pack_mode=stacked: %d students as one grouped network (kd/training/grouped.py)", self.k)
             self.forward = plan.model(self.grouped)
             params, buffers = dict(self.grouped.named_parameters()), dict(self.grouped.named_buffers())
             params, buffers = ({name.removeprefix("net."): t for name, t in d.items()} for d in (params, buffers))

@@ -6,6 +6,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from filelock import FileLock
 
 from conftest import FAST, TRAIN_SCRIPT, cell_dir, run_cli
+from kd.runs.job import prepare_out_dir
 from kd.runs.locking import LOCK_FILE
 from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
 from kd.report.grid_table import print_grid_table
@@ -59,6 +61,26 @@ def test_a_second_run_on_a_busy_dir_stops_at_once_and_a_killed_holder_never_bloc
 def trained_cells(text: str, epochs: int) -> list[str]:
     """The cells whose last epoch a log shows being trained, one entry per time."""
     return re.findall(rf"\[(aug=\S+ alpha=\S+) seed=0\] epoch {epochs}/{epochs}", text)
+
+
+def test_jobs_proving_one_dir_writable_at_once_never_fail_each_other(tmp_path):
+    """Each job's write probe is its own file: with one shared name, a job removed another's probe between its
+    write and its unlink, and that job failed as 'not writable' (seen in CI, two copies of one sweep)."""
+    errors: list[BaseException] = []
+
+    def prove() -> None:
+        for _ in range(300):
+            try:
+                prepare_out_dir(str(tmp_path / "cell"))
+            except OSError as err:
+                errors.append(err)
+
+    threads = [threading.Thread(target=prove) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and list((tmp_path / "cell").iterdir()) == []
 
 
 @pytest.mark.slow

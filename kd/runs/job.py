@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import logging
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -88,13 +89,14 @@ def axis_tags(cfg: DictConfig) -> list[str]:
 
 
 def prepare_out_dir(path: str) -> Path:
-    """Create the job's output dir and prove it writable before any work is done."""
+    """Create the job's output dir and prove it writable before any work is done. The probe is a file of this
+    call's own: two copies of a sweep on one dir create and remove theirs side by side (a shared name made one
+    remove the other's and fail)."""
     out_dir = Path(path)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     except OSError as err:
         raise PermissionError(
             f"output dir {out_dir} is not writable ({err.strerror}). Set hydra.run.dir / hydra.sweep.dir "

@@ -37,6 +37,7 @@ from kd.distillers.base import Outputs
 from kd.data.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.training.progress import PackProgress
 from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
+from kd.training.stacking import StudentPlaces
 from kd.training.students import Cell, Student, _prefix, make_pack, pack_first_stage, save_checkpoint
 from kd.training.teacher_views import TeacherViews, Teaching
 
@@ -122,42 +123,6 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
         stats.append({"train/loss": loss, "train/ce": ce, "train/kd": kd, **extra, "train/top1": 100.0 * correct,
                       "images": seen})
     return stats
-
-
-class StudentPlaces:
-    """Reads and writes of a pack's per-student rows for the students a step trained: the whole tensor when all
-    did, else through their places as a device index, made once per set of them (a Python list as an index is a
-    copy from the host, each time)."""
-
-    def __init__(self, n_students: int, device: torch.device) -> None:
-        self.n_students, self.device = n_students, device
-        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
-
-    def _index(self, students: list[int]) -> Optional[torch.Tensor]:
-        if len(students) == self.n_students:
-            return None
-        key = tuple(students)
-        if key not in self._indices:
-            self._indices[key] = torch.tensor(students, device=self.device)
-        return self._indices[key]
-
-    def add(self, rows: torch.Tensor, students: list[int], values: torch.Tensor) -> None:
-        index = self._index(students)
-        if index is None:
-            rows += values
-        else:
-            rows.index_add_(0, index, values.to(rows.dtype))
-
-    def take(self, rows: torch.Tensor, students: list[int]) -> torch.Tensor:
-        index = self._index(students)
-        return rows if index is None else rows.index_select(0, index)
-
-    def put(self, rows: torch.Tensor, students: list[int], values: torch.Tensor) -> None:
-        index = self._index(students)
-        if index is None:
-            rows.copy_(values)
-        else:
-            rows.index_copy_(0, index, values)
 
 
 def _drop_nonfinite(live: list[int], first_bad: torch.Tensor, errors: dict, epoch: int) -> list[int]:

@@ -38,6 +38,43 @@ class StepOutputs(NamedTuple):
     logits: torch.Tensor  # (live students, batch, classes)
 
 
+class StudentPlaces:
+    """Reads and writes of a pack's per-student rows for the students a step trained: the whole tensor when all
+    did, else through their places as a device index, made once per set of them (a Python list as an index is a
+    copy from the host, each time)."""
+
+    def __init__(self, n_students: int, device: torch.device) -> None:
+        self.n_students, self.device = n_students, device
+        self._indices: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def index(self, students: list[int]) -> Optional[torch.Tensor]:
+        """None for all of the pack's students; else their places, on the device."""
+        if len(students) == self.n_students:
+            return None
+        key = tuple(students)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(students, device=self.device)
+        return self._indices[key]
+
+    def add(self, rows: torch.Tensor, students: list[int], values: torch.Tensor) -> None:
+        index = self.index(students)
+        if index is None:
+            rows += values
+        else:
+            rows.index_add_(0, index, values.to(rows.dtype))
+
+    def take(self, rows: torch.Tensor, students: list[int]) -> torch.Tensor:
+        index = self.index(students)
+        return rows if index is None else rows.index_select(0, index)
+
+    def put(self, rows: torch.Tensor, students: list[int], values: torch.Tensor) -> None:
+        index = self.index(students)
+        if index is None:
+            rows.copy_(values)
+        else:
+            rows.index_copy_(0, index, values)
+
+
 class StackedUpdate:
     """Forward, backward and optimizer step of all of a pack's students at once."""
 
@@ -69,7 +106,7 @@ class StackedUpdate:
         # One pass computes every student's loss where their distillers differ only in alpha.
         losses = [OmegaConf.to_container(s.cell.cfg.loss, resolve=True) for s in students]
         self.shared_loss = all(loss == losses[0] for loss in losses)
-        self._indices: dict[tuple[int, ...], torch.Tensor] = {}  # of students, by the tuple of them
+        self.places = StudentPlaces(self.k, next(iter(params.values())).device)
         self.optimizer = instantiate(optim_cfg.optimizer)(list(params.values()))
         self.scheduler = instantiate(optim_cfg.scheduler)(self.optimizer)
         # Resumed students bring their own optimizer and scheduler states: stack them. The pack's lr follows
@@ -102,7 +139,7 @@ class StackedUpdate:
         with autocast():
             logits = self.logits(images)
         if held:
-            logits = logits.index_select(0, self._index(live))
+            logits = logits.index_select(0, self.places.index(live))
         views = [teachers.get(i) if self.students[i].alpha > 0 else None for i in live]
         alphas = [self.students[i].alpha for i in live]
         if self.shared_loss:
@@ -120,7 +157,7 @@ class StackedUpdate:
         """Copies of the held students' slices of every stacked tensor (weights, BN stats, optimizer state)."""
         if not held:
             return []
-        index = self._index(held)
+        index = self.places.index(held)
         return [t[index].clone() for t in self._stacked_tensors()]
 
     @torch.no_grad()
@@ -129,17 +166,9 @@ class StackedUpdate:
         momentum and BatchNorm would otherwise move them even without a loss."""
         if not held:
             return
-        index = self._index(held)
+        index = self.places.index(held)
         for t, saved in zip(self._stacked_tensors(), kept):
             t[index] = saved
-
-    def _index(self, students: list[int]) -> torch.Tensor:
-        """The students' places in the stack as a tensor on its device, made once per set of them: a Python
-        list as an index is copied from the host for every tensor it indexes, each step."""
-        key = tuple(students)
-        if key not in self._indices:
-            self._indices[key] = torch.tensor(students, device=next(iter(self.params.values())).device)
-        return self._indices[key]
 
     def _stacked_tensors(self) -> list[torch.Tensor]:
         """Every stacked tensor as (K, *a student's shape): weights, buffers, and the optimizer's state."""

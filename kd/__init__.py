@@ -18,8 +18,10 @@ from types import ModuleType
 from typing import Optional, Sequence
 
 # The modules that moved into rooms (docs/architecture.md) on 2026-12-06, by their old names. The old names keep
-# importing the moved module (the same module object, with a DeprecationWarning) for one release, `python -m
+# importing the moved module (the same module object, with a FutureWarning) for one release, `python -m
 # kd.submit` included, so that a user's imports, `_target_`s and scripts keep working; they go in the release after.
+# FutureWarning, not DeprecationWarning: Python's default filters hide a DeprecationWarning raised in a user's own
+# module (only __main__'s show), and these renames are meant for users, not for kd's developers.
 MOVED = {
     **{f"kd.{m}": f"kd.data.{m}" for m in ("augment", "augment_ladder", "image_folder", "pipeline")},
     **{f"kd.{m}": f"kd.training.{m}" for m in ("engine", "students", "stacking", "capture", "device", "cpu",
@@ -32,6 +34,11 @@ MOVED = {
 }
 
 
+def warn_moved(old: str) -> None:
+    """The one warning an old module name gives, on import and under `python -m`."""
+    warnings.warn(f"{old} moved to {MOVED[old]}; the old name goes in the next release", FutureWarning, stacklevel=3)
+
+
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Imports an old module name as its new module: one module object under both names."""
 
@@ -42,8 +49,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.spec_from_loader(name, self, origin=new.origin if new is not None else None)
 
     def create_module(self, spec) -> ModuleType:
-        warnings.warn(f"{spec.name} moved to {MOVED[spec.name]}; the old name goes in the next release",
-                      DeprecationWarning, stacklevel=2)
+        warn_moved(spec.name)
         return importlib.import_module(MOVED[spec.name])
 
     def exec_module(self, module: ModuleType) -> None:
@@ -51,6 +57,7 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def get_code(self, name: str):
         """For `python -m <old name>`: runpy runs the new module's code as __main__."""
+        warn_moved(name)
         return importlib.util.find_spec(MOVED[name]).loader.get_code(MOVED[name])
 
 

@@ -6,6 +6,7 @@ fails here with its file and line, before the layout decays into circles again.
 from __future__ import annotations
 
 import ast
+import os
 import warnings
 from pathlib import Path
 
@@ -109,6 +110,21 @@ def test_an_old_module_name_imports_the_moved_module(old):
         warnings.simplefilter("always")
         module = importlib.import_module(old)
     assert module is importlib.import_module(MOVED[old])
+
+
+def test_an_old_module_name_warns_a_user_under_pythons_default_filters(tmp_path):
+    """A rename is for users: the warning shows from their own module and under `python -m`, with no -W flag."""
+    import subprocess
+    import sys
+
+    (tmp_path / "user_module.py").write_text("from kd.engine import *\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    imported = subprocess.run([sys.executable, "-c", "import user_module"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=True)
+    assert "FutureWarning: kd.engine moved to kd.training.engine" in imported.stderr
+    ran = subprocess.run([sys.executable, "-m", "kd.submit", "--help"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True)
+    assert "FutureWarning: kd.submit moved to kd.runs.submit" in ran.stderr
 
 
 def test_a_cells_identity_keeps_the_augmentation_names_older_results_recorded():

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from scipy.special import log_softmax, softmax
 
 from conftest import FAST, compose_config
+from reliability import TIMING_KEYS
 from test_augment import synthetic_splits
 from kd.data.augment_ladder import FlipCropCutMixPick, teacher_entropy
 from kd.runs.checks import check_cell
@@ -158,7 +159,7 @@ def fit_cells(cfgs, splits, root: Path, teacher) -> list[dict]:
 
 
 def without_times(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")} for row in history]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
 
 
 def fit_packed_and_alone(cfgs, tmp_path: Path) -> list[dict]:
@@ -184,9 +185,11 @@ def test_a_pack_over_views_trains_each_cell_as_alone(tmp_path, aug: str):
     for row in rows[1:]:
         assert 0 <= row["diag/teacher_top1"] <= 100 and 0 < row["diag/teacher_p_true"] < 1
         assert row["diag/t_stddev"] > 0 and 0 <= row["diag/test_agreement"] <= 100 and row["diag/test_kl"] >= 0
-    # the teacher's numbers are its view's: three views, three sets of numbers; the test diagnostics differ too
+    # the teacher's numbers are its view's: three views, three sets of numbers, three trainings. The training loss
+    # shows the last (the view is in its KD term); the test loss does not reliably: after one epoch from a random
+    # teacher two views' students agreed on it to float32's last digit on an AVX2 CPU.
     assert len({r["diag/t_stddev"] for r in rows[1:]}) == 3
-    assert len({r["test/loss"] for r in rows[1:]}) == 3
+    assert len({r["train/loss"] for r in rows[1:]}) == 3
 
 
 def resumes_as_uninterrupted(tmp_path: Path, overrides: list[str], epochs: int) -> bool:

@@ -8,8 +8,9 @@ scratch in the run's own cache (teacher.cache_dir), so that every run does the s
 (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR) are the environment's. kd does not log torch.compile's time, so it
 is read off the epochs: a pack's first epoch compiles its step and its evaluation (and on CUDA searches cuDNN's
 kernels), the later ones do not; first epoch - mean of the later ones, summed over the packs and the teacher, is
-the compile (and warm-up) time. A pack's epoch is its slowest cell's `epoch_time_s` (each cell's runs from the
-epoch's start to the end of its own evaluation). Everything else in the wall time (Python and CUDA start, the data,
+the compile (and warm-up) time. A pack's epoch is its shared training pass (`train_time_s`, the same in each
+of its cells) and every cell's evaluation (each cell's `eval_time_s`). Everything else in the wall time (Python
+and CUDA start, the data,
 the epochs themselves) is the rest.
 """
 from __future__ import annotations
@@ -38,13 +39,15 @@ def first_epoch_extra(epoch_s: list[float]) -> float | None:
 
 
 def pack_epochs(sweep: Path) -> dict[str, list[float]]:
-    """Each pack's epoch times (its slowest cell's), keyed by the swept values its cells share (all but alpha)."""
+    """Each pack's epoch times (its training pass and all its cells' evaluations), keyed by the swept values its
+    cells share (all but alpha)."""
     swept = swept_keys(sweep) - {"alpha"}
     packs: dict[str, list[list[float]]] = {}
     for result in collect_sweep(sweep):
         key = ",".join(f"{k}={v}" for k, v in sorted(result["overrides"].items()) if k in swept)
-        packs.setdefault(key, []).append([row["epoch_time_s"] for row in result["history"]])
-    return {key: [max(times) for times in zip(*cells)] for key, cells in packs.items()}
+        packs.setdefault(key, []).append([(row["train_time_s"], row["eval_time_s"]) for row in result["history"]])
+    return {key: [rows[0][0] + sum(evaluation for _, evaluation in rows) for rows in zip(*cells)]
+            for key, cells in packs.items()}
 
 
 def teacher_epochs(cache: Path) -> list[float]:

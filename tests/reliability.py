@@ -17,7 +17,7 @@ from kd.runs.locking import LOCK_FILE, OWNER_FILE
 # A CPU result depends on the number of threads (reductions split differently), so every run that is
 # compared with another uses one; it also keeps a run fast where the 2 cores are shared.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-TIMING_KEYS = ("epoch_time_s", "images_per_s")
+TIMING_KEYS = ("epoch_time_s", "train_time_s", "eval_time_s", "images_per_s")
 
 
 @pytest.fixture

@@ -110,6 +110,14 @@ def test_packed_cells_are_bit_identical_to_the_same_cells_run_alone(tmp_path):
         assert same_weights(packed / job / "checkpoint.pt", alone / job / "checkpoint.pt"), key
     assert packed_cells[("none", 0.0, 4.0)]["teacher_top1"] is None  # alpha=0 never uses the teacher
     assert packed_cells[("none", 0.5, 4.0)]["teacher_top1"] is not None
+    # A cell's epoch time is the pack's one training pass and its own evaluation, never its packmates' (once it
+    # grew with the cell's place in the pack, as if a higher alpha cost more).
+    for aug in ("none", "fcra"):
+        pack = [r["history"] for (a, _, _), r in sorted(packed_cells.items()) if a == aug]
+        for rows in zip(*pack):
+            assert len({row["train_time_s"] for row in rows}) == 1, rows
+            assert all(row["epoch_time_s"] == row["train_time_s"] + row["eval_time_s"] for row in rows)
+            assert all(row["eval_time_s"] < row["epoch_time_s"] for row in rows)
 
 
 def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_path):

@@ -274,11 +274,13 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 s.error = st
                 log.error("%s%s", _prefix(s), st)
                 continue
-            images_per_s = st.pop("images") / train_s
+            # A cell's epoch is the pack's shared training pass and its own evaluation, never its packmates':
+            # measured from the epoch's start, a later cell's time would grow with its place in the pack.
+            timing = {"train_time_s": train_s, "images_per_s": st.pop("images") / train_s}
             if first_stage:
                 row = {"first_stage/epoch": epoch + 1, "first_stage/lr": lrs[i],
                        **{key.replace("train/", "first_stage/"): value for key, value in st.items()},
-                       "epoch_time_s": time.perf_counter() - started, "images_per_s": images_per_s}
+                       **timing, "eval_time_s": 0.0, "epoch_time_s": train_s}
                 s.first_history.append(row)
                 log.info("%sfirst stage epoch %d/%d  loss %.4f (ce %.4f)  lr %.4g  %.1fs", _prefix(s), epoch + 1,
                          first_stage_epochs, row["first_stage/loss"], row["first_stage/ce"], row["first_stage/lr"],
@@ -286,10 +288,12 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
             else:
                 row = {"epoch": epoch - first_stage_epochs + 1, "lr": lrs[i], **st,
                        **(on_views[s.view] if s.alpha > 0 else {})}
+                evaluated = time.perf_counter()
                 for split, batches in eval_batches.items():
                     fidelity = teacher_on_test if split == "test" and s.alpha > 0 else None
                     row.update(evaluate(s.model, batches, autocast, split, fidelity))
-                row.update(epoch_time_s=time.perf_counter() - started, images_per_s=images_per_s)
+                eval_s = time.perf_counter() - evaluated
+                row.update(**timing, eval_time_s=eval_s, epoch_time_s=train_s + eval_s)
                 s.history.append(row)
                 log_epoch(s, row, t.epochs)
             s.cell.log_metrics(row, epoch + 1)

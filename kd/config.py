@@ -39,7 +39,8 @@ class PackMode(Enum):
 
 
 class TeacherView(Enum):
-    """What the teacher sees of each training image (README: "The teacher's view"); Mixup/CutMix rules there."""
+    """What the teacher sees of each training image (docs/diagnostics.md, "What the teacher sees");
+    Mixup/CutMix rules there."""
 
     same = "same"  # the student's augmented (and mixed) batch: Beyer et al.'s "consistent" teaching, the default
     clean = "clean"  # the un-augmented image, never mixed

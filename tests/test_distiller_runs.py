@@ -103,8 +103,9 @@ def test_a_crd_cell_killed_mid_epoch_resumes_its_memory_banks_and_negatives_to_t
     assert all(torch.equal(a[k], b[k]) for k in a if k != "_extra_state")
 
 
-# The README's own example ("A distiller of your own"), run from this very text.
-OWN_DISTILLER = re.search(r"```python\n# my_distiller.py\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+# docs/extending.md's own example ("A distiller of your own"), run from this very text.
+OWN_DISTILLER = re.search(r"```python\n# my_distiller.py\n(.*?)```", (REPO / "docs" / "extending.md").read_text(),
+                          re.S).group(1)
 
 
 def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):

@@ -1,6 +1,6 @@
-"""The README's promise: a new model, loss or augmentation is one small Python file and one YAML.
+"""docs/extending.md's promise: a new model, loss or augmentation is one small Python file and one YAML.
 
-The file and the YAMLs are the README's own ("Extending kd"), kept outside the repository as a
+The file and the YAMLs are the page's own, kept outside the repository as a
 user would (the module on PYTHONPATH, the YAMLs found through `--config-dir`); a real training run
 uses all three at once.
 """
@@ -12,12 +12,10 @@ import torch
 
 from conftest import REPO, run_cli
 
-README = (REPO / "README.md").read_text()
-
-EXTENDING = README.split("## Extending kd", 1)[1]
+EXTENDING = (REPO / "docs" / "extending.md").read_text()
 EXTENSION = re.search(r"```python\n# my_kd_extension.py\n(.*?)```", EXTENDING, flags=re.S).group(1)
 YAML_BLOCK = re.search(r"```yaml\n(# my_conf/.*?)```", EXTENDING, flags=re.S).group(1)
-# The README's YAML block holds one file per "# my_conf/<group>/<name>.yaml" header.
+# The page's YAML block holds one file per "# my_conf/<group>/<name>.yaml" header.
 YAMLS = {m.group(1): m.group(2)
          for m in re.finditer(r"# my_conf/(\S+)\n(.*?)(?=# my_conf/|\Z)", YAML_BLOCK, flags=re.S)}
 YAMLS["teacher/tiny_cnn.yaml"] = ("defaults:\n  - /model@arch: tiny_cnn\n  - /aug@aug: fc\n  - _self_\n"

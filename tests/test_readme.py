@@ -1,24 +1,34 @@
-"""Every `python kd/train.py` command in the README composes as written (the short real runs are in test_grid)."""
+"""Every `python kd/train.py` command in the README and docs/ composes as written (the short real runs are in
+test_grid); the README, the door, holds the install, quickstart, grid and test commands."""
 import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO, run_cli
 
-README = (REPO / "README.md").read_text()
-BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
-COMMANDS = [line.split("#")[0].strip() for block in BLOCKS for line in block.splitlines()]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def commands(*pages: Path) -> list[str]:
+    """The commands of the pages' bash blocks, comments cut, each once."""
+    blocks = [b for page in pages for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
+    return list(dict.fromkeys(line.split("#")[0].strip() for block in blocks for line in block.splitlines()))
+
+
+README_COMMANDS = commands(REPO / "README.md")
+COMMANDS = commands(*PAGES)
 TRAIN = [c for c in COMMANDS if c.startswith("python kd/train.py")]
 
 
 def test_readme_has_the_install_quickstart_grid_and_test_commands():
-    assert 'pip install -e ".[dev]"' in COMMANDS
-    assert "python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra data=digits" in TRAIN
-    assert "python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra" in TRAIN
-    assert "pytest" in COMMANDS
+    assert 'pip install -e ".[dev]"' in README_COMMANDS
+    assert "python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra data=digits" in README_COMMANDS
+    assert "python kd/train.py -m alpha=0,0.25,0.5,0.75,1.0 aug=none,fc,fcra" in README_COMMANDS
+    assert "pytest" in README_COMMANDS
 
 
 @pytest.mark.parametrize("command", [c for c in TRAIN if "--help" not in c and "--cfg" not in c])

@@ -63,7 +63,7 @@ def check_distiller(loss_cfg: DictConfig) -> None:
     if not isinstance(loss, Distiller):
         raise ConfigTargetError(
             f"loss._target_={loss_cfg._target_} builds a {type(loss).__name__}, not a kd.distillers.base.Distiller: a "
-            f"loss is a Distiller subclass that writes `term` (README, 'Extending kd'); drop `_partial_` from its YAML "
+            f"loss is a Distiller subclass that writes `term` (docs/extending.md); drop `_partial_` from its YAML "
             f"and wrap the function in a class.")
 
 

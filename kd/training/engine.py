@@ -328,10 +328,18 @@ def warn_late_milestones(cfg: DictConfig) -> None:
     if late:
         what = "teacher.optim" if Stage(cfg.stage) == Stage.teacher else "optim"
         epochs_key = "teacher.epochs" if what == "teacher.optim" else "trainer.epochs"
-        log.warning("%s.scheduler.milestones=%s: %d of them at or past %s=%d, where the lr never steps%s. Set "
-                    "milestones within the epochs (e.g. %s.scheduler.milestones=[%d,%d]).", what, list(milestones),
-                    len(late), epochs_key, epochs, " (a constant lr)" if len(late) == len(milestones) else "",
-                    what, epochs * 5 // 8, epochs * 7 // 8)
+        log.warning("%s.scheduler.milestones=%s: %d of them at or past %s=%d, where the lr never steps%s. %s",
+                    what, list(milestones), len(late), epochs_key, epochs,
+                    " (a constant lr)" if len(late) == len(milestones) else "", milestone_advice(what, epochs))
+
+
+def milestone_advice(what: str, epochs: int) -> str:
+    """Milestones that step within `epochs`, or why none can. A milestone m decays the lr from epoch m on, so 0
+    decays it before the first step: the range is 1 to epochs - 1."""
+    if epochs < 2:
+        return f"No milestone can step within {epochs} epoch: the lr stays constant (fine for a smoke run)."
+    within = sorted({min(max(1, epochs * f // 8), epochs - 1) for f in (5, 7)})
+    return f"Set milestones within the epochs (e.g. {what}.scheduler.milestones=[{','.join(map(str, within))}])."
 
 
 def summarize(history: list[dict], epochs: int) -> dict:

@@ -39,7 +39,7 @@ def cell_dir(sweep_dir: Path, args: list[str], *chosen: str) -> Path:
     """The job dir that `kd/train.py -m <args>` gives the cell with the `chosen` values of its swept keys.
 
     Job dirs are named by the cell's overrides (kd/runs/sweep_dir.py), so it is known before the cell runs;
-    the cells' overrides are expanded by Hydra's own sweeper (which writes `true` as `True`).
+    the cells' overrides are expanded by Hydra's own sweeper (which writes `true` as `True`; kd names it `true`).
     """
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -35,6 +35,22 @@ def test_cells_are_named_by_their_defining_overrides():
     assert cell_dir_name([], 4) == "4"
 
 
+def test_a_boolean_names_its_cell_as_typed_and_an_older_sweeps_dir_is_kept(tmp_path):
+    """Hydra's sweeper rewrites `true` as `True`; the dir says what the user typed. A sweep named before that
+    keeps its `True` dirs: a rerun finds and skips them rather than training the cells again beside them."""
+    sweep = tmp_path / "sweep"
+    args = [*FAST, "alpha=0", "aug=none,fc", "trainer.graph_capture=true"]
+    assert multirun(tmp_path, sweep, *args).returncode == 0
+    named = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(named) == 2 and all(name.endswith(",trainer.graph_capture=true") for name in named), named
+    older = sweep / named[0].replace("=true", "=True")
+    (sweep / named[0]).rename(older)
+    rerun = multirun(tmp_path, sweep, *args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert not (sweep / named[0]).exists()
+    assert (older / RESULTS_FILE).is_file() and len(collect_sweep(sweep)) == 2
+
+
 @pytest.mark.slow
 def test_a_refused_rerun_changes_nothing_and_names_what_differs(tmp_path):
     sweep = tmp_path / "sweep"

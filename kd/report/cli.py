@@ -70,13 +70,14 @@ def not_started_jobs(sweep_dir: Path, aug_names: dict[str, str]) -> list[dict[st
     default_aug = aug_names[target] if target in aug_names else aug_name(target)
     found = []
     for num, overrides in enumerate(cells):
-        if (sweep_dir / cell_dir_name(overrides, num)).exists():
+        job_dir = sweep_dir / cell_dir_name(overrides, num, str(sweep_dir))
+        if job_dir.exists():
             continue
         cell = {**{"stage": master.stage, "alpha": master.alpha, "seed": master.seed, "aug": default_aug},
                 **dict(o.split("=", 1) for o in overrides if o.split("=", 1)[0] in ("stage", "alpha", "seed", "aug"))}
         if cell["stage"] == "student":  # a swept aug is named by its option, which is kd's aug name
             found.append({"stage": "student", "status": "missing", "aug": cell["aug"], "alpha": float(cell["alpha"]),
-                          "seed": int(cell["seed"]), "job_dir": str(sweep_dir / cell_dir_name(overrides, num)),
+                          "seed": int(cell["seed"]), "job_dir": str(job_dir),
                           "overrides": parse_overrides(list(overrides))})
     return found
 

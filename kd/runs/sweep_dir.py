@@ -16,6 +16,7 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,19 +33,36 @@ def defines_cell(key: str) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in NON_DEFINING_KEYS)
 
 
-def cell_dir_name(task_overrides: Sequence[str], job_num: int) -> str:
+def cell_dir_name(task_overrides: Sequence[str], job_num: int, sweep_dir: Optional[str] = None) -> str:
     """`alpha=0.5,aug=fc`: the cell's overrides, sorted, without the keys that do not define it; past
     MAX_CELL_NAME bytes, the first of them and a digest of all.
 
     Hydra's own `${hydra.job.override_dirname}` keeps a path's `/` (nested dirs) and every
     non-defining key (data.root, logger, ...) unless each is listed; a job without overrides
-    gets its number instead of the sweep dir itself.
+    gets its number instead of the sweep dir itself. A boolean is named as typed (`true`), not as Hydra's
+    sweeper rewrites it (`True`); a sweep made before that keeps its `True` dirs (given `sweep_dir`).
     """
     parsed = OverridesParser.create().parse_overrides(list(task_overrides))
-    kept = sorted(o.input_line for o in parsed if defines_cell(o.key_or_group))
-    name = ",".join(kept).replace("/", "%2F")
+    name = _name_of([_as_typed(o) for o in parsed if defines_cell(o.key_or_group)])
+    if sweep_dir is not None and not (Path(sweep_dir) / name).exists():
+        legacy = _name_of([o.input_line for o in parsed if defines_cell(o.key_or_group)])
+        if (Path(sweep_dir) / legacy).exists():
+            return legacy
+    return name or str(job_num)
+
+
+def _as_typed(override: Override) -> str:
+    """An override as a user types it: Hydra's sweeper turns `x=true` into `x=True`; YAML and kd write `true`."""
+    value = None if override.is_sweep_override() else override.value()
+    if isinstance(value, bool):
+        return f"{override.input_line.split('=', 1)[0]}={str(value).lower()}"
+    return override.input_line
+
+
+def _name_of(overrides: list[str]) -> str:
+    name = ",".join(sorted(overrides)).replace("/", "%2F")
     if len(name.encode()) <= MAX_CELL_NAME:
-        return name or str(job_num)
+        return name
     # Too long for one path component (255 bytes on most file systems): as many whole overrides as fit, then a
     # digest of all of them, stable across reruns. The full overrides stay in the cell's .hydra/overrides.yaml.
     digest = "+" + hashlib.sha256(name.encode()).hexdigest()[:12]
@@ -87,7 +105,7 @@ class RecordSweepId(Callback):
 
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver(CELL_DIR_RESOLVER):
-        OmegaConf.register_new_resolver(CELL_DIR_RESOLVER, lambda overrides, num: cell_dir_name(overrides, num))
+        OmegaConf.register_new_resolver(CELL_DIR_RESOLVER, cell_dir_name)
 
 
 def grid_axes(task_overrides: Sequence[str]) -> dict[str, list[str]]:

@@ -56,3 +56,22 @@ def test_a_grid_over_losses_is_one_table_with_the_losses_as_rows(tmp_path, capsy
         rows = list(csv.DictReader(f))
     assert [(r["loss"], r["aug"], r["epochs"], r["first_stage_epochs"]) for r in rows] == [
         ("kd", "fc", "2", "0"), ("dkd", "fc", "2", "0"), ("fsp", "fc", "2", "30")]
+
+
+def synthetic(loss: str, alpha: float, top1: float) -> dict:
+    return {"stage": "student", "status": "completed", "aug": "fc", "alpha": alpha, "seed": 0, "loss": loss.upper(),
+            "final_top1": top1, "epochs": 2, "overrides": {"loss": loss}, "test_images": 360,
+            "history": [{"epoch": e, "test/top1": top1} for e in (1, 2)]}
+
+
+def test_over_two_alphas_each_loss_is_a_line_on_an_axis_that_names_the_losses():
+    from kd.report.axes import row_axis
+    from kd.report.figures import plot_top1_by_alpha
+    from kd.report.table import format_tables
+
+    students = [synthetic(loss, alpha, 50 + alpha + i) for i, loss in enumerate(("kd", "fsp")) for alpha in (0.5, 1.0)]
+    assert row_axis(students) == "loss"
+    (ax,) = plot_top1_by_alpha(students, "final_top1", "", row_axis(students)).axes
+    assert ax.get_legend_handles_labels()[1] == ["fsp", "kd"]  # sorted: these results have no sweep dir to say its order
+    assert "KD: T²·KL" in ax.get_xlabel() and "FSP: FSP's term" in ax.get_xlabel()
+    assert "*" not in format_tables(students[:1])  # one cell: nothing to compare

@@ -147,6 +147,7 @@ def table_records(results: list[dict[str, Any]], metric: str = "final_top1", row
     rows, alphas = grid_axes(cells, row_order(results, row))
     means = {k: estimate(c["values"]).mean for k, c in cells.items() if c["values"]}
     best = {k for k, m in means.items() if m == max(means.values())} if len(means) > 1 else set()  # a tie: each
+    one_aug = next((r["aug"] for r in results if r.get("stage") == "student"), None)  # rows of another key: its aug
     records = []
     for value in rows:
         for alpha in alphas:
@@ -154,13 +155,11 @@ def table_records(results: list[dict[str, Any]], metric: str = "final_top1", row
             e = estimate(cell["values"]) if cell["values"] else None
             done = {trained(r) for r in cell["results"] if r.get("status") == "completed" and "epochs" in r}
             main, first = done.pop() if len(done) == 1 else (None, None)
-            records.append({"quantity": metric, "aug": value, row: value, "alpha": alpha,
+            records.append({"quantity": metric, "aug": value if row == "aug" else one_aug, row: value, "alpha": alpha,
                             "mean": None if e is None else e.mean,
                             "ci95_half_width": None if e is None else e.half_width, "n": len(cell["values"]),
                             "failed": cell["failed"], "interrupted": cell["interrupted"], "missing": cell["missing"],
                             "best": (value, alpha) in best, "epochs": main, "first_stage_epochs": first})
-            if row != "aug":  # the sweep keeps one aug: the row is another key's value
-                records[-1]["aug"] = next(r["aug"] for r in results if r.get("stage") == "student")
     for aug in (r for r in rows if row == "aug" and r != "none" and "none" in rows):
         for alpha in alphas:
             none, other = cells.get(("none", alpha)), cells.get((aug, alpha))

@@ -125,6 +125,7 @@ def cli() -> None:
     """`python kd/train.py` and `kd-train`: the Hydra app, where Ctrl-C and SIGTERM end in one line that says what
     was kept and the command that resumes, not a traceback (kd/runs/interrupts.py)."""
     from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
+    from kd.runs.swept_group_keys import one_value_sweeps
     from kd.runs.torch_pair import check_torch_pair
     from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides, config_dirs, split_args
     from kd.training.cpu import share_cores_when_busy, usable_cores
@@ -132,6 +133,9 @@ def cli() -> None:
     flags, overrides = split_args(sys.argv[1:])
     try:
         check_typed_overrides(overrides, config_dirs(flags))
+        if {"-m", "--multirun"} & set(flags):  # `loss=ab,ft loss.first_stage_epochs=2`: kd/runs/swept_group_keys.py
+            given = dict(zip(overrides, one_value_sweeps(overrides)))
+            sys.argv = [sys.argv[0]] + [given.get(arg, arg) for arg in sys.argv[1:]]
     except TypedOverrideError as err:
         raise SystemExit(f"Error: {err}. Fix that override and rerun; nothing was written.") from None
     if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run

@@ -1,9 +1,12 @@
-"""A sweep's dimensions beyond the table's own (aug, alpha, seed): every other swept key is one.
+"""A sweep's dimensions: a table's rows (`row_axis`), its columns (alpha), its intervals (seed), and the other
+swept keys, each combination of whose values is a table of its own.
 
-A cell's swept keys are its defining overrides (kd/runs/overrides.py). A key whose value differs between
-the sweep's students (`pair`, `loss`, `loss.beta`, `model`, `data.train_size`, ...) splits the report into one table per combination of its values: two
-betas are two tables, never a 2-seed interval. Cells that still collide (same aug, alpha and seed in
-one table) are refused by kd/report/table.py instead of being pooled.
+A cell's swept keys are its defining overrides (kd/runs/overrides.py). The rows are aug where the sweep varies it
+(the paper's table); in a sweep that keeps one aug they are its first other swept key as typed (`loss=kd,dkd,fsp`:
+one table comparing the losses). A further key whose value differs between the sweep's students (`pair`, `loss.beta`,
+`model`, `data.train_size`, ...) splits the report into one table per combination of its values: two betas are two
+tables, never a 2-seed interval. Cells that still collide (same row, alpha and seed in one table) are refused by
+kd/report/table.py instead of being pooled.
 """
 from __future__ import annotations
 
@@ -19,6 +22,21 @@ def other_axes(students: list[dict[str, Any]], exclude: tuple[str, ...] = ()) ->
     """The swept keys besides aug, alpha, seed and `exclude` whose value differs between the students, sorted."""
     keys = {k for r in students for k in r.get("overrides", {}) if k not in (*TABLE_KEYS, *exclude, "stage")}
     return sorted(k for k in keys if len({r.get("overrides", {}).get(k, DEFAULT) for r in students}) > 1)
+
+
+def row_axis(students: list[dict[str, Any]]) -> str:
+    """The key whose values are a table's rows: aug, unless the sweep keeps one aug and varies another key (the
+    first of them as typed, then by name)."""
+    if len({r["aug"] for r in students}) > 1:
+        return "aug"
+    others = other_axes(students)
+    typed = list(typed_order(students))
+    return min(others, key=lambda k: (typed.index(k) if k in typed else len(typed), k), default="aug")
+
+
+def row_value(result: dict[str, Any], row: str) -> str:
+    """A cell's row in a table whose rows are `row` (row_axis)."""
+    return result["aug"] if row == "aug" else result.get("overrides", {}).get(row, DEFAULT)
 
 
 def split_by_axes(students: list[dict[str, Any]], exclude: tuple[str, ...] = ()

@@ -10,7 +10,8 @@
 Every difference is paired by seed (kd/report/stats.py). A one-sided claim is *supported* when the whole
 95% interval lies on the claimed side, *contradicted* when it lies wholly on the other side, and
 *inconclusive* otherwise, or with one seed (no interval). "Matters little" is supported when every
-interval lies inside (-margin, +margin) and contradicted when one lies wholly outside it.
+interval lies inside (-margin, +margin) and contradicted when one lies wholly outside it. A claim that the sweep's
+grid cannot test (no aug=none row, one alpha, fewer than three augmentations) is *not applicable*, with the reason.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from kd.report.diagnostics import SIGNIFICANCE, tstddev_orders_augmentations
 from kd.report.stats import Estimate, estimate, paired
 from kd.report.table import METRICS, grid_cells
 
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_APPLICABLE = "supported", "contradicted", "inconclusive", "not applicable"
 
 
 def seed_values(students: list[dict[str, Any]], metric: str) -> dict[tuple[str, float], dict[int, float]]:
@@ -57,7 +58,21 @@ def _fmt(e: Optional[Estimate]) -> str:
     return e.format(signed=True) + ("" if e.half_width is not None else " (one seed: no interval)")
 
 
+def missing_rows(cells: dict, needed: tuple[str, ...]) -> list[str]:
+    """Why a claim that compares the augmentations `needed` with none cannot be tested on these cells: [] if it can."""
+    augs = sorted({aug for aug, _ in cells})
+    if "none" not in augs:
+        return [f"no aug=none row: the sweep trains aug={', '.join(augs)} only, and this claim compares an "
+                f"augmentation with none; add aug=none to the grid to test it"]
+    if not any(aug in augs for aug in needed):
+        return [f"no aug={' or '.join(needed)} row beside none: the sweep trains aug={', '.join(augs)}"]
+    return []
+
+
 def augmentation_helps(cells: dict, alphas: list[float]) -> tuple[str, list[str]]:
+    reason = missing_rows(cells, ("fc", "fcra"))
+    if reason:
+        return NOT_APPLICABLE, reason
     lines, verdicts = [], []
     for aug in ("fc", "fcra"):
         for alpha in alphas:
@@ -69,6 +84,11 @@ def augmentation_helps(cells: dict, alphas: list[float]) -> tuple[str, list[str]
 
 
 def alpha_matters_little(cells: dict, alphas: list[float], margin: float) -> tuple[str, list[str]]:
+    if not any((aug, a) in cells for aug in ("fc", "fcra") for a in alphas):
+        return NOT_APPLICABLE, [f"no aug=fc or fcra row: the sweep trains aug={', '.join(sorted({a for a, _ in cells}))}"]
+    if not any(len([a for a in alphas if (aug, a) in cells]) > 1 for aug in ("fc", "fcra")):
+        return NOT_APPLICABLE, [f"one α ({', '.join(f'{a:g}' for a in alphas)}) per augmentation: the claim compares "
+                                f"α's; sweep alpha over several values to test it"]
     lines, verdicts = [], []
     for aug in ("fc", "fcra"):
         present = [a for a in alphas if (aug, a) in cells]
@@ -88,8 +108,9 @@ def alpha_matters_little(cells: dict, alphas: list[float], margin: float) -> tup
 def pure_kd_gains_least(cells: dict, alphas: list[float]) -> tuple[str, list[str]]:
     gains = {a: {s: v - cells["none", a][s] for s, v in cells["fcra", a].items() if s in cells["none", a]}
              for a in alphas if ("fcra", a) in cells and ("none", a) in cells}
-    if 1.0 not in gains or len(gains) < 2:
-        return INCONCLUSIVE, ["needs fcra and none at α=1 and at another α"]
+    reason = missing_rows(cells, ("fcra",))
+    if reason or 1.0 not in gains or len(gains) < 2:
+        return NOT_APPLICABLE, reason or ["needs aug=fcra and none at α=1 and at another α"]
     lines, verdicts = [f"gain (fcra − none) at α=1: {_fmt(estimate(list(gains[1.0].values())))}"], []
     for alpha in sorted(a for a in gains if a != 1.0):
         e = paired(gains[alpha], gains[1.0])
@@ -113,23 +134,37 @@ def claim_sections(students: list[dict[str, Any]], metric: str, margin: float) -
 
 
 def write_claims(students: list[dict[str, Any]], metric: str, sweep_dir: Path, margin: float = 1.0) -> Path:
-    """claims.md: the claims checked once per combination of the sweep's other axes (pair, loss, ...), never pooled."""
+    """claims.md: the claims checked once per combination of the sweep's other axes (pair, loss, ...), never pooled;
+    a claim that no combination can test is said once, with its reason."""
     slices = split_by_axes(students)
     seeds = sorted({int(r["seed"]) for r in students if r.get("status") == "completed"})
     lines = [f"# The paper's claims, checked on sweep `{sweep_dir}`", "",
              f"Metric: {METRICS[metric]}. Seeds: {', '.join(map(str, seeds))} (n={len(seeds)}). "
              f"Intervals: 95% Student t over seeds, each difference paired by seed. A claim is *supported* when "
              f"its intervals lie wholly on its side, *contradicted* when one lies wholly on the other, "
-             f"*inconclusive* otherwise (one seed gives no interval, so it is always inconclusive).", ""]
-    if len(slices) > 1:
+             f"*inconclusive* otherwise (one seed gives no interval, so it is always inconclusive); *not applicable* "
+             f"where the sweep's grid cannot test it.", ""]
+    checked = [(label, claim_sections(part, metric, margin)) for label, part in slices]
+    untestable = {title for title, _ in checked[0][1]
+                  if all(verdict == NOT_APPLICABLE for _, sections in checked for t, (verdict, _) in sections
+                         if t == title)}
+    for title, (verdict, _) in checked[0][1]:
+        if title in untestable:  # said once: the grid's reason, not one slice's (each slice's, if they differ)
+            reasons = dict.fromkeys(d for _, sections in checked for t, (_, details) in sections if t == title
+                                    for d in details)
+            lines += [f"## {title}: **{verdict}**", ""] + [f"- {d}" for d in reasons] + [""]
+    if len(slices) > 1 and len(untestable) < len(checked[0][1]):
         lines += [f"Checked separately for each {' and '.join(other_axes(students))} of the sweep (never pooled).", ""]
-    for label, part in slices:
+    for label, sections in checked:
+        if len(untestable) == len(sections):
+            break
         level = "##"
         if label:
             lines += [f"## {label}", ""]
             level = "###"
-        for title, (verdict, details) in claim_sections(part, metric, margin):
-            lines += [f"{level} {title}: **{verdict}**", ""] + [f"- {d}" for d in details] + [""]
+        for title, (verdict, details) in sections:
+            if title not in untestable:
+                lines += [f"{level} {title}: **{verdict}**", ""] + [f"- {d}" for d in details] + [""]
     path = sweep_dir / "claims.md"
     path.write_text("\n".join(lines))
     return path

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 from kd.report.claims import write_claims
 from kd.report.diagnostics import format_diagnostics, has_diagnostics, write_diagnostics
 from kd.report.figures import plot_curves, plot_gains, plot_top1_by_alpha, test_images
-from kd.report.axes import other_axes, split_by_axes
+from kd.report.axes import other_axes, row_axis, split_by_axes
+from kd.report.epochs import epochs_of, uniform
 from kd.runs.overrides import cell_overrides, parse_overrides
 from kd.report.provenance import sweep_provenance
 from kd.runs.results import RESULTS_FILE, collect_sweep
@@ -125,7 +126,8 @@ def describe_sweep(students: list[dict[str, Any]]) -> str:
     teacher = teacher_accuracy(students)
     teacher_top1 = f" ({teacher})" if teacher is not None else ""
     spread = f"mean ± 95% interval over {seeds} seeds" if seeds > 1 else "1 seed"
-    epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
+    epochs = ("epochs as the table's epochs column says" if not uniform(students) else
+              epochs_of(students, unit=True) or f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else ""))
     n_test = test_images(students)
     data = f"{r['data']} ({n_test} test images)" if n_test is not None else r["data"]
     return f"{r['model']} student, {r['teacher']} teacher{teacher_top1}, {data}, {epochs}; {spread}"
@@ -139,26 +141,31 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows)
+    row = row_axis(students)
+    rows = ("the augmentation of the student's training data" if row == "aug" else
+            f"{row}, each value as typed (the sweep keeps one augmentation: aug={students[0]['aug']})")
     lines = [
         f"# Knowledge distillation x augmentation: sweep `{sweep_dir}`",
         "",
-        f"Students' {METRICS[metric]} (%, `{metric}`); rows: the augmentation of the student's training data; "
-        f"columns: α in (1 − α)·CE + α·(the distiller's term).",
+        f"Students' {METRICS[metric]} (%, `{metric}`); rows: {rows}; columns: α in (1 − α)·CE + α·(the distiller's "
+        f"term).",
         "",
     ]
-    slices = split_by_axes(students)
+    slices = split_by_axes(students, exclude=(row,))
     for label, part in slices:
         if label:
             lines += [f"## {label}", ""]
-        lines += [describe_sweep(part) + ".", "", format_table(part, metric), ""]
-    lines += [f"`*` best cell of its table (every one of a tie). {GAINS_LEGEND} "
+        lines += [describe_sweep(part) + ".", "", format_table(part, metric, row), ""]
+    lines += [f"`*` best cell of its table (every one of a tie), where it has several. "
+              + (GAINS_LEGEND + " " if row == "aug" else "")
+              + "`epochs`: the main epochs, and a first stage's (AB, FSP, FT) where one ran before them. "
               "`failed` / `missing`: no result (never counted as 0). The paper's claims, checked: "
               "[claims.md](claims.md)." + (" Why the gains are what they are (the teacher's T. stddev, fidelity): "
                                            "[diagnostics.md](diagnostics.md)." if has_diagnostics(students) else ""),
               ""]
     if len(slices) > 1:
-        lines.insert(4, f"One table per {' and '.join(other_axes(students))}: cells that differ in them are never "
-                        f"pooled.\n")
+        lines.insert(4, f"One table per {' and '.join(a for a in other_axes(students) if a != row)}: cells that "
+                        f"differ in them are never pooled.\n")
     provenance, warnings = sweep_provenance(students)
     lines += [f"- {line}" for line in provenance] + [f"- **warning:** {w}" for w in warnings] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
@@ -179,30 +186,45 @@ def slice_suffix(label: str) -> str:
     return "" if not label else "_" + file_safe(label)
 
 
+def gain_points(part: list[dict[str, Any]]) -> int:
+    """How many (augmentation, alpha) gains over none the gains figure would draw."""
+    done = {(r["aug"], float(r["alpha"])) for r in part if r["status"] == "completed"}
+    return sum(1 for aug, alpha in done if aug != "none" and ("none", alpha) in done)
+
+
 def write_figures(students: list[dict[str, Any]], metric: str, alpha: float, sweep_dir: Path) -> list[Path]:
-    """The figures that the sweep has data for, per combination of its other axes (file names suffixed by
-    it); says so when the curves' alpha is not in it."""
+    """The figures that the sweep has data for, per table (file names suffixed by its other axes): each only
+    where its x axis has more than one point (alphas, gains, epochs); says so when the curves' alpha is not in it."""
     written = []
-    for label, part in split_by_axes(students):
+    row = row_axis(students)
+    for label, part in split_by_axes(students, exclude=(row,)):
         completed = [r for r in part if r["status"] == "completed"]
         if not completed:
             continue
         suffix = slice_suffix(label)
         subtitle = describe_sweep(part) + (f"; {label}" if label else "")
-        figures = {f"top1_by_alpha{suffix}.png": plot_top1_by_alpha(part, metric, subtitle)}
-        if any(r["aug"] == "none" for r in completed) and any(r["aug"] != "none" for r in completed):
+        alphas = sorted({float(r["alpha"]) for r in completed})
+        figures = {}
+        if len(alphas) > 1:
+            figures[f"top1_by_alpha{suffix}.png"] = plot_top1_by_alpha(part, metric, subtitle, row)
+        if row == "aug" and gain_points(part) > 1:
             figures[f"gains_by_alpha{suffix}.png"] = plot_gains(part, metric, subtitle)
-        if any(float(r["alpha"]) == alpha for r in completed):
-            figures[f"test_top1_curves_alpha{file_safe(f'{alpha:g}')}{suffix}.png"] = plot_curves(part, alpha,
-                                                                                                    subtitle)
-        else:
-            alphas = ", ".join(f"{a:g}" for a in sorted({float(r["alpha"]) for r in completed}))
+        if alpha not in alphas:
             print(f"no curves figure{' for ' + label if label else ''}: no completed job at alpha={alpha:g} "
-                  f"(completed alphas: {alphas}); pick one with --alpha")
+                  f"(completed alphas: {', '.join(f'{a:g}' for a in alphas)}); pick one with --alpha")
+        elif max(len(r.get("history") or []) for r in completed) > 1:
+            figures[f"test_top1_curves_alpha{file_safe(f'{alpha:g}')}{suffix}.png"] = plot_curves(part, alpha,
+                                                                                                    subtitle, row)
         for name, fig in figures.items():
             fig.savefig(sweep_dir / name, dpi=150)
         written += [sweep_dir / name for name in figures]
     return written
+
+
+def curves_alpha(students: list[dict[str, Any]]) -> float:
+    """The curves' alpha when --alpha is not given: the sweep's only alpha, else 0.25."""
+    alphas = {float(r["alpha"]) for r in students}
+    return alphas.pop() if len(alphas) == 1 else 0.25
 
 
 def write_report(students: list[dict[str, Any]], sweep_dir: Path, alpha: float, metric: str) -> list[Path]:
@@ -217,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd-report", description=__doc__.split("\n")[0],
                                      epilog="Offline W&B runs (the teachers' too) upload with: kd-sync <sweep dir>")
     parser.add_argument("sweep_dir", type=Path, help="a multirun dir: one job dir per grid cell")
-    parser.add_argument("--alpha", type=float, default=0.25, help="alpha of the per-epoch curves (default 0.25)")
+    parser.add_argument("--alpha", type=float, help="alpha of the per-epoch curves (default: the sweep's only alpha, "
+                                                    "else 0.25)")
     parser.add_argument("--metric", choices=list(METRICS), default="final_top1",
                         help="final_top1 (default); test_top1_at_best_val (the epoch picked on val: needs a sweep "
                              "with data.val_size or a folder's val/); best_top1 (picked on test: optimistic)")
@@ -239,8 +262,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (NotASweepError, MetricUnavailableError) as err:
         print(f"kd-report: error: {err}", file=sys.stderr)
         return 2
+    alpha = args.alpha if args.alpha is not None else curves_alpha(students)
     try:
-        written = write_report(students, args.sweep_dir, args.alpha, args.metric)
+        written = write_report(students, args.sweep_dir, alpha, args.metric)
     except PooledCellsError as err:
         print(f"kd-report: error: {err}", file=sys.stderr)
         return 2
@@ -264,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print(f"W&B report run (the grid table, figures, claims.md) logged offline in {offline}; upload it "
                       f"with the sweep's runs: kd-sync {args.sweep_dir}")
             claims = next(p for p in written if p.name == "claims.md").read_text()
-            print(f"W&B report: {publish(students, args.sweep_dir, args.alpha, args.metric, args.entity, claims)}")
+            print(f"W&B report: {publish(students, args.sweep_dir, alpha, args.metric, args.entity, claims)}")
         except ReportError as err:
             print(f"kd-report: error: {err}; the local files were written: {', '.join(p.name for p in written)}",
                   file=sys.stderr)

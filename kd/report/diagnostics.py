@@ -19,7 +19,7 @@ from typing import Any, Optional
 from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
-from kd.report.axes import split_by_axes
+from kd.report.axes import row_axis, row_value, split_by_axes, typed_order
 from kd.report.stats import Estimate, estimate, paired
 from kd.report.table import AUG_ORDER
 
@@ -35,7 +35,7 @@ COLUMNS = [
     ("test/loss", "S. test loss", 3),
 ]
 SIGNIFICANCE = 0.05
-SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_APPLICABLE = "supported", "contradicted", "inconclusive", "not applicable"
 
 
 def cell_value(result: dict[str, Any], key: str) -> Optional[float]:
@@ -53,14 +53,16 @@ def view_of(result: dict[str, Any]) -> str:
     return result.get("teacher_view") or result.get("config", {}).get("trainer", {}).get("teacher_view", "same")
 
 
-def diagnostic_cells(students: list[dict[str, Any]], metric: str) -> dict[tuple[str, str, float], dict[str, dict]]:
-    """{(aug, view, alpha): {key: {seed: value}}} over the completed students, the metric included (alpha=0 too,
-    for the gains; its diagnostics stay empty)."""
-    cells: dict[tuple[str, str, float], dict[str, dict]] = {}
+def diagnostic_cells(students: list[dict[str, Any]], metric: str, row: str = "aug"
+                     ) -> dict[tuple[str, str, str, float], dict[str, dict]]:
+    """{(row value, aug, view, alpha): {key: {seed: value}}} over the completed students, the metric included (alpha=0
+    too, for the gains; its diagnostics stay empty); the row value is "" where the table's rows are the augmentations."""
+    cells: dict[tuple[str, str, str, float], dict[str, dict]] = {}
     for r in students:
         if r.get("stage") != "student" or r.get("status") != "completed":
             continue
-        cell = cells.setdefault((r["aug"], view_of(r), float(r["alpha"])), {})
+        group = "" if row == "aug" else row_value(r, row)
+        cell = cells.setdefault((group, r["aug"], view_of(r), float(r["alpha"])), {})
         for key in [k for k, _, _ in COLUMNS] + [metric]:
             value = cell_value(r, key)
             if value is not None:
@@ -74,8 +76,9 @@ def has_diagnostics(students: list[dict[str, Any]]) -> bool:
 
 
 def slices(students: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The sweep split by its other axes, the teacher's view excepted (it is a row of the table)."""
-    return split_by_axes(students, exclude=(VIEW_KEY,))
+    """The sweep split by its other axes, the teacher's view and the gains table's rows (loss=kd,dkd,...) excepted:
+    they are columns of the table."""
+    return split_by_axes(students, exclude=(VIEW_KEY, row_axis(students)))
 
 
 def _fmt(e: Optional[Estimate], decimals: int, signed: bool = False) -> str:
@@ -86,16 +89,19 @@ def _fmt(e: Optional[Estimate], decimals: int, signed: bool = False) -> str:
     return text if e.half_width is None else f"{text} ± {e.half_width:.{decimals}f}"
 
 
-def _rows(part: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    cells = diagnostic_cells(part, metric)
-    augs = {aug for aug, _, _ in cells}
+def _rows(part: list[dict[str, Any]], metric: str, row: str = "aug") -> list[dict[str, Any]]:
+    cells = diagnostic_cells(part, metric, row)
+    augs = {aug for _, aug, _, _ in cells}
     order = {a: i for i, a in enumerate(AUG_ORDER + sorted(augs - set(AUG_ORDER)))}
+    typed = typed_order(part).get(row, [])
+    groups = {g: typed.index(g) if g in typed else len(typed) for g, _, _, _ in cells}
     rows = []
-    for (aug, view, alpha), cell in sorted(cells.items(), key=lambda kv: (kv[0][2], kv[0][1], order[kv[0][0]])):
+    for (group, aug, view, alpha), cell in sorted(cells.items(), key=lambda kv: (
+            kv[0][3], groups[kv[0][0]], kv[0][0], kv[0][2], order[kv[0][1]])):
         if alpha == 0 or "diag/teacher_top1" not in cell:  # T. stddev alone may be missing: one batch an epoch
             continue
-        none = cells.get(("none", view, alpha), {}).get(metric)
-        rows.append({"aug": aug, "teacher_view": view, "alpha": alpha,
+        none = cells.get((group, "none", view, alpha), {}).get(metric)
+        rows.append({row: group, "aug": aug, "teacher_view": view, "alpha": alpha,
                      **{key: estimate(list(cell[key].values())) if key in cell else None for key, _, _ in COLUMNS},
                      metric: estimate(list(cell[metric].values())),
                      "gain": paired(cell[metric], none) if none is not None and aug != "none" else None})
@@ -105,12 +111,15 @@ def _rows(part: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
 def format_diagnostics(students: list[dict[str, Any]], metric: str) -> str:
     """One Markdown table per slice of the sweep's other axes; "" when no cell has diagnostics."""
     out = []
+    row = row_axis(students)
+    lead = [] if row == "aug" else [row]  # the gains table's rows, where they are not the augmentations
     for label, part in slices(students):
-        rows = _rows(part, metric)
+        rows = _rows(part, metric, row)
         if not rows:
             continue
-        header = ["aug", "teacher view", "α", *(title for _, title, _ in COLUMNS), "S. top-1 (%)", "gain vs none"]
-        body = [[r["aug"], r["teacher_view"], f"{r['alpha']:g}",
+        header = [*lead, "aug", "teacher view", "α", *(title for _, title, _ in COLUMNS), "S. top-1 (%)",
+                  "gain vs none"]
+        body = [[*(r[k] for k in lead), r["aug"], r["teacher_view"], f"{r['alpha']:g}",
                  *(_fmt(r[key], d) for key, _, d in COLUMNS), _fmt(r[metric], 2), _fmt(r["gain"], 2, signed=True)]
                 for r in rows]
         widths = [max(len(str(x)) for x in column) for column in zip(header, *body)]
@@ -122,11 +131,14 @@ def format_diagnostics(students: list[dict[str, Any]], metric: str) -> str:
 
 def csv_rows(students: list[dict[str, Any]], metric: str) -> tuple[list[str], list[dict[str, Any]]]:
     keys = [k for k, _, _ in COLUMNS] + [metric, "gain"]
-    columns = ["slice", "aug", "teacher_view", "alpha"] + [f"{k}{s}" for k in keys for s in ("", "_ci95", "_n")]
+    row = row_axis(students)
+    lead = [] if row == "aug" else [row]
+    columns = ["slice", *lead, "aug", "teacher_view", "alpha"] + [f"{k}{s}" for k in keys for s in ("", "_ci95", "_n")]
     records = []
     for label, part in slices(students):
-        for r in _rows(part, metric):
-            record = {"slice": label, "aug": r["aug"], "teacher_view": r["teacher_view"], "alpha": r["alpha"]}
+        for r in _rows(part, metric, row):
+            record = {"slice": label, **{k: r[k] for k in lead}, "aug": r["aug"], "teacher_view": r["teacher_view"],
+                      "alpha": r["alpha"]}
             for key in keys:
                 e = r[key]
                 record.update({key: e.mean if e else "", f"{key}_ci95": (e.half_width if e and e.half_width is not None
@@ -161,6 +173,10 @@ def tstddev_orders_augmentations(part: list[dict[str, Any]], metric: str) -> tup
     series = _series(part, metric)
     if not series:
         return INCONCLUSIVE, ["no cell with diagnostics (they need alpha > 0, and results of a kd that records them)"]
+    if all(len(points) < 2 for points in series.values()):
+        augs = sorted({aug for points in series.values() for aug, *_ in points})
+        return NOT_APPLICABLE, [f"one augmentation level (aug={', '.join(augs)}): the claim ranks the augmentations; "
+                                f"a rank correlation needs at least 3"]
     lines, verdicts = [], []
     for (view, alpha), points in sorted(series.items()):
         augs = ", ".join(f"{aug} {t:.5f}/{loss:.3f}" for aug, t, loss, _ in points)
@@ -190,7 +206,7 @@ def plot_tstddev(part: list[dict[str, Any]], metric: str, subtitle: str) -> Opti
     """The students' test loss against the teacher's T. stddev, one series per (teacher view, alpha), each
     point an augmentation level, its rank correlation in the legend (Wang et al.'s Figure 1b)."""
     series = _series(part, metric)
-    if not series:
+    if all(len(points) < 2 for points in series.values()):  # one augmentation: nothing along T. stddev
         return None
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()

@@ -19,8 +19,9 @@ from typing import Any
 from matplotlib.figure import Figure  # not pyplot: no global backend or figure state, PNGs via Agg
 from matplotlib.ticker import MaxNLocator
 
+from kd.report.axes import row_value
 from kd.report.stats import estimate, paired
-from kd.report.table import grid_axes, grid_cells, teacher_accuracy
+from kd.report.table import grid_axes, grid_cells, row_order, teacher_accuracy
 
 AUG_STYLE = {  # one color and label per augmentation level, the same in every figure
     "none": ("tab:gray", "none"),
@@ -42,6 +43,23 @@ METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "test_top1_at_best_
 
 def _style(aug: str) -> tuple[str, str]:
     return AUG_STYLE.get(aug, ("tab:purple", aug))
+
+
+def _row_styles(values: list[str], row: str) -> dict[str, tuple[str, str]]:
+    """Each row's (color, label): an augmentation's own everywhere; another key's values (losses, pairs) in
+    matplotlib's default cycle, in the table's order."""
+    if row == "aug":
+        return {v: _style(v) for v in values}
+    return {v: (f"C{i % 10}", v) for i, v in enumerate(values)}
+
+
+def alpha_label(students: list[dict[str, Any]]) -> str:
+    """The α axis in the words of the losses the figure shows (results.json's `loss`: the distiller's class)."""
+    names = sorted({r["loss"] for r in students if r.get("loss")}) or ["KD"]
+    terms = ["T²·KL" if n == "KD" else f"{n}'s term" for n in names]
+    if len(names) == 1:
+        return f"α, weight of the {names[0]} term: (1 − α)·CE + α·{terms[0]}"
+    return f"α, weight of each loss's term: (1 − α)·CE + α·term ({', '.join(f'{n}: {t}' for n, t in zip(names, terms))})"
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
@@ -81,15 +99,17 @@ def _caption(fig: Figure, missing: list[str], n_test: int | None) -> None:
     fig.tight_layout(rect=(0, 0.03 * len(lines), 1, 1))
 
 
-def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: str) -> Figure:
-    """Figure 1: one line per augmentation level over alpha, with the teacher for reference."""
-    cells = grid_cells(students, metric)
-    augs, alphas = grid_axes(cells)
+def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: str, row: str = "aug") -> Figure:
+    """Figure 1: one line per row of the table (augmentation level, or loss, ...) over alpha, with the teacher
+    for reference."""
+    cells = grid_cells(students, metric, row)
+    augs, alphas = grid_axes(cells, row_order(students, row))
+    styles = _row_styles(augs, row)
     fig = Figure(figsize=(9, 4.8))
     ax = fig.subplots()
     missing, drawn = [], []
     for aug in augs:
-        color, label = _style(aug)
+        color, label = styles[aug]
         mean, std = [], []  # NaN where a cell has no result: the line breaks there instead of bridging it
         for alpha in alphas:
             cell = cells.get((aug, alpha))
@@ -117,26 +137,30 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
     n_test = test_images(students)
     ax.set_ylim(*y_range(drawn, n_test))
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
-    ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
+    ax.set_xlabel(textwrap.fill(alpha_label(students), 90), fontsize=9)
     ax.set_ylabel(METRIC_LABEL[metric])
-    ax.set_title("Student top-1 by α per augmentation\n" + textwrap.fill(subtitle, 70), fontsize=10)
+    ax.set_title(f"Student top-1 by α per {'augmentation' if row == 'aug' else row}\n" + textwrap.fill(subtitle, 70),
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(title="augmentation" if row == "aug" else row, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _caption(fig, missing, n_test)
     return fig
 
 
-def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> Figure:
-    """Figure 3: test top-1 per epoch at one alpha, one line (± 95% interval band over seeds) per augmentation
-    level of the sweep; left the whole run, right its last epochs, where the final gap shows."""
-    augs, _ = grid_axes(grid_cells(students))
+def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str, row: str = "aug") -> Figure:
+    """Figure 3: test top-1 per epoch at one alpha, one line (± 95% interval band over seeds) per row of the
+    table (augmentation level, or loss, ...); left the whole run, right its last epochs, where the final gap shows.
+    A first stage's epochs are not drawn: the main schedule's epoch 1 is the first point of every line."""
+    augs, _ = grid_axes(grid_cells(students, row=row), row_order(students, row))
+    styles = _row_styles(augs, row)
     epochs_run = max((len(r["history"]) for r in students if r["status"] == "completed"), default=0)
     zoom = epochs_run >= MIN_ZOOM_EPOCHS  # a short run's last quarter is an epoch or two: nothing to zoom into
     fig = Figure(figsize=(11, 4.8) if zoom else (8, 4.8))
     whole, last = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]}) if zoom else (fig.subplots(),) * 2
     missing, tail, tail_start, whole_values, last_epoch = [], [], None, [], 1
     for aug in augs:
-        runs = [r for r in students if r["aug"] == aug and float(r["alpha"]) == alpha and r["status"] == "completed"]
+        runs = [r for r in students
+                if row_value(r, row) == aug and float(r["alpha"]) == alpha and r["status"] == "completed"]
         if not runs:
             missing.append(f"{aug} α={alpha:g}")
             continue
@@ -150,7 +174,9 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
         start = min(epochs - 1, int(epochs * (1 - ZOOM_EPOCHS)))
         tail_start = start if tail_start is None else min(tail_start, start)
         tail += low[start:] + high[start:]
-        color, label = _style(aug)
+        color, label = styles[aug]
+        first = max(int(r.get("first_stage_epochs", 0)) for r in runs)
+        label += f" (after {first} first-stage epochs)" if first else ""
         for ax in dict.fromkeys((whole, last)):
             ax.plot(x, [m for m, _ in stats], color=color, label=label, marker="o" if epochs < 30 else None,
                     markersize=3)
@@ -171,7 +197,7 @@ def plot_curves(students: list[dict[str, Any]], alpha: float, subtitle: str) -> 
         ax.grid(alpha=0.3)
     whole.set_ylabel("test top-1 (%)")
     fig.suptitle(f"Test top-1 per epoch at α={alpha:g}\n" + textwrap.fill(subtitle, 90), fontsize=10)
-    last.legend(title="augmentation", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    last.legend(title="augmentation" if row == "aug" else row, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     _caption(fig, missing, n_test)
     return fig
 
@@ -208,7 +234,7 @@ def plot_gains(students: list[dict[str, Any]], metric: str, subtitle: str) -> Fi
     # spread along an axis that reads as alpha
     ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
     ax.set_xlim(-0.5, len(alphas) - 0.5)
-    ax.set_xlabel("α, weight of the KD term: (1 − α)·CE + α·T²·KL")
+    ax.set_xlabel(textwrap.fill(alpha_label(students), 90), fontsize=9)
     ax.set_ylabel("gain over none (points of " + METRIC_LABEL[metric] + ")", fontsize=8)
     ax.set_title("Gain of each augmentation over none, paired by seed" + (" (95% intervals)" if intervals else "")
                  + "\n" + textwrap.fill(subtitle, 70), fontsize=10)

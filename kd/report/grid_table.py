@@ -1,4 +1,5 @@
-"""Hydra callback that prints the Table-1-style grid when a multirun ends."""
+"""Hydra callback that prints the Table-1-style grid when a multirun ends: the tables kd-report prints (rows the
+augmentations, or the swept key that a one-augmentation grid compares), with what each cell trained for."""
 from __future__ import annotations
 
 import time
@@ -10,6 +11,7 @@ from omegaconf import DictConfig
 
 from kd.training.progress import duration
 from kd.runs.results import collect_sweep
+from kd.report.epochs import epochs_of, uniform
 from kd.report.table import METRICS, VAL_METRICS, format_tables
 
 
@@ -34,6 +36,8 @@ def print_grid_table(sweep_dir: Path, wall_s: Optional[float] = None) -> None:
     print(f"\nTest top-1 (%) of the students, final epoch; sweep {sweep_dir}{took}")
     if teachers:
         print(f"teacher: {', '.join(teachers)}")
+    if uniform(students) and epochs_of(students) is not None:  # otherwise each table has an epochs column
+        print(f"epochs: {epochs_of(students)}")
     print(format_tables(students))
     completed = [r for r in students if r.get("status") == "completed"]
     for metric in VAL_METRICS:  # with a val split, also the epoch picked honestly

@@ -97,7 +97,8 @@ def test_where_compilation_is_off_the_plan_says_why():
     assert plan().mode == "default"
     assert plan("trainer.graph_capture=true").captures
     assert plan("trainer.graph_capture=true", device="cpu") == CompilePlan(
-        None, "torch.compile is used on CUDA only; cpu runs eagerly")
+        None, "trainer.compile=true and trainer.graph_capture=true: used on CUDA only, off on cpu, which runs eagerly")
+    assert plan(device="cpu").why == "trainer.compile=true: used on CUDA only, off on cpu, which runs eagerly"
     assert plan("trainer.compile=false").why == "trainer.compile=false"
     assert plan("trainer.graph_capture=true", "trainer.pack_mode=stacked").captures  # its grouped network
 
@@ -108,9 +109,13 @@ def test_graph_capture_without_compile_is_refused_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "trainer.graph_capture=true" in proc.stderr and "set trainer.compile=true" in proc.stderr
     assert not (tmp_path / "run" / "results.json").exists()
-    ok = run_cli([*FAST, "trainer.graph_capture=true", f"hydra.run.dir={tmp_path}/ok"], cwd=tmp_path)
+    ok = run_cli([*FAST, "trainer.graph_capture=true", "aug=fc", "trainer.augment_scope=epoch",
+                  f"hydra.run.dir={tmp_path}/ok"], cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "step: eager (torch.compile is used on CUDA only; cpu runs eagerly)" in ok.stderr + ok.stdout
+    # Both switches asked for something this CPU run does not do as on a GPU: the log says so, once each.
+    log = (tmp_path / "ok" / "train.log").read_text()
+    assert "step: eager (trainer.compile=true and trainer.graph_capture=true: used on CUDA only, off on cpu" in log
+    assert "augmentation: fc over the whole training split once per epoch (trainer.augment_scope=epoch" in log
 
 
 def test_under_graph_capture_the_optimizer_step_stays_eager_with_a_float_learning_rate():

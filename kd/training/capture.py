@@ -76,7 +76,8 @@ def plan_compile(trainer: DictConfig, device: torch.device) -> CompilePlan:
     if not trainer.compile:
         return CompilePlan(None, "trainer.compile=false")
     if device.type != "cuda":
-        return CompilePlan(None, f"torch.compile is used on CUDA only; {device.type} runs eagerly")
+        asked = "trainer.compile=true and trainer.graph_capture=true" if trainer.graph_capture else "trainer.compile=true"
+        return CompilePlan(None, f"{asked}: used on CUDA only, off on {device.type}, which runs eagerly")
     if trainer.graph_capture:
         return CompilePlan("reduce-overhead", "trainer.graph_capture=true: compiled and captured as CUDA graphs",
                            trainer.batch_size)

@@ -230,6 +230,7 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     update = make_pack(cells, splits.num_classes, device, plan, teacher, example, splits.split("train")[1])
     students = update.students
     aug = instantiate(cfg.aug)
+    log_augmentation(cfg, aug)
     autocast = autocast_for(device, t.bf16)
     train_batches = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=True)
     # Every epoch is measured on test and, where there is one, on val: "best" is picked on val only.
@@ -301,6 +302,18 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 save_checkpoint(s, update.states(i), train_batches.generator, epoch + 1, first_stage_epochs)
         progress.epoch_done(epoch, pack_images / train_s)
     return [s.error if s.error is not None else result(s, t.epochs) for s in students]
+
+
+def log_augmentation(cfg: DictConfig, aug) -> None:
+    """One line of what the training batches are made of: augment_scope=epoch changes the draws, so say it."""
+    name = getattr(aug, "name", None) or type(aug).__name__
+    if isinstance(aug, NoAugment):
+        log.info("augmentation: %s", name)
+    elif cfg.trainer.augment_scope == AugmentScope.epoch:
+        log.info("augmentation: %s over the whole training split once per epoch (trainer.augment_scope=epoch: "
+                 "other draws of the same distribution than per batch, so other numbers)", name)
+    else:
+        log.info("augmentation: %s, drawn per batch (trainer.augment_scope=batch)", name)
 
 
 def log_epoch(s: Student, row: dict, epochs: int) -> None:

@@ -1,6 +1,6 @@
-"""kd's MobileNetV2 and ShuffleNets are RepDistiller's networks: their parameter counts, initial weights,
-state-dict names and logits (their transcription: tests/theirs_mobilenet_shufflenet.py), kd's feature
-layout, and K stacked copies under vmap as kd's stacked packs run them."""
+"""kd's MobileNetV2 and ShuffleNets are RepDistiller's networks: their parameter counts (their initial weights,
+state-dict names and logits: tests/test_models_theirs.py), kd's feature layout, and K stacked copies under
+vmap as kd's stacked packs run them."""
 from __future__ import annotations
 
 import copy
@@ -14,13 +14,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from conftest import compose_config
 from reliability import randomised
 from kd.models import mobilenetv2, shufflenetv1, shufflenetv2
-from theirs_mobilenet_shufflenet import THEIRS
+from repdistiller import network
 
 FAMILY = {"mobilenetv2": mobilenetv2, "shufflev1": shufflenetv1, "shufflev2": shufflenetv2}
 ALL = list(FAMILY)
 
-# sum(p.numel()) at 100 classes of RepDistiller's own code (transcribed as published, counted in a scratch
-# script; tests/theirs_mobilenet_shufflenet.py gives the same). The CRD paper / RepDistiller README round
+# sum(p.numel()) at 100 classes of RepDistiller's own code (as tests/fixtures/repdistiller_networks.json
+# records it). The CRD paper / RepDistiller README round
 # them to MobileNetV2 (0.5) 0.81M, ShuffleNetV1 0.95M, ShuffleNetV2 1.36M.
 PARAMETERS = {"mobilenetv2": 812_836, "shufflev1": 949_258, "shufflev2": 1_355_528}
 
@@ -45,7 +45,7 @@ def shared(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_counts_are_repdistillers(name):
     assert sum(p.numel() for p in shared(name).parameters()) == PARAMETERS[name]
-    assert sum(p.numel() for p in THEIRS[name](100).parameters()) == PARAMETERS[name]
+    assert network(name)["parameters"] == PARAMETERS[name]
 
 
 @pytest.mark.parametrize("size", [32, 16, 8])

@@ -1,5 +1,5 @@
 """kd's WRN, VGG and ResNet50 are RepDistiller's networks: their parameter counts, initial weights, state-dict
-names and logits (their transcription: tests/theirs_wrn_vgg_resnet50.py), and kd's feature layout."""
+names and logits (those two: tests/test_models_theirs.py), and kd's feature layout."""
 from __future__ import annotations
 
 import functools
@@ -10,8 +10,8 @@ from hydra.utils import instantiate
 
 from conftest import compose_config
 from reliability import randomised
+from repdistiller import assert_their_logits, network, weights
 from kd.models import resnetv2, vgg, wrn
-from theirs_wrn_vgg_resnet50 import THEIRS
 
 FAMILIES = {wrn: ["wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"],
             vgg: ["vgg8", "vgg11", "vgg13", "vgg16", "vgg19"],
@@ -19,8 +19,8 @@ FAMILIES = {wrn: ["wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"],
 FAMILY = {name: family for family, names in FAMILIES.items() for name in names}
 ALL = list(FAMILY)
 
-# sum(p.numel()) at 100 classes of RepDistiller's own code (transcribed as published, counted in a scratch
-# script; tests/theirs_wrn_vgg_resnet50.py gives the same). The CRD paper / RepDistiller README round them
+# sum(p.numel()) at 100 classes of RepDistiller's own code (as tests/fixtures/repdistiller_networks.json
+# records it). The CRD paper / RepDistiller README round them
 # to wrn_40_2 2.26M, wrn_16_2 0.70M, wrn_40_1 0.57M, vgg13 9.46M, vgg8 3.96M, ResNet50 23.71M.
 PARAMETERS = {"wrn_16_1": 180_916, "wrn_16_2": 703_284, "wrn_40_1": 569_780, "wrn_40_2": 2_255_156,
               "vgg8": 3_965_028, "vgg11": 9_277_284, "vgg13": 9_462_180, "vgg16": 14_774_436,
@@ -48,17 +48,15 @@ def shared(name: str) -> torch.nn.Module:
 @pytest.mark.parametrize("name", ALL)
 def test_parameter_counts_are_repdistillers(name):
     assert sum(p.numel() for p in shared(name).parameters()) == PARAMETERS[name]
+    assert network(name)["parameters"] == PARAMETERS[name]
 
 
 def test_vgg_pools_a_64x64_input_four_times_as_theirs():
-    torch.manual_seed(0)
-    theirs = randomised(THEIRS["vgg8"](10))
-    ours = vgg.vgg8(10).eval()
-    ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
-        assert ours(x, features=True)[1].feats[-1].shape[-1] == 4  # block4 at 4x4, as on 32x32
+    ours = vgg.vgg8(100)
+    ours.load_state_dict(weights("vgg8"))
+    assert_their_logits(ours, "vgg8", size=64)
+    with torch.no_grad():  # block4 at 4x4, as on 32x32
+        assert ours(torch.zeros(1, 3, 64, 64, dtype=torch.float64), features=True)[1].feats[-1].shape[-1] == 4
 
 
 @pytest.mark.parametrize("size", [32, 16])

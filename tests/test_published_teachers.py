@@ -1,5 +1,7 @@
 """Teachers from other code bases (RepDistiller/mdistiller's published checkpoints, written by PyTorch 0.4.0;
-state dicts bare or wrapped as training scripts save them) load into kd's networks and compute the same logits."""
+state dicts bare or wrapped as training scripts save them) load into kd's networks and compute the same logits.
+Their networks are the facts recorded from their code (tests/repdistiller.py): a file holds `weights(name)`
+under their names, and kd's network must give the logits their network gave on those weights."""
 from __future__ import annotations
 
 import json
@@ -12,77 +14,13 @@ from typing import Callable, Optional
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from conftest import CONF_DIR, FAST, compose_config, run_cli
 from kd import published_teachers
 from kd.checkpoint import CheckpointError
 from kd.training.teacher import load_teacher
-from reliability import randomised
-
-NARROW, WIDE = (16, 16, 32, 64), (32, 64, 128, 256)
-
-
-class TheirBlock(nn.Module):
-    """RepDistiller's BasicBlock, module names and forward as in their models/resnet.py."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        residual = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            residual = self.downsample(x)
-        out += residual
-        return F.relu(out)
-
-
-class TheirResNet(nn.Module):
-    """RepDistiller's CIFAR ResNet (basic blocks), as published."""
-
-    def __init__(self, depth: int, filters: tuple[int, ...], num_classes: int) -> None:
-        super().__init__()
-        n = (depth - 2) // 6
-        self.inplanes = filters[0]
-        self.conv1 = nn.Conv2d(3, filters[0], 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(filters[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(filters[1], n)
-        self.layer2 = self._make_layer(filters[2], n, stride=2)
-        self.layer3 = self._make_layer(filters[3], n, stride=2)
-        self.avgpool = nn.AvgPool2d(8)
-        self.fc = nn.Linear(filters[3], num_classes)
-
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        layers = [TheirBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes
-        layers += [TheirBlock(planes, planes) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.avgpool(x).view(x.size(0), -1))
-
-
-def theirs(arch: str, num_classes: int = 100) -> TheirResNet:
-    """Their network with random weights and BatchNorm statistics, so that a wrong mapping shows."""
-    torch.manual_seed(0)
-    depth, filters = int(arch.removeprefix("resnet").removesuffix("x4")), WIDE if arch.endswith("x4") else NARROW
-    return randomised(TheirResNet(depth, filters, num_classes))
-
+from repdistiller import assert_their_logits, holding, shapes, weights
 
 # How each wrapper a training script may save from prefixes the state dict's keys.
 WRAPS: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -101,12 +39,13 @@ def pytorch_0_4(state: OrderedDict) -> OrderedDict:
     return old
 
 
-def state_of(net: nn.Module, wrap: str = "none", counters: bool = True) -> OrderedDict:
-    """The state dict `net` saves inside the wrapper `wrap`; without `counters`, as PyTorch 0.4.0 saved it.
-    The network stays on the CPU (DataParallel moves it to a GPU where there is one)."""
-    state = WRAPS[wrap](net).state_dict()
+def state_of(state: dict[str, torch.Tensor], wrap: str = "none", counters: bool = True) -> OrderedDict:
+    """`state` as a network holding it saves it inside the wrapper `wrap`; without `counters`, as PyTorch 0.4.0
+    saved it. The network stays on the CPU (DataParallel moves it to a GPU where there is one)."""
+    net = holding(state)
+    saved = WRAPS[wrap](net).state_dict()
     net.cpu()
-    return state if counters else pytorch_0_4(state)
+    return saved if counters else pytorch_0_4(saved)
 
 
 def save(state: dict[str, torch.Tensor], path: Path, key: Optional[str] = "model", legacy: bool = False) -> Path:
@@ -119,37 +58,19 @@ def save(state: dict[str, torch.Tensor], path: Path, key: Optional[str] = "model
     return path
 
 
-def save_theirs(net: nn.Module, path: Path, data_parallel: bool = False, legacy: bool = False,
+def save_theirs(state: dict[str, torch.Tensor], path: Path, data_parallel: bool = False, legacy: bool = False,
                 counters: bool = True) -> Path:
-    return save(state_of(net, "DataParallel" if data_parallel else "none", counters), path, legacy=legacy)
+    return save(state_of(state, "DataParallel" if data_parallel else "none", counters), path, legacy=legacy)
 
 
-def loaded_by_pytorch(make: Callable[[], nn.Module], path: Path, key: Optional[str], wrap: str) -> nn.Module:
-    """The reference: a network of their code, every tensor zeroed, loaded from `path` by PyTorch's own strict
-    load_state_dict inside the wrapper it was saved from."""
-    net = make()
-    for tensor in net.state_dict().values():
-        tensor.zero_()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    WRAPS[wrap](net).load_state_dict(ckpt if key is None else ckpt[key], strict=True)
-    return net.cpu().eval()
-
-
-def assert_same_logits(model: nn.Module, reference: nn.Module, batch: int = 4) -> None:
-    x = torch.randn(batch, 3, 32, 32, dtype=torch.float64)
-    with torch.no_grad():  # float64: with random BN, WRN-40's logits reach ~800, where float32 summation order shows
-        want, got = reference.double()(x), model.double().eval()(x)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # AvgPool2d(8) vs global mean: maybe another order
-    assert want.std() > 0.1  # not a vacuous comparison
-
-
-def assert_same_network(model: nn.Module, reference: nn.Module, batch: int = 4) -> None:
-    """kd's network holds the reference's every tensor (BatchNorm's filled-in counters too), under kd's names,
-    and computes its logits (which shows that the names were mapped right)."""
-    want, got = published_teachers.to_kd(reference.state_dict()), model.state_dict()
+def assert_same_network(model: nn.Module, name: str) -> None:
+    """kd's network holds their every tensor of `weights(name)` under kd's names, BatchNorm's counters as PyTorch
+    fills them into a network from a file without them (the network's own: 0 in a new one, as `weights` has
+    them), and computes their logits (which shows that the names were mapped right)."""
+    want, got = published_teachers.to_kd(weights(name)), model.state_dict()
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert_same_logits(model, reference, batch)
+    assert_their_logits(model, name)
 
 
 def load(path: Path, arch: str, num_classes: int = 100):
@@ -161,14 +82,13 @@ def load(path: Path, arch: str, num_classes: int = 100):
 @pytest.mark.parametrize("data_parallel", [False, True])
 @pytest.mark.parametrize("arch", ["resnet8", "resnet20", "resnet8x4", "resnet32x4"])
 def test_their_checkpoint_gives_their_logits_in_kds_network(arch, data_parallel, legacy, tmp_path):
-    net = theirs(arch)
-    model, fmt = load(save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel, legacy), arch)
+    model, fmt = load(save_theirs(weights(arch), tmp_path / "ckpt_epoch_240.pth", data_parallel, legacy), arch)
     assert fmt == "RepDistiller/mdistiller"
-    assert_same_logits(model, net)
+    assert_their_logits(model, arch)
 
 
 def truncated(d: Path) -> Path:
-    full = save_theirs(theirs("resnet8"), d / "full.pth")
+    full = save_theirs(weights("resnet8"), d / "full.pth")
     (d / "t.pth").write_bytes(full.read_bytes()[:5000])
     return d / "t.pth"
 
@@ -179,19 +99,19 @@ def holding_code(d: Path) -> Path:
 
 
 def unknown_layout(d: Path) -> Path:
-    torch.save({"weights": state_of(theirs("resnet8")), "acc": 1.0}, d / "t.pth")
+    torch.save({"weights": state_of(weights("resnet8")), "acc": 1.0}, d / "t.pth")
     return d / "t.pth"
 
 
 def two_state_dicts(d: Path) -> Path:
-    torch.save({"model": state_of(theirs("resnet8")), "net": state_of(theirs("resnet20"))}, d / "t.pth")
+    torch.save({"model": state_of(weights("resnet8")), "net": state_of(weights("resnet20"))}, d / "t.pth")
     return d / "t.pth"
 
 
 BAD = {
-    "another architecture": (lambda d: save_theirs(theirs("resnet20"), d / "t.pth"), "resnet8", 100,
+    "another architecture": (lambda d: save_theirs(weights("resnet20"), d / "t.pth"), "resnet8", 100,
                              r"holds resnet20 with 100 classes, but the config asks for resnet8 with 100 classes"),
-    "another class count": (lambda d: save_theirs(theirs("resnet8", 10), d / "t.pth"), "resnet8", 100,
+    "another class count": (lambda d: save_theirs(weights("resnet8@10"), d / "t.pth"), "resnet8", 100,
                             r"holds resnet8 with 10 classes, but the config asks for resnet8 with 100"),
     "a truncated file": (truncated, "resnet8", 100, r"is truncated or corrupt"),
     "a pickle holding code": (holding_code, "resnet8", 100, r"holds a pickled Python object \(types.SimpleNamespace"),
@@ -229,9 +149,9 @@ def test_a_run_distils_from_a_pytorch_0_4_file_of_their_network_and_records_it(t
                            f"hydra.run.dir={tmp_path / 't'}"], cwd=tmp_path)
     assert teacher_run.returncode == 0, teacher_run.stderr[-2000:]
     (cached,) = (isolated_kd_home / "teachers").glob("*.pt")
-    net = theirs("resnet8", 10)
-    net.load_state_dict(to_theirs(torch.load(cached, weights_only=True)["state_dict"], 1), strict=True)
-    published = save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel=True, legacy=True, counters=False)
+    state = to_theirs(torch.load(cached, weights_only=True)["state_dict"], 1)
+    assert {key: tuple(value.shape) for key, value in state.items()} == shapes("resnet8@10")  # their network's
+    published = save_theirs(state, tmp_path / "ckpt_epoch_240.pth", data_parallel=True, legacy=True, counters=False)
     run = run_cli([*FAST, "alpha=0.5", "teacher=resnet8", f"teacher.checkpoint={published}",
                    f"hydra.run.dir={tmp_path / 's'}"], cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -246,15 +166,6 @@ def test_a_run_distils_from_a_pytorch_0_4_file_of_their_network_and_records_it(t
 
 # ---- Every network of the benchmark's teachers (cifar_teachers.tar), and its students, in their layout ----
 
-def their_network(arch: str, num_classes: int = 100) -> nn.Module:
-    """Their module tree (tests/theirs_*.py, transcribed from RepDistiller) with random weights and BN statistics."""
-    from theirs_mobilenet_shufflenet import THEIRS as MOBILE
-    from theirs_wrn_vgg_resnet50 import THEIRS as OTHERS
-
-    torch.manual_seed(0)
-    return randomised({**OTHERS, **MOBILE}[arch](num_classes))
-
-
 PUBLISHED_TEACHERS = ["wrn_40_2", "vgg13", "resnet50"]  # with resnet56, resnet110, resnet32x4 above
 PAIR_STUDENTS = ["wrn_16_2", "wrn_40_1", "vgg8", "mobilenetv2", "shufflev1", "shufflev2"]
 
@@ -262,14 +173,13 @@ PAIR_STUDENTS = ["wrn_16_2", "wrn_40_1", "vgg8", "mobilenetv2", "shufflev1", "sh
 @pytest.mark.parametrize("data_parallel", [False, True])
 @pytest.mark.parametrize("arch", PUBLISHED_TEACHERS + PAIR_STUDENTS)
 def test_their_checkpoint_of_every_benchmark_network_gives_their_logits(arch, data_parallel, tmp_path):
-    net = their_network(arch)
-    model, fmt = load(save_theirs(net, tmp_path / "ckpt_epoch_240.pth", data_parallel), arch)
+    model, fmt = load(save_theirs(weights(arch), tmp_path / "ckpt_epoch_240.pth", data_parallel), arch)
     assert fmt == "RepDistiller/mdistiller"
-    assert_same_logits(model, net)
+    assert_their_logits(model, arch)
 
 
 def test_a_published_checkpoint_of_another_family_is_refused_naming_what_it_holds(tmp_path):
-    path = save_theirs(their_network("vgg8"), tmp_path / "ckpt_epoch_240.pth", data_parallel=True)
+    path = save_theirs(weights("vgg8"), tmp_path / "ckpt_epoch_240.pth", data_parallel=True)
     with pytest.raises(CheckpointError, match=r"holds vgg8 with 100 classes, but the config asks for wrn_40_2"):
         load(path, "wrn_40_2")
 
@@ -285,36 +195,28 @@ def test_a_state_dict_of_no_kd_network_is_refused_with_its_shape(key, tmp_path):
 
 # ---- Files as PyTorch 0.4.0 wrote them, and state dicts saved bare or wrapped, as most training scripts do ----
 
-BENCHMARK_TEACHERS: dict[str, Callable[[str], nn.Module]] = {  # conf/teacher's, published in cifar_teachers.tar
-    "resnet56": theirs, "resnet110": theirs, "resnet32x4": theirs,
-    "wrn_40_2": their_network, "vgg13": their_network, "resnet50": their_network,
-}
+BENCHMARK_TEACHERS = [  # conf/teacher's, published in cifar_teachers.tar
+    "resnet56", "resnet110", "resnet32x4", "wrn_40_2", "vgg13", "resnet50"]
 
 
 @pytest.mark.parametrize("arch", BENCHMARK_TEACHERS)
 def test_every_benchmark_teacher_written_by_pytorch_0_4_loads_as_pytorch_loads_it(arch, tmp_path):
-    def make() -> nn.Module:
-        return BENCHMARK_TEACHERS[arch](arch)
-
-    path = save(state_of(make(), counters=False), tmp_path / "ckpt_epoch_240.pth", legacy=True)
+    path = save(state_of(weights(arch), counters=False), tmp_path / "ckpt_epoch_240.pth", legacy=True)
     model, fmt = load(path, arch)
     assert fmt == "RepDistiller/mdistiller"
-    assert_same_network(model, loaded_by_pytorch(make, path, "model", "none"), batch=2)
+    assert_same_network(model, arch)
 
 
 @pytest.mark.parametrize("wrap", WRAPS)
 @pytest.mark.parametrize("key", [None, *published_teachers.STATE_KEYS])
 def test_a_state_dict_bare_or_wrapped_loads_as_pytorch_loads_it(key, wrap, tmp_path, caplog):
-    def make() -> nn.Module:
-        return theirs("resnet8", 10)
-
-    path = save(state_of(make(), wrap, counters=False), tmp_path / "t.pth", key, legacy=True)
+    path = save(state_of(weights("resnet8@10"), wrap, counters=False), tmp_path / "t.pth", key, legacy=True)
     with caplog.at_level(logging.INFO, logger=published_teachers.__name__):
         model, fmt = load(path, "resnet8", 10)
     assert fmt == (published_teachers.BARE if key is None else published_teachers.STATE_KEYS[key])
     assert f"({fmt} format" in caplog.text and ") holds resnet8 with 10 classes" in caplog.text
     assert ("stripped" in caplog.text) == (wrap != "none")  # the prefixes it took off, named
-    assert_same_network(model, loaded_by_pytorch(make, path, key, wrap))
+    assert_same_network(model, "resnet8@10")
 
 
 def test_a_file_that_fits_two_networks_is_refused_naming_both(tmp_path):
@@ -323,7 +225,7 @@ def test_a_file_that_fits_two_networks_is_refused_naming_both(tmp_path):
     configs.mkdir()
     for name in ("resnet8", "resnet8_again"):
         shutil.copy(CONF_DIR / "model" / "resnet8.yaml", configs / f"{name}.yaml")
-    ckpt = {"model": state_of(theirs("resnet8", 10))}
+    ckpt = {"model": state_of(weights("resnet8@10"))}
     with pytest.raises(CheckpointError, match=r"t.pth \(RepDistiller/mdistiller format\) fits resnet8 "
                                               r"\(.*resnet8.yaml\) and resnet8 \(.*resnet8_again.yaml\): their "
                                               r"networks have the same shapes, so kd cannot tell .* Save it in kd's "

@@ -69,3 +69,30 @@ def test_the_resume_command_names_the_output_dir_once():
         "python kd/train.py alpha=0.5 hydra.run.dir=outputs/x")
     assert resume_command(["/venv/bin/kd-train", "-m", "aug=none,fc", "seed=0"], Path("multirun/a b"), True) == (
         "kd-train -m aug=none,fc seed=0 'hydra.sweep.dir=multirun/a b'")
+
+
+def test_what_was_kept_counts_cells_never_started_and_those_with_no_epoch_to_resume(tmp_path):
+    """The line once counted only cells with a results.json and promised each 'its last finished epoch', also
+    when the teacher was the one interrupted and no cell had finished an epoch."""
+    from omegaconf import OmegaConf
+
+    from kd.runs.interrupts import what_was_kept
+    from kd.runs.results import write_results
+
+    OmegaConf.save({"hydra": {"overrides": {"task": ["alpha=0,0.5,1.0", "aug=none,fc", "data=digits"]}}},
+                   tmp_path / "multirun.yaml")  # as Hydra writes it when a multirun starts: 6 cells
+    cells = {"alpha=0,aug=none": "completed", "alpha=0.5,aug=none": "interrupted", "alpha=1.0,aug=none": "interrupted"}
+    for name, status in cells.items():
+        (tmp_path / name).mkdir()
+        write_results(tmp_path / name, {"stage": "student", "status": status})
+    (tmp_path / "alpha=0.5,aug=none" / "checkpoint.pt").write_bytes(b"an epoch's checkpoint")
+    kept = what_was_kept(tmp_path, multirun=True)
+    assert kept.startswith("cells: 1 interrupted (each resumes from its last finished epoch), 1 interrupted before "
+                           "finishing an epoch (each starts again from its first"), kept
+    assert kept.endswith("1 completed (skipped), 3 not started"), kept
+
+    for name in cells:  # the teacher was training: every cell of the pack stopped before its first epoch
+        write_results(tmp_path / name, {"stage": "student", "status": "interrupted"})
+    (tmp_path / "alpha=0.5,aug=none" / "checkpoint.pt").unlink()
+    kept = what_was_kept(tmp_path, multirun=True)
+    assert "last finished epoch" not in kept.split(";")[0] and "a teacher that was training resumes" in kept, kept

@@ -61,16 +61,41 @@ def resume_command(argv: list[str], output_dir: Path, multirun: bool) -> str:
 
 
 def what_was_kept(output_dir: Path, multirun: bool) -> str:
-    """`3 cells completed, 2 interrupted (each resumes from its last finished epoch)`, from the results files."""
+    """`cells: 2 interrupted (each resumes from its last finished epoch), 1 completed (skipped), 12 not started`,
+    from the results files, the cells' checkpoints and the sweep's grid."""
     if multirun:
-        statuses = Counter(r.get("status", "running") for r in collect_sweep(output_dir) if r.get("stage") != "teacher")
+        results = [r for r in collect_sweep(output_dir) if r.get("stage") != "teacher"]
+        total = grid_size(output_dir)
     else:
         path = output_dir / RESULTS_FILE
-        statuses = Counter([read_results(path).get("status", "running")] if path.is_file() else [])
-    if not statuses:
-        return "no cell had started"
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
-    return f"cells: {counts} (completed ones are skipped; the others resume from their last finished epoch)"
+        results = [{**read_results(path), "job_dir": str(output_dir)}] if path.is_file() else []
+        total = 1
+    resumable = sum(r.get("status") == "interrupted" and (Path(r["job_dir"]) / "checkpoint.pt").is_file()
+                    for r in results)
+    statuses = Counter(r.get("status", "running") for r in results)
+    parts = [f"{resumable} interrupted (each resumes from its last finished epoch)" if resumable else "",
+             f"{statuses['interrupted'] - resumable} interrupted before finishing an epoch (each starts again from "
+             "its first; a teacher that was training resumes from its own last epoch)"
+             if statuses["interrupted"] > resumable else "",
+             f"{statuses['completed']} completed (skipped)" if statuses["completed"] else "",
+             *(f"{n} {status}" for status, n in sorted(statuses.items()) if status not in ("interrupted", "completed")),
+             f"{total - len(results)} not started" if total is not None and total > len(results) else ""]
+    parts = [p for p in parts if p]
+    return "cells: " + ", ".join(parts) if results else "no cell had started"
+
+
+def grid_size(sweep_dir: Path) -> Optional[int]:
+    """How many cells the sweep's command makes (Hydra's own expansion of multirun.yaml); None if unknown."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return None
+    overrides = list(OmegaConf.load(saved).hydra.overrides.task)
+    (cells,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    return len(cells)
 
 
 def interrupted_message(reason: str, argv: list[str], output_dir: Optional[Path], multirun: bool) -> str:

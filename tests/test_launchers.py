@@ -88,7 +88,10 @@ def test_local_launcher_runs_cells_on_their_own_gpus_and_reports_a_failed_cell(t
     assert read_results(cell_dir(sweep, args, "trainer.batch_size=64") / "results.json")["status"] == "completed"
     assert read_results(cell_dir(sweep, args, "trainer.batch_size=100000") / "results.json")["status"] == "failed"
     assert re.search(r"1 of 2 cells failed.*\n  #1 .*trainer\.batch_size=100000.*ValueError", out.stderr)
-    assert "| none" in out.stdout  # the table still shows the cells that completed
+    assert re.search(r"\| 64 +\| [\d.]+ +\|", out.stdout)  # the table still shows the cell that completed
+    # The packs' own lines reach the console, each with its pack (they once went to .submitit/ alone).
+    assert re.search(r"\[pack [12]/2\] .*epoch 1/1", out.stdout + out.stderr), out.stdout[-3000:]
+    assert re.search(r"\[pack [12]/2\] .*CUDA_VISIBLE_DEVICES=[57]", out.stdout)
     logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_log.out"))
     assert sorted(re.findall(r"CUDA_VISIBLE_DEVICES=(\S*)", logs)) == ["5", "7"]
 

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from hydra_plugins.kd_launcher.follow import PackLogFollower
 from hydra_plugins.kd_launcher.packed import SweepFailedError, run_pack
 from kd.runs.packs import group_packs
 from kd.runs.sweep_dir import SUBMITTED_FILE
@@ -234,14 +235,19 @@ class KdLocalLauncher(_GridCells, LocalLauncher):
         slots = self._slots()
         jobs: list[Any] = [None] * len(args)
         pending = list(range(len(args)))[::-1]
-        busy: dict[int, Any] = {}
+        busy: dict[int, int] = {}  # slot: the pack running in it
+        follower = PackLogFollower(len(args))
         while pending or busy:
             for slot, devices in enumerate(slots):
                 if slot not in busy and pending:
-                    i = pending.pop()
-                    jobs[i] = busy[slot] = executor.submit(self, *args[i], devices=devices)
+                    busy[slot] = i = pending.pop()
+                    jobs[i] = executor.submit(self, *args[i], devices=devices)
             time.sleep(POLL_S)
-            busy = {slot: job for slot, job in busy.items() if not job.done()}
+            for slot, i in list(busy.items()):
+                done = jobs[i].done()
+                follower.echo(i, jobs[i], final=done)
+                if done:
+                    del busy[slot]
         return jobs
 
     def _slots(self) -> list[str]:

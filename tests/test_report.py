@@ -131,6 +131,23 @@ def test_figures_draw_intervals_only_with_several_seeds(report):
     assert "95% intervals" not in plot_gains(one_seed, "final_top1", "").axes[0].get_title()
 
 
+def test_top1_by_alpha_keeps_tied_points_apart_and_its_ticks_at_the_alphas(report):
+    """Two augmentations with the same top-1 at an alpha: their points (and error bars) stand side by side, a
+    small shift along alpha each, instead of one hiding the other; the ticks still name the true alphas."""
+    sweep, _ = report
+    students = load_sweep(sweep)
+    tied = {r["seed"]: r["final_top1"] for r in students if (r["aug"], r["alpha"]) == ("none", 0.25)}
+    students = [{**r, "final_top1": tied[r["seed"]]} if (r["aug"], r["alpha"]) == ("fc", 0.25) else r for r in students]
+    (ax,) = plot_top1_by_alpha(students, "final_top1", "").axes
+    points = {c.get_label(): c.lines[0] for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    none, fc = points["none"], points["fc (flip + crop)"]
+    assert fc.get_ydata()[1] == none.get_ydata()[1]  # the tie, drawn
+    assert fc.get_xdata()[1] != none.get_xdata()[1]  # side by side
+    for line in points.values():
+        assert list(line.get_xdata()) == pytest.approx(ALPHAS, abs=0.03)  # each within a small shift of its alpha
+    assert list(ax.get_xticks()) == ALPHAS and [t.get_text() for t in ax.get_xticklabels()] == ["0", "0.25", "0.5", "1"]
+
+
 def test_curves_show_every_aug_and_the_final_gap(report):
     sweep, _ = report
     fig = plot_curves(load_sweep(sweep), 0.25, "")

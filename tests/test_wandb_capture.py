@@ -174,9 +174,9 @@ def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, se
     sweep = Path(shutil.copytree(digits_sweep, tmp_path / "sweep"))
     out = publish_twice(sweep, capsys=capsys)
     assert f"logged offline in" in out and f"kd-sync {sweep}" in out
-    # a new run per report; kd-sync uploads the latest one only (its id is the one recorded)
-    assert len(list((sweep / REPORT_RUN_DIR / "wandb").glob("offline-run-*"))) == 2
-    latest = newest_attempt(sweep / REPORT_RUN_DIR)
+    # a new run per report, which replaces the earlier one (never uploaded); its id is the one recorded
+    (latest,) = report_runs(sweep)
+    assert latest == newest_attempt(sweep / REPORT_RUN_DIR)
     assert latest.name.endswith(read_run_file(sweep / REPORT_RUN_DIR)["id"])
     wb = read_offline_run(latest)
     cell = read_run_file(next(sweep.glob(f"*/{RUN_FILE}")).parent)
@@ -193,6 +193,35 @@ def test_the_report_run_holds_the_grid_table_figures_and_claims(digits_sweep, se
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
                             text=True, check=True).stdout
     assert listed.count(REPORT_RUN_DIR) == 1 and str(latest) in listed  # kd-sync uploads it with the cells' runs
+
+
+def report_runs(sweep: Path) -> list[Path]:
+    return sorted((sweep / REPORT_RUN_DIR / "wandb").glob("offline-run-*"))
+
+
+def test_a_new_report_run_replaces_the_one_never_uploaded_and_keeps_an_uploaded_one(digits_sweep, server, tmp_path,
+                                                                                 capsys):
+    sweep = Path(shutil.copytree(digits_sweep, tmp_path / "sweep"))
+    assert main([str(sweep), "--wandb"]) == 0
+    (first,) = report_runs(sweep)
+    results = next(sweep.glob("alpha=0.5,*/results.json"))
+    results.write_text(json.dumps({**json.loads(results.read_text()), "final_top1": 12.5}))  # a changed cell
+    assert main([str(sweep), "--wandb"]) == 0
+    (second,) = report_runs(sweep)  # the first, never uploaded, is gone
+    assert second != first and second.name.endswith(read_run_file(sweep / REPORT_RUN_DIR)["id"])
+    gains = logged_table(second, "gains")
+    means = [row[gains["columns"].index("mean")] for row in gains["data"]]
+    assert 12.5 in means  # the latest report's table
+    # Uploaded, as `wandb sync` marks a run (wandb/cli/beta_sync.py: the .wandb file's path + ".synced"): it stays
+    (wandb_file,) = second.glob("*.wandb")
+    wandb_file.with_suffix(".wandb.synced").touch()
+    assert main([str(sweep), "--wandb"]) == 0
+    kept, third = sorted(report_runs(sweep), key=lambda d: d != second)
+    assert kept == second and third.name.endswith(read_run_file(sweep / REPORT_RUN_DIR)["id"])
+    listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,
+                            text=True, check=True).stdout
+    assert [line for line in listed.splitlines() if REPORT_RUN_DIR in line] == [str(third)]  # the one to upload
+    capsys.readouterr()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR, FAST, TRAIN_SCRIPT, compose_config, run_cli
+from conftest import CONF_DIR, FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
 from reliability import saved_epoch
 from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
 from kd.runs.job import train
@@ -87,11 +87,10 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     teacher_dir = next((isolated_kd_home / "teachers").glob("*.work"))
 
     logs = proc.stdout + proc.stderr
-    sync_lines = [line for line in logs.splitlines() if "upload it with: kd-sync" in line]
-    assert len(sync_lines) == 3  # one line per job: the teacher and two cells
-    assert all("no W&B credentials" in line for line in sync_lines)
+    (sync_line,) = [line for line in logs.splitlines() if "upload them with: kd-sync" in line]  # one for the pack
+    assert "no W&B credentials" in sync_line
     # kd's own command, with the sweep dir: it uploads the teacher's run too
-    assert all(f"kd-sync {sweep_dir.relative_to(tmp_path)} (or wandb sync " in line for line in sync_lines)
+    assert sync_line.endswith(f"kd-sync {sweep_dir.relative_to(tmp_path)}")
 
     # Hydra's sweep dir as configured (relative to the cwd), then the id made once for that dir
     group = f"{sweep_dir.relative_to(tmp_path)}#{(sweep_dir / SWEEP_ID_FILE).read_text()}"
@@ -161,6 +160,27 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
                                   "data.train_size=280", "data.val_size=50"], out_dir=tmp_path / "given"))
     assert given["teacher_checkpoint"] == str(checkpoint)
     assert read_offline_run(*offline_runs(tmp_path / "given"))["config"]["teacher_artifact"] == used
+
+
+def test_a_pack_says_once_that_its_runs_are_offline(tmp_path, monkeypatch):
+    """Three cells and their teacher in one process, offline, with wandb's own output not silenced by the
+    environment: one short line says where the runs are and how to upload them (once it was ~400 characters a run),
+    and wandb prints no banner per run; each cell still has its offline run."""
+    monkeypatch.delenv("WANDB_SILENT")
+    args = ["-m", *FAST_WANDB, "alpha=0,0.5,1.0"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = next((tmp_path / "multirun").glob("*/*"))
+    logs = proc.stdout + proc.stderr
+    (line,) = [line for line in logs.splitlines() if "kd-sync" in line]
+    assert line.endswith(f"W&B is offline (WANDB_MODE): each run is saved in its job dir's wandb/; upload them with: "
+                         f"kd-sync {sweep_dir.relative_to(tmp_path)}")
+    assert "W&B syncing is set to `offline`" not in logs and "wandb sync" not in logs  # wandb's banner and footer
+    for alpha in ("0", "0.5", "1.0"):
+        job_dir = cell_dir(sweep_dir, args, f"alpha={alpha}")
+        (run_dir,) = offline_runs(job_dir)
+        assert read_offline_run(run_dir)["summary"]["final_top1"] == read_results(job_dir / RESULTS_FILE)["final_top1"]
+        assert (job_dir / "train.log").read_text().count("W&B is offline") == 1  # every cell's log has the line
 
 
 @pytest.mark.chaos
@@ -264,8 +284,8 @@ def test_unreachable_server_falls_back_to_offline(tmp_path, monkeypatch, caplog)
     job = log_two_epochs(tmp_path, "logger.mode=online")
     (run_dir,) = offline_runs(job)
     assert [row["test/top1"] for row in read_offline_run(run_dir)["history"]] == [10.0, 20.0]
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "kd.tracking.wandb_tracker"]
-    assert "is offline (online failed:" in line and f"wandb sync {run_dir}" in line
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "kd.tracking.wandb_tracker" and r.levelname == "INFO"]
+    assert "is offline (online failed:" in line and line.endswith(f"kd-sync {job}")
 
 
 def test_auto_mode_without_credentials_is_offline(tmp_path, monkeypatch):

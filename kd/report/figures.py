@@ -37,6 +37,8 @@ AUG_STYLE = {  # one color and label per augmentation level, the same in every f
 MIN_SPAN_IMAGES = 20  # a top-1 axis spans at least this many test images' worth: one image <= 1/20 of its height
 ZOOM_EPOCHS = 0.25  # the curves' second panel: the last quarter of the epochs
 MIN_ZOOM_EPOCHS = 8  # fewer epochs than this: one panel (the last quarter would hold an epoch or two)
+DODGE_SPREAD = 0.4  # top1_by_alpha: a column's points span at most this fraction of the narrowest gap between alphas
+DODGE_STEP = 0.08  # ... and two rows' points stand at most this fraction of it apart (±0.01 for two rows, gap 0.25)
 METRIC_LABEL = {"final_top1": "test top-1 (%), final epoch", "test_top1_at_best_val": "test top-1 (%), best-val epoch",
                 "best_top1": "test top-1 (%), epoch picked on test"}
 
@@ -88,6 +90,14 @@ def y_range(values: list[float], n_test: int | None, floor: float = 0.0, ceiling
     return low, high
 
 
+def dodge(alphas: list[float], rows: int) -> list[float]:
+    """Each row's small shift along alpha, centred on the true alpha, so that rows with the same top-1 at an alpha
+    stand side by side instead of hiding each other (the ticks stay at the true alphas)."""
+    gap = min((b - a for a, b in zip(alphas, alphas[1:])), default=1.0)
+    step = gap * min(DODGE_STEP, DODGE_SPREAD / rows)
+    return [step * (i - (rows - 1) / 2) for i in range(rows)]
+
+
 def _caption(fig: Figure, missing: list[str], n_test: int | None) -> None:
     """Under the plot: the test-set size (the step of every top-1), and the cells without a result."""
     lines = []
@@ -108,7 +118,7 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
     fig = Figure(figsize=(9, 4.8))
     ax = fig.subplots()
     missing, drawn = [], []
-    for aug in augs:
+    for aug, shift in zip(augs, dodge(alphas, len(augs))):
         color, label = styles[aug]
         mean, std = [], []  # NaN where a cell has no result: the line breaks there instead of bridging it
         for alpha in alphas:
@@ -125,7 +135,8 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
         several = any(len(c["values"]) > 1 for k, c in cells.items() if k[0] == aug)
         # No error bars (nor their legend symbol) where no cell has an interval; none past 0 or 100.
         yerr = [[min(s, m) for m, s in zip(mean, std)], [min(s, 100.0 - m) for m, s in zip(mean, std)]]
-        ax.errorbar(alphas, mean, yerr=yerr if several else None, color=color, label=label, marker="o", capsize=4)
+        ax.errorbar([a + shift for a in alphas], mean, yerr=yerr if several else None, color=color, label=label,
+                    marker="o", capsize=4)
         drawn += [v for m, (lo, hi) in zip(mean, zip(*yerr)) for v in (m - lo, m + hi)] if several else mean
     teacher = next((r for r in students if r.get("teacher_top1") is not None), None)
     if teacher is not None:
@@ -137,6 +148,8 @@ def plot_top1_by_alpha(students: list[dict[str, Any]], metric: str, subtitle: st
     n_test = test_images(students)
     ax.set_ylim(*y_range(drawn, n_test))
     ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    if len(alphas) == 1:  # else the axis would span only the rows' small shifts, as if they were alphas apart
+        ax.set_xlim(alphas[0] - 0.5, alphas[0] + 0.5)
     ax.set_xlabel(textwrap.fill(alpha_label(students), 90), fontsize=9)
     ax.set_ylabel(METRIC_LABEL[metric])
     ax.set_title(f"Student top-1 by α per {'augmentation' if row == 'aug' else row}\n" + textwrap.fill(subtitle, 70),

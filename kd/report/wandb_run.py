@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from kd.report.diagnostics import csv_rows as diagnostic_rows, has_diagnostics
 from kd.report.table import csv_records
-from kd.tracking.wandb_tracker import RUN_FILE, WandbRun, WandbTracker, read_run_file, sync_dir_of
+from kd.tracking.wandb_tracker import RUN_FILE, WandbRun, WandbTracker, is_synced, read_run_file, sync_dir_of
 
 REPORT_RUN_DIR = "wandb_report_run"  # in the sweep dir; kd-sync finds it as it finds a job's run
 FINISH_TIMEOUT_S = 300
@@ -31,7 +31,8 @@ def log_report_run(students: list[dict[str, Any]], sweep_dir: Path, written: lis
 
     `runs` is kd.report.wandb_report.sweep_runs's: the project, entity and group of the cells' runs. The
     tables are built before the run opens, and a run that fails midway is removed (the previous report's
-    run stays the one kd-sync uploads): a failed report never leaves a half-made run to be synced."""
+    run stays the one kd-sync uploads): a failed report never leaves a half-made run to be synced. A run
+    that succeeds replaces the earlier reports' runs that were never uploaded (_drop_replaced_runs)."""
     out_dir = sweep_dir / REPORT_RUN_DIR
     tables = {"gains": csv_records(students, metric)}
     if has_diagnostics(students):  # why the gains are what they are, as diagnostics.csv has it
@@ -45,23 +46,38 @@ def log_report_run(students: list[dict[str, Any]], sweep_dir: Path, written: lis
     try:
         with tracker.run(cfg, out_dir, job_type="report",
                          name=f"report {'/'.join(sweep_dir.resolve().parts[-2:])}") as run:
-            if not isinstance(run, WandbRun):
-                return None
-            figures = [p for p in written if p.suffix == ".png"]
-            run.log_values({**values, **{f"figures/{p.stem}": wandb.Image(str(p), caption=p.name) for p in figures}})
-            name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"report-{'-'.join(sweep_dir.resolve().parts[-2:])}")[:128]
-            run.log_files(name, "report", [p for p in written if p.suffix in (".md", ".csv")])
-            offline = run.offline
+            offline = isinstance(run, WandbRun) and run.offline
+            if isinstance(run, WandbRun):
+                figures = [p for p in written if p.suffix == ".png"]
+                run.log_values({**values, **{f"figures/{p.stem}": wandb.Image(str(p), caption=p.name)
+                                             for p in figures}})
+                name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"report-{'-'.join(sweep_dir.resolve().parts[-2:])}")[:128]
+                run.log_files(name, "report", [p for p in written if p.suffix in (".md", ".csv")])
     except BaseException:
         _discard_new_run(out_dir, previous)
         raise
-    return sync_dir_of(out_dir, read_run_file(out_dir)) if offline else None
+    info = read_run_file(out_dir)
+    if info is None or "sync_dir" not in info:  # W&B did not start (warned) or is disabled: no run was logged,
+        _discard_new_run(out_dir, previous)  # and the previous report's run stays the one to upload
+        return None
+    new_run = sync_dir_of(out_dir, info)
+    _drop_replaced_runs(new_run)
+    return new_run if offline else None
 
 
 def wandb_table(columns: list[str], rows: list[dict[str, Any]]) -> wandb.Table:
     """A W&B table of csv-shaped rows. A CSV writes a missing number as "" (no gain for aug=none), which W&B
     would type as a string column and then refuse the numbers below it; W&B's missing value is None."""
     return wandb.Table(columns=columns, data=[[None if row[c] == "" else row[c] for c in columns] for row in rows])
+
+
+def _drop_replaced_runs(new_run: Path) -> None:
+    """Remove the earlier reports' offline runs beside `new_run` that were never uploaded: each holds an older
+    table, and `wandb sync` of the folder would upload them all. Only kd-report writes into REPORT_RUN_DIR, so
+    every run there is a report's; one that `wandb sync` marked uploaded (kd-sync runs it) is W&B's and stays."""
+    for old in new_run.parent.glob("offline-run-*"):
+        if old != new_run and old.is_dir() and not is_synced(old):
+            shutil.rmtree(old)
 
 
 def _discard_new_run(out_dir: Path, previous: Optional[str]) -> None:

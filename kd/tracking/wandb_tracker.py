@@ -3,11 +3,12 @@
 W&B is a convenience, results.json is the record: if W&B cannot start or a call fails,
 the job warns once and trains on without it. Without credentials, or when the server
 cannot be reached, the run is written offline into the job's output dir, and one log
-line says how to upload it.
+line per process (not one per run of a pack) says how to upload them.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -110,6 +111,12 @@ def newest_attempt(job_dir: Path) -> Optional[Path]:
 
 def is_synced(run_dir: Path) -> bool:
     return any(run_dir.glob("*.wandb.synced"))  # the marker `wandb sync` leaves
+
+
+@functools.cache  # once per process for each (why, where, target): a pack's cells and its teacher share one line
+def say_offline(why: str, where: str, target: str) -> None:
+    """The one line that says the runs are offline, where they are, and the command that uploads them."""
+    log.info("W&B is offline (%s): each run is saved in %s; upload them with: kd-sync %s", why, where, target)
 
 
 class WandbRun:
@@ -248,8 +255,9 @@ class WandbTracker:
             return WandbRun(run)
         self._record(run, out_dir, job_type, name)
         if run.offline:
-            log.info("W&B run %r is offline (%s), saved in %s; upload it with: kd-sync %s (or wandb sync %s)",
-                     name, why, run.settings.sync_dir, sync_target(out_dir), run.settings.sync_dir)
+            log.debug("W&B run %r is offline, saved in %s", name, run.settings.sync_dir)
+            where = self.dir if self.dir is not None else "its job dir's wandb/"
+            say_offline(why, where, str(sync_target(out_dir)))
         else:
             log.info("W&B run %r: %s", name, run.url)
         return WandbRun(run)
@@ -279,8 +287,9 @@ class WandbTracker:
             # which the UI can group by; the whole config's nodes (aug._target_) cannot be grouped on.
             config={"config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)},
             dir=str(wandb_dir), mode=mode, id=run_id, resume="allow",
-            # silent: the one line that _start logs replaces wandb's own banner; create_new: a pack has one run
-            # open per cell at once
+            # silent: kd's one offline line (say_offline) replaces the banner and footer wandb prints for every run;
+            # a run's setting, so wandb's warnings (wandb.termwarn, set up per process) still reach the console.
+            # create_new: a pack has one run open per cell at once
             settings=wandb.Settings(silent=True, finish_timeout=self.finish_timeout_s, reinit="create_new"),
         )
 

@@ -44,7 +44,6 @@ def unwritable_reason(path: Path) -> str | None:
     return None
 
 
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}  # no job runs
 # Where this process's run or sweep writes, once Hydra has resolved it: what a Ctrl-C's resume line names.
 STARTED: dict[str, Any] = {"output_dir": None, "multirun": False}
 
@@ -126,15 +125,16 @@ def cli() -> None:
     was kept and the command that resumes, not a traceback (kd/runs/interrupts.py)."""
     from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
     from kd.runs.torch_pair import check_torch_pair
-    from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides, config_dirs, split_args
+    from kd.runs.hydra_args import split_args
+    from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides
     from kd.training.cpu import share_cores_when_busy, usable_cores
 
-    flags, overrides = split_args(sys.argv[1:])
+    args = split_args(sys.argv[1:])
     try:
-        check_typed_overrides(overrides, config_dirs(flags))
+        check_typed_overrides(args.overrides_to_check(), args.config_dirs())
     except TypedOverrideError as err:
         raise SystemExit(f"Error: {err}. Fix that override and rerun; nothing was written.") from None
-    if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run
+    if args.runs_a_job():
         shared = share_cores_when_busy(usable_cores())  # before torch loads: OpenMP reads its wait policy then
         if shared is not None:
             print(shared, file=sys.stderr)

@@ -22,7 +22,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.data.augment import aug_name
-from kd.data.augment_ladder import picks_with_teacher
 from kd.runs.checks import check_cell
 from kd.config import Stage, TeacherView, defining_config
 from kd.training.cpu import warn_if_busy
@@ -35,7 +34,7 @@ from kd.runs.provenance import environment, now
 from kd.runs.overrides import TABLE_KEYS, cell_overrides, swept_keys
 from kd.runs.results import RESULTS_FILE, read_results, write_results
 from kd.training.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
-                        teacher_work_dir)
+                        teacher_work_dir, uses_teacher)
 
 log = logging.getLogger("kd.train")
 
@@ -56,11 +55,6 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "teacher_epochs": int(cfg.teacher.epochs),
         "teacher_view": TeacherView(cfg.trainer.teacher_view).value,
     }
-
-
-def uses_teacher(cfg: DictConfig) -> bool:
-    """A cell that distils, or whose augmentation the teacher picks (CutMixPick): even at alpha=0."""
-    return cfg.alpha > 0 or picks_with_teacher(cfg.aug._target_)
 
 
 def data_name(data_cfg: DictConfig) -> str:

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, Optional
 
-from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
+from kd.runs.results import RESULTS_FILE, CorruptResultsError, collect_sweep, read_results
 
 SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # 128 + the signal's number, as a shell reports them
 
@@ -66,7 +66,10 @@ def what_was_kept(output_dir: Path, multirun: bool) -> str:
         statuses = Counter(r.get("status", "running") for r in collect_sweep(output_dir) if r.get("stage") != "teacher")
     else:
         path = output_dir / RESULTS_FILE
-        statuses = Counter([read_results(path).get("status", "running")] if path.is_file() else [])
+        try:
+            statuses = Counter([read_results(path).get("status", "running")] if path.is_file() else [])
+        except CorruptResultsError:
+            statuses = Counter(["corrupt"])
     if not statuses:
         return "no cell had started"
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import FAST, cell_dir, run_cli
+from kd.checkpoint import set_aside
 from kd.runs.results import RESULTS_FILE, read_results
 from reliability import ONE_THREAD, snapshot
 
@@ -55,3 +56,13 @@ def test_a_sweep_with_corrupt_files_is_reported_then_retrained(tmp_path):
         assert read_results(job / RESULTS_FILE)["status"] == "completed"
     grid = rerun.stdout.split("Test top-1 (%) of the students")[1]
     assert "failed" not in grid and "missing" not in grid and grid.count("|") > 8, grid
+
+
+def test_setting_aside_never_replaces_a_file_set_aside_before(tmp_path):
+    path = tmp_path / RESULTS_FILE
+    kept = []
+    for text in ("first", "second"):  # within one second: the same time stamp
+        path.write_text(text)
+        kept.append(set_aside(path))
+    assert [p.read_text() for p in kept] == ["first", "second"] and not path.exists()
+    assert all(p.name.startswith(f"{RESULTS_FILE}.corrupt-") for p in kept)

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_aside
 from kd.config import AugmentScope, Stage, as_recorded
 from kd.training import published_teachers as published
 from kd.data.augment_ladder import picks_with_teacher
@@ -156,7 +156,8 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits,
 
 def readable_teacher(path: Path) -> bool:
     """Whether a cached teacher file loads; a corrupt one (truncated, empty, not a checkpoint) is moved aside,
-    kept as `<name>.corrupt`, so that it is retrained once under the lock instead of failing every cell."""
+    kept as `<name>.corrupt-<time>` (set_aside), so that it is retrained once under the lock instead of failing
+    every cell."""
     try:
         ckpt = load_checkpoint(path, "cached teacher", "")
         if all(key in ckpt for key in ("arch", "num_classes", "state_dict")):
@@ -164,8 +165,7 @@ def readable_teacher(path: Path) -> bool:
         reason = "it is not a teacher checkpoint kd wrote"
     except CheckpointError as err:
         reason = str(err).strip()
-    aside = path.with_name(path.name + ".corrupt")
-    os.replace(path, aside)
+    aside = set_aside(path)
     log.warning("teacher: the cached %s is unreadable (%s); moved it to %s and training the teacher again",
                 path, reason, aside)
     return False

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from kd.checkpoint import set_aside
 from kd.runs.overrides import cell_overrides
 
 RESULTS_FILE = "results.json"
@@ -40,6 +39,8 @@ def read_results(path: Path) -> dict[str, Any]:
 
 def set_aside_corrupt_results(out_dir: Path) -> Optional[str]:
     """Keep an unreadable results.json aside (its cell then runs again); what was done, in words, or None."""
+    from kd.checkpoint import set_aside  # imports torch: kd/train.py reads results before torch may load
+
     path = Path(out_dir) / RESULTS_FILE
     if not path.is_file():
         return None

@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,22 @@ import torch
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or for another model; the message says which file and the fix."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint that torch cannot read at all (cut short, emptied, overwritten): set_aside keeps it."""
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a file kd cannot read to `<name>.corrupt-<UTC time>` beside it, so that the work it held is redone
+    while the file stays for whoever wants to look into it: kd never deletes what it could not read."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while kept.exists():  # two in one second: never replace an earlier one
+        kept, n = path.with_name(f"{path.name}.corrupt-{stamp}-{n}"), n + 1
+    path.rename(kept)
+    return kept
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -59,10 +76,10 @@ def load_checkpoint(path: Path, what: str, fix: str) -> dict:
                 f"{what} {path} holds a pickled Python object ({refused.group(1).rstrip('.')}), not only tensors; "
                 f"kd loads checkpoints with weights_only=True and refuses it, as unpickling it could run code. {fix}"
             ) from None
-        raise CheckpointError(f"{what} {path} is truncated or corrupt (not a torch checkpoint). {fix}") from None
+        raise CorruptCheckpointError(f"{what} {path} is truncated or corrupt (not a torch checkpoint). {fix}") from None
     except Exception as err:  # a bad file fails torch.load in many ways (even a KeyError for some bytes)
         reason = ": ".join(filter(None, [type(err).__name__, str(err).split(". ")[0]]))  # torch's first sentence
-        raise CheckpointError(f"{what} {path} is truncated or corrupt ({reason}). {fix}") from None
+        raise CorruptCheckpointError(f"{what} {path} is truncated or corrupt ({reason}). {fix}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{what} {path} holds a {type(state).__name__}, not a kd checkpoint dict. {fix}")
     return state

@@ -44,7 +44,6 @@ def unwritable_reason(path: Path) -> str | None:
     return None
 
 
-INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}  # no job runs
 # Where this process's run or sweep writes, once Hydra has resolved it: what a Ctrl-C's resume line names.
 STARTED: dict[str, Any] = {"output_dir": None, "multirun": False}
 
@@ -80,15 +79,12 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
     run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
     if not run_dir.is_dir():
         return
-    from kd.runs.checks import check_cell
     from kd.runs.job import completed_results
     from kd.runs.locking import LOCK_FILE, JobDirBusyError, exclusive_job_dir
 
+    # kd.runs.checks.CheckEveryCell, the callback before this one, has refused bad values: a bad value is named
+    # as such, not as "another config"
     cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    try:
-        check_cell(cfg)  # a bad value is named as such, not as "another config"
-    except Exception as err:  # every kind of bad input check_cell raises
-        raise SystemExit(f"Error: {type(err).__name__}: {err}") from None
     try:
         completed_results(run_dir, cfg)
         if (run_dir / LOCK_FILE).exists():
@@ -127,18 +123,19 @@ def cli() -> None:
     from kd.runs.interrupts import Terminated, report_and_exit, sigterm_raises
     from kd.runs.swept_group_keys import one_value_sweeps
     from kd.runs.torch_pair import check_torch_pair
-    from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides, config_dirs, split_args
+    from kd.runs.hydra_args import split_args
+    from kd.runs.typed_overrides import TypedOverrideError, check_typed_overrides
     from kd.training.cpu import share_cores_when_busy, usable_cores
 
-    flags, overrides = split_args(sys.argv[1:])
+    args = split_args(sys.argv[1:])
     try:
-        check_typed_overrides(overrides, config_dirs(flags))
-        if {"-m", "--multirun"} & set(flags):  # `loss=ab,ft loss.first_stage_epochs=2`: kd/runs/swept_group_keys.py
-            given = dict(zip(overrides, one_value_sweeps(overrides)))
+        check_typed_overrides(args.overrides_to_check(), args.config_dirs())
+        if args.parsed is not None and args.parsed.multirun:  # `loss=ab,ft loss.first_stage_epochs=2`
+            given = dict(zip(args.overrides, one_value_sweeps(args.overrides)))  # kd/runs/swept_group_keys.py
             sys.argv = [sys.argv[0]] + [given.get(arg, arg) for arg in sys.argv[1:]]
     except TypedOverrideError as err:
         raise SystemExit(f"Error: {err}. Fix that override and rerun; nothing was written.") from None
-    if not set(sys.argv[1:]) & INFO_FLAGS:  # a job will run
+    if args.runs_a_job():
         shared = share_cores_when_busy(usable_cores())  # before torch loads: OpenMP reads its wait policy then
         if shared is not None:
             print(shared, file=sys.stderr)

@@ -22,6 +22,7 @@ from conftest import CONF_DIR, FAST, compose_config, run_cli
 from kd.models import resnet as models
 from kd.checkpoint import CheckpointError, load_checkpoint
 from kd.runs.results import RESULTS_FILE, read_results
+from kd.runs.checks import check_cell
 from kd.runs.job import train
 from kd.train import CheckOutputDir, unwritable_reason
 from image_folders import write_folder, write_image
@@ -201,9 +202,6 @@ BAD_INPUTS: dict[str, Callable[[Path], tuple[list[str], type, str]]] = {
     "val_size with the folder's own val/": lambda d: (
         folder(pets(d, val=2), "data.val_size=3"), InstantiationException,
         r"data.val_size=3, but .*pets/val exists and is the validation split"),
-    "teacher checkpoint missing": lambda d: (
-        with_teacher(d / "nope.pt"), CheckpointError,
-        r"teacher.checkpoint=.*nope.pt does not exist. Fix the path, or set teacher.checkpoint=null"),
     "teacher checkpoint truncated": lambda d: (
         with_teacher(truncated(d / "cut.pt")), CheckpointError,
         r"teacher checkpoint .*cut.pt is truncated or corrupt \(RuntimeError: PytorchStreamReader failed"),
@@ -243,6 +241,16 @@ def test_bad_input_fails_before_training_and_keeps_the_checkpoint(case, interrup
     # No decoded-image cache nor a temp file of one; a corrupt image is found while decoding, under the cache's
     # (empty) lock file, which stays as the teacher cache's do.
     assert not [p for p in isolated_kd_home.glob("images/*") if p.suffix != ".lock"]
+
+
+def test_a_missing_teacher_checkpoint_is_refused_before_anything(completed_job, tmp_path, no_training):
+    before = snapshot(completed_job)
+    with pytest.raises(CheckpointError, match=r"teacher.checkpoint=.*nope.pt does not exist. Fix the path, or set "
+                                              r"teacher.checkpoint=null"):
+        train(compose_config(with_teacher(tmp_path / "nope.pt"), out_dir=completed_job))
+    assert snapshot(completed_job) == before
+    # an alpha=0 cell loads no teacher, so its teacher.checkpoint is not checked
+    check_cell(compose_config([*STUDENT, f"teacher.checkpoint={tmp_path / 'nope.pt'}"], out_dir=tmp_path / "plain"))
 
 
 def test_a_folder_without_data_root_is_refused_before_anything(completed_job, no_training):

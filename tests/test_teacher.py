@@ -173,11 +173,13 @@ def test_a_corrupt_cached_teacher_is_moved_aside_and_retrained(tmp_path, isolate
     first = train(compose_config(args, out_dir=tmp_path / "first"))
     (cached,) = (isolated_kd_home / "teachers").glob("*.pt")
     good = cached.read_bytes()
-    cached.write_bytes({"truncated": good[:1000], "empty": b"", "not a checkpoint": b"hello"}[damage])
+    damaged = {"truncated": good[:1000], "empty": b"", "not a checkpoint": b"hello"}[damage]
+    cached.write_bytes(damaged)
     with caplog.at_level("WARNING"):
         second = train(compose_config(args, out_dir=tmp_path / "second"))
     assert "is unreadable" in caplog.text and "training the teacher again" in caplog.text
-    assert cached.with_name(cached.name + ".corrupt").read_bytes() != good  # kept, for a look
+    (kept,) = cached.parent.glob(cached.name + ".corrupt-*")
+    assert kept.read_bytes() == damaged  # kept, for a look; a second one would never replace it
     assert second["teacher_top1"] == first["teacher_top1"]  # the same recipe, trained again (resumed from .work)
     assert torch.load(cached, weights_only=True)["state_dict"].keys() == \
         torch.load(next(cached.parent.glob("*.work/checkpoint.pt")), weights_only=True)["model"].keys()

@@ -36,20 +36,25 @@ class NotASweepError(ValueError):
     """The directory holds no kd student jobs."""
 
 
-def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Student jobs Hydra started that never wrote results.json (killed, or still running), as 'missing'."""
+def unfinished_jobs(sweep_dir: Path, results: list[dict[str, Any]],
+                    corrupt: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Student jobs Hydra started that never wrote results.json (killed, or still running), as 'missing'; and
+    those whose results.json kd cannot read (`corrupt`: collect_sweep's records), as 'corrupt', with the error."""
     from kd.data.augment import aug_name  # imports torch: only for a sweep with unfinished jobs
 
     aug_names = {r["config"]["aug"]["_target_"]: r["aug"] for r in results if "config" in r}
+    unreadable = {r["job_dir"]: r["error"] for r in corrupt}
     found = []
     for path in sorted(sweep_dir.glob("*/.hydra/config.yaml")):
         job_dir = path.parent.parent
         cfg = OmegaConf.load(path)
-        if (job_dir / RESULTS_FILE).exists() or cfg.stage != "student":
+        if ((job_dir / RESULTS_FILE).exists() and str(job_dir) not in unreadable) or cfg.stage != "student":
             continue
         target = cfg.aug._target_
         aug = aug_names[target] if target in aug_names else aug_name(target)  # imports torch: only if needed
-        found.append({"stage": "student", "status": "missing", "aug": aug, "alpha": float(cfg.alpha),
+        status = {"status": "corrupt", "error": unreadable[str(job_dir)]} if str(job_dir) in unreadable else {
+            "status": "missing"}
+        found.append({"stage": "student", **status, "aug": aug, "alpha": float(cfg.alpha),
                       "seed": cfg.seed, "job_dir": str(job_dir), "overrides": cell_overrides(job_dir)})
     return found + not_started_jobs(sweep_dir, aug_names)
 
@@ -100,13 +105,14 @@ def load_sweep(sweep_dir: Path) -> list[dict[str, Any]]:
     """The student jobs of a sweep dir, finished or not; a clear error for anything that is not a sweep."""
     if not sweep_dir.is_dir():
         raise NotASweepError(f"{sweep_dir} is not a directory; pass a sweep dir (e.g. multirun/<date>/<time>)")
-    students = [r for r in collect_sweep(sweep_dir) if r.get("stage") == "student"]
+    results = collect_sweep(sweep_dir)
+    students = [r for r in results if r.get("stage") == "student"]
     singles = single_runs(sweep_dir, students)
     if singles:
         raise NotASweepError(
             f"{sweep_dir} holds {len(singles)} separate single runs (e.g. {singles[0]}), not one multirun: their cells "
             f"were never meant as one grid. Run the grid with -m (python kd/train.py -m ...) and pass its sweep dir.")
-    students += unfinished_jobs(sweep_dir, students)
+    students += unfinished_jobs(sweep_dir, students, [r for r in results if r.get("status") == "corrupt"])
     if not students:
         sweeps = [str(p.parent) for depth in ("*/", "*/*/", "*/*/*/") for p in sweep_dir.glob(depth + "multirun.yaml")]
         hint = (" It holds a single job's results; pass the multirun dir above its job dirs."
@@ -166,12 +172,21 @@ def write_tables(students: list[dict[str, Any]], metric: str, sweep_dir: Path, f
     if len(slices) > 1:
         lines.insert(4, f"One table per {' and '.join(a for a in other_axes(students) if a != row)}: cells that "
                         f"differ in them are never pooled.\n")
-    provenance, warnings = sweep_provenance(students)
+    provenance, warnings = report_provenance(students)
     lines += [f"- {line}" for line in provenance] + [f"- **warning:** {w}" for w in warnings] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     md_path = sweep_dir / "gains.md"
     md_path.write_text("\n".join(lines) + "\n")
     return [md_path, csv_path]
+
+
+def report_provenance(students: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """sweep_provenance's lines and warnings, and a warning per cell whose results.json kd cannot read: kd-report
+    only reads, so the file stays where it is and the cell counts as failed."""
+    lines, warnings = sweep_provenance(students)
+    return lines, warnings + [f"{r['error']}: its cell counts as failed here; rerun the sweep's command to train it "
+                              f"again (kd then keeps the file aside as {RESULTS_FILE}.corrupt-<time>)"
+                              for r in students if r.get("status") == "corrupt"]
 
 
 def file_safe(text: str) -> str:
@@ -273,7 +288,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if has_diagnostics(students):
         print("\nDiagnostics (diagnostics.md says what each column is):")
         print(format_diagnostics(students, args.metric))
-    lines, warnings = sweep_provenance(students)
+    lines, warnings = report_provenance(students)
     print("\n".join(lines))
     for warning in warnings:
         print(f"kd-report: warning: {warning}", file=sys.stderr)

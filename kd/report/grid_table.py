@@ -2,6 +2,7 @@
 augmentations, or the swept key that a one-augmentation grid compares), with what each cell trained for."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +29,9 @@ def print_grid_table(sweep_dir: Path, wall_s: Optional[float] = None) -> None:
     cells failed."""
     results = collect_sweep(sweep_dir)
     students = [r for r in results if r.get("stage") == "student"]
+    for r in results:
+        if r.get("status") == "corrupt":  # a cell that kd cannot place in the grid: named, never passed over
+            print(f"kd: {r['error']}; rerun this sweep's command to train its cell again", file=sys.stderr)
     if not students:
         return
     teachers = sorted({f"{r['teacher']} {r['teacher_top1']:.2f}%" for r in students

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
@@ -14,6 +15,7 @@ from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
 from kd.distillers.base import Distiller, check_alpha
 from kd.runs.targets import ConfigTargetError, check_targets
+from kd.training.teacher import check_given_checkpoint
 
 
 def check_trainer(t: DictConfig) -> None:
@@ -51,15 +53,28 @@ def check_cell(cfg: DictConfig, here: bool = True) -> None:
     check_device(cfg.trainer.device, here)  # `here=False`: where a sweep is submitted, not where it runs
     check_targets(cfg)
     check_distiller(cfg.loss)
+    check_given_checkpoint(cfg)
+
+
+def check_data(data_cfg: DictConfig) -> None:
+    """Decode an image folder once, before any cell: an image Pillow cannot read is named here, once, instead of
+    by every cell in turn; the cells then read the decoded cache. Other datasets are checked by their cells."""
+    if data_cfg._target_.rsplit(".", 1)[-1] == "folder":
+        built(data_cfg)
+
+
+def built(node: DictConfig) -> Any:
+    """`instantiate(node)`, raising what the target said rather than Hydra's wrapper around it."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        raise err.__cause__ or err from None
 
 
 def check_distiller(loss_cfg: DictConfig) -> None:
     """Build the loss once before any work: its own checks run (loss.temperature=0, a negative beta), and a
     loss written for kd's former function API is named instead of failing in the first step."""
-    try:
-        loss = instantiate(loss_cfg)
-    except InstantiationException as err:  # say what the distiller said, not Hydra's wrapper
-        raise err.__cause__ or err from None
+    loss = built(loss_cfg)  # the distiller's own checks run
     if not isinstance(loss, Distiller):
         raise ConfigTargetError(
             f"loss._target_={loss_cfg._target_} builds a {type(loss).__name__}, not a kd.distillers.base.Distiller: a "
@@ -67,32 +82,51 @@ def check_distiller(loss_cfg: DictConfig) -> None:
             f"and wrap the function in a class.")
 
 
-def sweep_errors(config: DictConfig) -> list[str]:
-    """`overrides: error` for each cell of a multirun that check_cell refuses, each composed as its job will be."""
+def sweep_errors(config: DictConfig) -> tuple[list[str], list[DictConfig]]:
+    """`overrides: error` for each cell of a multirun that check_cell refuses, each composed as its job will be;
+    and the distinct data configs of the others (for check_data, once each)."""
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     (cells,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion of the grid
-    errors = []
+    errors, datasets = [], {}
     for overrides in cells:
         try:
-            check_cell(compose(config_name=config.hydra.job.config_name, overrides=list(overrides)), here=False)
+            cfg = compose(config_name=config.hydra.job.config_name, overrides=list(overrides))
+            check_cell(cfg, here=False)
         except Exception as err:  # every kind of bad input, each named by the overrides that make its cell
             swept = [o for o in overrides if not all(o in other for other in cells)] or overrides
             errors.append(f"{' '.join(swept)}: {type(err).__name__}: {err}")
-    return errors
+            continue
+        datasets.setdefault(OmegaConf.to_yaml(cfg.data), cfg.data)
+    return errors, list(datasets.values())
 
 
 class CheckEveryCell(Callback):
     """Refuse a multirun with a bad cell before anything is written or trained (before the sweeper saves
-    multirun.yaml, which a corrected rerun into the same sweep dir would otherwise have to extend).
-    Hydra turns a callback's exceptions into warnings, so this stops the run with SystemExit."""
+    multirun.yaml, which a corrected rerun into the same sweep dir would otherwise have to extend), and a single
+    run with bad settings before Hydra creates its run dir. Hydra turns a callback's exceptions into warnings,
+    so this stops the run with SystemExit."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra does next: out_dir is ${kd.job_dir:}
+        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            check_cell(cfg)
+            check_data(cfg.data)
+        except Exception as err:  # every kind of bad input check_cell raises
+            raise SystemExit(f"Error: {type(err).__name__}: {err} Nothing was written.") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        errors = sweep_errors(config)
+        errors, datasets = sweep_errors(config)
         if errors:
             raise SystemExit(f"Error: {len(errors)} cell(s) of this multirun have bad settings; nothing was "
                              f"written or trained:\n" + "".join(f"  {e}\n" for e in errors)
                              + "Fix those values and rerun.")
+        for data_cfg in datasets:  # once per dataset, however many cells read it
+            try:
+                check_data(data_cfg)
+            except Exception as err:
+                raise SystemExit(f"Error: {type(err).__name__}: {err} Nothing was written or trained.") from None

@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, Optional
 
-from kd.runs.results import RESULTS_FILE, collect_sweep, read_results
+from kd.runs.results import RESULTS_FILE, CorruptResultsError, collect_sweep, read_results
 
 SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # 128 + the signal's number, as a shell reports them
 
@@ -68,7 +68,10 @@ def what_was_kept(output_dir: Path, multirun: bool) -> str:
         total = grid_size(output_dir)
     else:
         path = output_dir / RESULTS_FILE
-        results = [{**read_results(path), "job_dir": str(output_dir)}] if path.is_file() else []
+        try:
+            results = [{**read_results(path), "job_dir": str(output_dir)}] if path.is_file() else []
+        except CorruptResultsError:
+            results = [{"status": "corrupt", "job_dir": str(output_dir)}]
         total = 1
     resumable = sum(r.get("status") == "interrupted" and (Path(r["job_dir"]) / "checkpoint.pt").is_file()
                     for r in results)
@@ -88,13 +91,17 @@ def grid_size(sweep_dir: Path) -> Optional[int]:
     """How many cells the sweep's command makes (Hydra's own expansion of multirun.yaml); None if unknown."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return None
     overrides = list(OmegaConf.load(saved).hydra.overrides.task)
-    (cells,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    try:
+        (cells,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
+    except HydraException:  # another sweeper's grid (Optuna's interval(...)): its size is its own
+        return None
     return len(cells)
 
 

@@ -22,7 +22,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from kd.data.augment import aug_name
-from kd.data.augment_ladder import picks_with_teacher
 from kd.runs.checks import check_cell
 from kd.config import Stage, TeacherView, defining_config
 from kd.training.cpu import warn_if_busy
@@ -33,9 +32,10 @@ from kd.runs.locking import exclusive_job_dir
 from kd.models.summary import network_size
 from kd.runs.provenance import environment, now
 from kd.runs.overrides import TABLE_KEYS, cell_overrides, swept_keys
-from kd.runs.results import RESULTS_FILE, read_results, write_results
+from kd.runs.results import (RESULTS_FILE, CorruptResultsError, read_results, set_aside_corrupt_results,
+                             write_results)
 from kd.training.teacher import (arch_name, check_teacher_accuracy, ensure_teacher, load_teacher, sha256_of, teacher_recipe,
-                        teacher_work_dir)
+                        teacher_work_dir, uses_teacher)
 
 log = logging.getLogger("kd.train")
 
@@ -56,11 +56,6 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "teacher_epochs": int(cfg.teacher.epochs),
         "teacher_view": TeacherView(cfg.trainer.teacher_view).value,
     }
-
-
-def uses_teacher(cfg: DictConfig) -> bool:
-    """A cell that distils, or whose augmentation the teacher picks (CutMixPick): even at alpha=0."""
-    return cfg.alpha > 0 or picks_with_teacher(cfg.aug._target_)
 
 
 def data_name(data_cfg: DictConfig) -> str:
@@ -110,7 +105,10 @@ def completed_results(out_dir: Path, cfg: DictConfig) -> dict | None:
     path = out_dir / RESULTS_FILE
     if not path.is_file():
         return None
-    previous = read_results(path)
+    try:
+        previous = read_results(path)
+    except CorruptResultsError:  # no finished work can be read from it: the cell has work to do (train_pack)
+        return None
     if previous.get("status") != "completed":
         return None
     if previous.get("defining_config") != defining_config(cfg):
@@ -150,6 +148,9 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
                 check_cell(cfg)
                 out_dir = prepare_out_dir(cfg.out_dir)
                 locks.enter_context(exclusive_job_dir(out_dir, wait))
+                kept = set_aside_corrupt_results(out_dir)
+                if kept is not None:
+                    log.warning("%s", kept)
                 previous = completed_results(out_dir, cfg)
             except Exception as err:
                 outcomes[i] = err

@@ -30,7 +30,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from kd.config import register_schemas
 from kd.paths import CONF_DIR
 from kd.runs.sweep_dir import SUBMITTED_FILE, register_resolvers
-from kd.runs.typed_overrides import split_args
+from kd.runs.hydra_args import split_args
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 STUDENT_ONLY = {"alpha", "aug", "model", "loss", "optim", "stage"}  # top-level keys that never change the teacher
@@ -66,7 +66,8 @@ def commands(argv: list[str], detach: bool = False) -> tuple[list[str], list[str
     register_schemas()  # what `compose` needs, as kd/train.py registers them
     register_resolvers()
 
-    flags, overrides = split_args(argv)
+    args = split_args(argv)
+    flags, overrides = args.flags, args.overrides
     sweep_dir = sweep_dir_of(overrides, detach)
     rest = [o for o in overrides if not o.startswith("hydra.sweep.dir=")] + (["hydra.launcher.detach=true"] if detach else [])
     train = [sys.executable, str(TRAIN), "-m", *flags]

@@ -13,28 +13,6 @@ from typing import Optional
 from kd.config import Config
 from kd.paths import CONF_DIR, LAUNCHERS_DIR
 
-VALUE_FLAGS = {"-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name"}  # Hydra flags with a value
-
-
-def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(Hydra flags such as `--config-dir DIR`, passed to both steps as they are; the overrides)."""
-    flags, overrides = [], []
-    args = iter(argv)
-    for arg in args:
-        if arg.startswith("-"):
-            flags.append(arg)
-            if arg in VALUE_FLAGS:
-                flags.append(next(args))
-        else:
-            overrides.append(arg)
-    return flags, overrides
-
-
-def config_dirs(flags: list[str]) -> list[Path]:
-    """The --config-dir/-cd dirs among Hydra's flags (as split_args returns them)."""
-    dirs = [Path(value) for flag, value in zip(flags, flags[1:]) if flag in ("--config-dir", "-cd")]
-    return dirs + [Path(f.split("=", 1)[1]) for f in flags if f.startswith("--config-dir=")]
-
 
 class TypedOverrideError(ValueError):
     """An override that names no setting or no option of kd's."""

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 
 import wandb
 
-from kd.runs.results import RESULTS_FILE, read_results
+from kd.runs.results import RESULTS_FILE, CorruptResultsError, read_results
 from kd.tracking.wandb_tracker import read_run_file, teacher_alias, teacher_artifact_name
 
 
@@ -22,7 +22,11 @@ def teacher_uses(job_dirs: list[Path]) -> list[dict[str, Any]]:
         info, results = read_run_file(job), job / RESULTS_FILE
         if info is None or info.get("job_type") != "student" or not results.is_file():
             continue
-        result = read_results(results)
+        try:
+            result = read_results(results)
+        except CorruptResultsError as err:
+            print(f"kd-sync: {err}; the teacher its run used is not declared")
+            continue
         if not result.get("teacher_sha256") or not result.get("teacher_checkpoint"):
             continue  # alpha = 0: the teacher never taught it
         uses.append({"job_dir": job, "run": info["id"], "project": info["project"], "entity": info.get("entity"),

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from kd.training.capture import EAGER, CompilePlan, float_lrs
-from kd.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic
+from kd.checkpoint import CheckpointError, CorruptCheckpointError, load_checkpoint, rng_state, save_atomic, set_aside
 from kd.config import PackMode, TeacherView
 from kd.distillers.base import FIRST_STAGE_MOMENTUM, FIRST_STAGE_WEIGHT_DECAY, Distiller, Outputs, stack_parts
 from kd.training.stacking import StackedUpdate, StepOutputs
@@ -177,7 +177,13 @@ def resume(student: Student) -> None:
     path = student.cell.out_dir / "checkpoint.pt"
     if not path.exists():
         return
-    state = load_checkpoint(path, "run checkpoint", f"Delete {path} to start this run afresh.")
+    fix = f"Delete {path} to start this run afresh."
+    try:
+        state = load_checkpoint(path, "run checkpoint", fix)
+    except CorruptCheckpointError as err:  # nothing to resume from: keep the file, train from the first epoch
+        log.warning("%s%s; kept as %s, and this cell trains from its first epoch", _prefix(student),
+                    str(err).removesuffix(fix).rstrip(" ."), set_aside(path))
+        return
     if state.get("config") != student.cell.identity:
         raise CheckpointError(f"{path} was written by a run with a different config; resuming would mix the "
                               f"two. {student.cell.stale_fix}")

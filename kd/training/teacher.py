@@ -19,9 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_aside
 from kd.config import AugmentScope, Stage, as_recorded
 from kd.training import published_teachers as published
+from kd.data.augment_ladder import picks_with_teacher
 from kd.data.datasets import ImageSplits
 from kd.distillers.base import Outputs
 
@@ -58,6 +59,26 @@ def teacher_recipe(cfg: DictConfig, data_content: Optional[str]) -> dict:
 
 def recipe_digest(cfg: DictConfig, data_content: Optional[str]) -> str:
     return hashlib.sha256(json.dumps(teacher_recipe(cfg, data_content), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def uses_teacher(cfg: DictConfig) -> bool:
+    """A cell that distils, or whose augmentation the teacher picks (CutMixPick): even at alpha=0."""
+    return cfg.alpha > 0 or picks_with_teacher(cfg.aug._target_)
+
+
+def check_given_checkpoint(cfg: DictConfig) -> None:
+    """A teacher.checkpoint that the job will load must exist: checked before any work (kd/runs/checks.py)."""
+    if cfg.teacher.checkpoint is not None and (Stage(cfg.stage) == Stage.teacher or uses_teacher(cfg)):
+        given_checkpoint(cfg)
+
+
+def given_checkpoint(cfg: DictConfig) -> Path:
+    """The teacher.checkpoint file, which must exist."""
+    path = Path(os.path.expanduser(cfg.teacher.checkpoint))
+    if not path.is_file():
+        raise CheckpointError(f"teacher.checkpoint={path} does not exist. Fix the path, or set teacher.checkpoint=null "
+                              f"to train and cache the teacher under teacher.cache_dir.")
+    return path
 
 
 def teacher_checkpoint_path(cfg: DictConfig, splits: ImageSplits) -> Path:
@@ -100,12 +121,7 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits,
     returns its path, while its run is still open: the teacher's W&B run logs that very file as its artifact."""
     path = teacher_checkpoint_path(cfg, splits)
     if cfg.teacher.checkpoint is not None:
-        if not path.is_file():
-            raise CheckpointError(
-                f"teacher.checkpoint={path} does not exist. Fix the path, or set teacher.checkpoint=null "
-                f"to train and cache the teacher under teacher.cache_dir."
-            )
-        return path
+        return given_checkpoint(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.is_file() and readable_teacher(path):
@@ -140,7 +156,8 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits,
 
 def readable_teacher(path: Path) -> bool:
     """Whether a cached teacher file loads; a corrupt one (truncated, empty, not a checkpoint) is moved aside,
-    kept as `<name>.corrupt`, so that it is retrained once under the lock instead of failing every cell."""
+    kept as `<name>.corrupt-<time>` (set_aside), so that it is retrained once under the lock instead of failing
+    every cell."""
     try:
         ckpt = load_checkpoint(path, "cached teacher", "")
         if all(key in ckpt for key in ("arch", "num_classes", "state_dict")):
@@ -148,8 +165,7 @@ def readable_teacher(path: Path) -> bool:
         reason = "it is not a teacher checkpoint kd wrote"
     except CheckpointError as err:
         reason = str(err).strip()
-    aside = path.with_name(path.name + ".corrupt")
-    os.replace(path, aside)
+    aside = set_aside(path)
     log.warning("teacher: the cached %s is unreadable (%s); moved it to %s and training the teacher again",
                 path, reason, aside)
     return False

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from kd.distillers.base import Distiller, Outputs
+from kd.distillers.base import Outputs
 from kd.distillers.common import check_weight
-from kd.distillers.precision import at_least_float32
+from kd.distillers.logits import LogitDistiller, at_least_float32
 
 PEARSON_EPS = 1e-8  # the authors' guard in the denominator, kept so that kd's term is theirs to float64 rounding
 
@@ -35,12 +35,13 @@ def inter_intra(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return tau**2 * inter, tau**2 * intra
 
 
-class DIST(Distiller):
+class DIST(LogitDistiller):
     """term = beta * inter + gamma * intra. The authors' CIFAR recipe (1.0 CE + 2.0 DIST with beta = gamma = 1,
     tau = 4) is alpha=0.5 loss.scale=2 with beta = gamma = 2 (conf/loss/dist.yaml)."""
 
-    def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float = 4.0, scale: float = 1.0) -> None:
-        super().__init__(scale)
+    def __init__(self, beta: float = 1.0, gamma: float = 1.0, tau: float = 4.0, scale: float = 1.0,
+                 standardize: bool = False) -> None:
+        super().__init__(scale, standardize)
         check_weight("beta", beta, "DIST's inter-class weight; its CIFAR recipe is 2")
         check_weight("gamma", gamma, "DIST's intra-class weight; its CIFAR recipe is 2")
         if not tau > 0.0:
@@ -48,5 +49,5 @@ class DIST(Distiller):
         self.beta, self.gamma, self.tau = beta, gamma, tau
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        inter, intra = inter_intra(student.logits, teacher.logits, self.tau)
+        inter, intra = inter_intra(self.read(student.logits), self.read(teacher.logits), self.tau)
         return {"kd": self.beta * inter + self.gamma * intra, "inter": inter.detach(), "intra": intra.detach()}

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import Distiller, Outputs
+from kd.distillers.base import Outputs
 from kd.distillers.common import check_weight
-from kd.distillers.precision import at_least_float32
+from kd.distillers.logits import LogitDistiller, at_least_float32
 
 
 def transformed_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -32,16 +32,16 @@ def check_gamma(gamma: float) -> None:
                          f"the authors' CIFAR example uses 0.1)")
 
 
-class TTM(Distiller):
+class TTM(LogitDistiller):
     """term = beta * mean over the batch of KL(p_t^gamma renormalised || p_s). The authors' README recipe
     (`--distill ttm --ttm_l 0.1 -r 1 -b 45 -a 0`: CE + 45 TTM) is alpha=0.5 loss.scale=2 (conf/loss/ttm.yaml)."""
 
-    def __init__(self, gamma: float = 0.1, beta: float = 45.0, scale: float = 1.0) -> None:
-        super().__init__(scale)
+    def __init__(self, gamma: float = 0.1, beta: float = 45.0, scale: float = 1.0, standardize: bool = False) -> None:
+        super().__init__(scale, standardize)
         check_gamma(gamma)
         check_weight("beta", beta, "the term's weight; the authors' CIFAR examples use 45 for TTM, 4 for WTTM")
         self.gamma, self.beta = gamma, beta
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        kl, _ = transformed_kl(student.logits, teacher.logits, self.gamma)
+        kl, _ = transformed_kl(self.read(student.logits), self.read(teacher.logits), self.gamma)
         return {"kd": self.beta * kl.mean()}

@@ -16,9 +16,9 @@ class WTTM(TTM):
     """term = beta * mean(U_gamma(p_t) * KL). The authors' README combines it with CRD (`--add wttm --ttm_l 0.2
     -a 4`: 4 WTTM); those are conf/loss/wttm.yaml's gamma and beta, with alpha=0.5 loss.scale=2 for CE weight 1."""
 
-    def __init__(self, gamma: float = 0.2, beta: float = 4.0, scale: float = 1.0) -> None:
-        super().__init__(gamma, beta, scale)
+    def __init__(self, gamma: float = 0.2, beta: float = 4.0, scale: float = 1.0, standardize: bool = False) -> None:
+        super().__init__(gamma, beta, scale, standardize)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        kl, weight = transformed_kl(student.logits, teacher.logits, self.gamma)
+        kl, weight = transformed_kl(self.read(student.logits), self.read(teacher.logits), self.gamma)
         return {"kd": self.beta * (weight * kl).mean(), "weight": weight.mean().detach()}

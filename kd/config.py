@@ -127,6 +127,7 @@ class KDLossConfig:
     _target_: str = "kd.distillers.kd.KD"
     temperature: float = 4.0
     scale: float = 1.0  # L = scale * ((1 - alpha) * CE + alpha * term): kd/distillers/base.py
+    standardize: bool = False  # z-score each sample's logits before the temperature: kd/distillers/logits.py
 
 
 @dataclass

@@ -4,6 +4,7 @@ and resumes from inside, and a user's own feature distiller is one file."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -203,3 +204,29 @@ def test_a_cell_killed_inside_its_first_stage_resumes_to_the_uninterrupted_resul
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert first_stage_rows(read_results(killed / RESULTS_FILE)) == first_stage_rows(
         read_results(reference / RESULTS_FILE))
+
+
+LOGIT_LOSSES = ("kd", "dkd", "dist", "ttm", "wttm")
+
+
+def test_the_newer_logit_distillers_and_logit_standardization_train_in_one_real_multirun(tmp_path):
+    grid = [*FAST, "teacher=resnet8", "aug=none", "alpha=0.5", f"loss={','.join(LOGIT_LOSSES)}",
+            "loss.standardize=false,true"]
+    out, log = sweep(tmp_path, "logit", grid)
+    assert "loss.standardize=False:" in log and "loss.standardize=True:" in log  # the grid's tables, one per switch
+    first = {}
+    for loss in LOGIT_LOSSES:
+        for standardize in ("False", "True"):  # as Hydra's sweeper writes them (cell_dir)
+            result = read_results(cell_dir(out, grid, f"loss={loss}", f"loss.standardize={standardize}") / RESULTS_FILE)
+            assert result["status"] == "completed", (loss, standardize)
+            row = result["history"][-1]
+            assert math.isfinite(row["train/loss"]) and math.isfinite(row["train/kd"]) and row["train/kd"] > 0
+            first[loss, standardize] = row["train/kd"]
+        assert first[loss, "False"] != first[loss, "True"], loss  # the switch reaches each distiller's term
+    dist = read_results(cell_dir(out, grid, "loss=dist", "loss.standardize=False") / RESULTS_FILE)["history"][0]
+    assert dist["train/inter"] > 0 and dist["train/intra"] > 0
+    recipes = [*FAST, "teacher=resnet8", "aug=none", "alpha=0.5", "loss=kd_ls,dkd_ls"]
+    out, _ = sweep(tmp_path, "ls", recipes)
+    for loss in ("kd_ls", "dkd_ls"):
+        result = read_results(cell_dir(out, recipes, f"loss={loss}") / RESULTS_FILE)
+        assert result["status"] == "completed" and math.isfinite(result["history"][-1]["train/loss"]), loss

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kd.distillers.base import Distiller, Outputs
+from kd.distillers.base import Outputs
 from kd.distillers.common import linear_warmup
+from kd.distillers.logits import LogitDistiller, at_least_float32
 
 
 def target_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ def binary_log_probs(z: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 def tckd_nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
               temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each T^2 * KL(teacher || student) summed over its classes and averaged over the batch."""
-    z_s, z_t = student_logits.float() / temperature, teacher_logits.float() / temperature
+    z_s, z_t = at_least_float32(student_logits) / temperature, at_least_float32(teacher_logits) / temperature
     gt = target_mask(z_s, targets)
     t2 = temperature**2
     tckd = F.kl_div(binary_log_probs(z_s, gt), binary_log_probs(z_t, gt), reduction="batchmean", log_target=True)
@@ -43,12 +44,12 @@ def tckd_nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return t2 * tckd, t2 * nckd
 
 
-class DKD(Distiller):
+class DKD(LogitDistiller):
     """term = min((epoch + 1) / warmup, 1) * (alpha * TCKD + beta * NCKD); mdistiller's epochs count from 1."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20,
-                 scale: float = 1.0) -> None:
-        super().__init__(scale)
+                 scale: float = 1.0, standardize: bool = False) -> None:
+        super().__init__(scale, standardize)
         for key, value, part in (("alpha", alpha, "TCKD"), ("beta", beta, "NCKD")):
             if not value >= 0.0:
                 raise ValueError(f"loss.{key}={value} must be >= 0 (DKD's weight of {part}; the paper uses "
@@ -63,5 +64,5 @@ class DKD(Distiller):
         return linear_warmup(epoch, self.warmup)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        tckd, nckd = tckd_nckd(student.logits, teacher.logits, targets, self.temperature)
+        tckd, nckd = tckd_nckd(self.read(student.logits), self.read(teacher.logits), targets, self.temperature)
         return {"kd": self.warmup_factor(epoch) * (self.alpha * tckd + self.beta * nckd), "tckd": tckd, "nckd": nckd}

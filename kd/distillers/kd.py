@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from typing import Optional
 
 from kd.distillers.base import Distiller, LossParts, Outputs, PackLosses, check_alpha
+from kd.distillers.logits import LogitDistiller, at_least_float32
 
 
 def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 * KL(p_t || p_s) at temperature T, summed over classes, averaged over the batch."""
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
+    log_p_t = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
 
@@ -46,16 +47,16 @@ def kd_loss(
     return LossParts((1.0 - alpha) * ce + alpha * kd, ce, kd)
 
 
-class KD(Distiller):
+class KD(LogitDistiller):
     """With alpha: L = (1 - alpha) * CE + alpha * T^2 * KL. mdistiller's KD (0.1 CE + 0.9 KD) is alpha=0.9."""
 
-    def __init__(self, temperature: float = 4.0, scale: float = 1.0) -> None:
-        super().__init__(scale)
+    def __init__(self, temperature: float = 4.0, scale: float = 1.0, standardize: bool = False) -> None:
+        super().__init__(scale, standardize)
         check_temperature(temperature)
         self.temperature = temperature
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        return {"kd": kd_term(student.logits, teacher.logits, self.temperature)}
+        return {"kd": kd_term(self.read(student.logits), self.read(teacher.logits), self.temperature)}
 
     def pack_forward(self, logits: torch.Tensor, teachers: list[Optional[Outputs]], targets: torch.Tensor,
                      alphas: list[float], epoch: int = 0) -> PackLosses:
@@ -89,8 +90,8 @@ class KD(Distiller):
             teacher = given[0]
         else:
             teacher = torch.stack([t if t is not None else given[0] for t in teachers])
-        log_p_s = F.log_softmax(logits.float() / self.temperature, dim=-1)
-        log_p_t = F.log_softmax(teacher.float() / self.temperature, dim=-1)
+        log_p_s = F.log_softmax(self.read(logits).float() / self.temperature, dim=-1)
+        log_p_t = F.log_softmax(self.read(teacher).float() / self.temperature, dim=-1)
         return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean(-1) * self.temperature**2
 
     def _alpha_weights(self, alphas: tuple[float, ...], device: torch.device) -> dict[str, torch.Tensor]:

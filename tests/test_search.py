@@ -50,6 +50,18 @@ def test_each_trial_returns_its_val_top1_and_a_batch_trains_as_one_pack(tmp_path
         result = result_of(results, trial.params["alpha"])
         assert result["temperature"] == trial.params["loss.temperature"]
         assert trial.value == result["best_val_top1"]  # the val split's, not the test set's
+    assert "Trials of search s" in proc.stdout and "UserWarning" not in out  # the multirun ends with its trials
+
+    report = subprocess.run([sys.executable, "-m", "kd.report", str(sweep)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    best = study(sweep, "s").best_trial
+    chosen = result_of(results, best.params["alpha"])
+    assert (f"best trial #{best.number} of 4: " in report.stdout and f"val top-1 {best.value:.2f}% (the objective); "
+            f"its test top-1 {chosen['test_top1_at_best_val']:.2f}% (reported, never searched on)" in report.stdout)
+    rows = (sweep / "trials.csv").read_text().splitlines()
+    assert rows[0].startswith("trial,alpha,loss.temperature,state,val_top1,test_top1") and len(rows) == 5
+    assert all((sweep / name).is_file() for name in ("trials.md", "optimization_history.png",
+                                                     "param_importances.png"))
 
 
 def test_a_trial_given_a_bad_value_fails_alone_and_the_study_goes_on(tmp_path):

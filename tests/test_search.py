@@ -81,6 +81,11 @@ def test_a_trial_given_a_bad_value_fails_alone_and_the_study_goes_on(tmp_path):
     results = collect_sweep(sweep)
     assert all(t.value == result_of(results, t.params["alpha"])["best_val_top1"] for t in completed)
 
+    # Its study holds trials of 1 epoch: a rerun into the dir that trains 2 would mix them, and is refused.
+    changed = run_cli([*args, "trainer.epochs=2"], tmp_path)
+    assert changed.returncode == 1 and "holds a sweep that this run would change" in changed.stderr
+    assert "trainer.epochs: sweep has [1], this run asks [2]" in changed.stderr and len(study(sweep).trials) == 4
+
 
 def test_a_search_without_a_val_split_is_refused_before_anything_runs(tmp_path):
     sweep = tmp_path / "s"

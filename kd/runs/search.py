@@ -22,7 +22,8 @@ class NoValSplitError(ValueError):
 
 def is_search(hydra_cfg: DictConfig) -> bool:
     """A multirun under any sweeper but Hydra's grid (BasicSweeper): its jobs must return a float."""
-    return RunMode(hydra_cfg.mode) == RunMode.MULTIRUN and hydra_cfg.sweeper._target_ != BASIC_SWEEPER
+    mode = RunMode[hydra_cfg.mode] if isinstance(hydra_cfg.mode, str) else hydra_cfg.mode  # a saved multirun.yaml's
+    return mode == RunMode.MULTIRUN and hydra_cfg.sweeper._target_ != BASIC_SWEEPER
 
 
 def has_val_split(data_cfg: DictConfig) -> bool:

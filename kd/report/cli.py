@@ -254,7 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if is_search_dir(args.sweep_dir):  # a search's trials, not a grid (docs/search.md)
-        return report_search(args.sweep_dir)
+        code = report_search(args.sweep_dir)
+        if args.wandb and code == 0:
+            print("kd-report: error: --wandb does not publish a search's report yet (each trial's own W&B run is in "
+                  "the sweep's group); the local files were written", file=sys.stderr)
+            return 1
+        return code
     if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/runs/job.py: SUMMARY_KEYS)
         print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
               "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "

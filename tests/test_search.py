@@ -64,6 +64,17 @@ def test_each_trial_returns_its_val_top1_and_a_batch_trains_as_one_pack(tmp_path
                                                      "param_importances.png"))
 
 
+def test_under_hydras_basic_launcher_kds_task_function_returns_the_objective(tmp_path):
+    """kd/train.py's `main` is the job there (kd's launchers train packs themselves): it returned its results dict."""
+    sweep = tmp_path / "s"
+    proc = run_cli(["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "hydra/launcher=basic", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials, results = study(sweep).trials, collect_sweep(sweep)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(t.value == result_of(results, t.params["alpha"])["best_val_top1"] for t in trials)
+
+
 def test_a_trial_given_a_bad_value_fails_alone_and_the_study_goes_on(tmp_path):
     sweep = tmp_path / "s"
     args = ["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",

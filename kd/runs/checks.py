@@ -112,6 +112,6 @@ class CheckEveryCell(Callback):
                              f"{err}); nothing was written or trained. interval(...) and tag(...) sweeps need a "
                              f"search's sweeper: hparams_search=<name> (docs/search.md).") from None
         if errors:
-            raise SystemExit(f"Error: {len(errors)} cell(s) of this multirun have bad settings; nothing was "
-                             f"written or trained:\n" + "".join(f"  {e}\n" for e in errors)
-                             + "Fix those values and rerun.")
+            what = "this search has" if is_search(config.hydra) else f"{len(errors)} cell(s) of this multirun have"
+            raise SystemExit(f"Error: {what} bad settings; nothing was written or trained:\n"
+                             + "".join(f"  {e}\n" for e in errors) + "Fix those values and rerun.")

@@ -27,12 +27,11 @@ def is_search(hydra_cfg: DictConfig) -> bool:
 
 
 def has_val_split(data_cfg: DictConfig) -> bool:
-    """data.val_size holds one out of the training split; a folder may bring its own val/."""
-    if data_cfg.get("val_size") is not None:
+    """data.val_size holds one out of the training split; a folder may bring its own val/. A dataset of one's own
+    without the key has no val split that kd knows of."""
+    if "val_size" in data_cfg and data_cfg.val_size is not None:
         return True
-    root = data_cfg.get("root")
-    return data_cfg._target_ == "kd.data.folder" and root is not None and (
-        Path(os.path.expanduser(str(root))) / "val").is_dir()
+    return data_cfg._target_ == "kd.data.folder" and (Path(os.path.expanduser(str(data_cfg.root))) / "val").is_dir()
 
 
 def check_search(cfg: DictConfig) -> None:

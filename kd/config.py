@@ -54,6 +54,14 @@ class AugmentScope(Enum):
     epoch = "epoch"  # the whole split once per epoch on the device, each step a slice of it: no augmentation per step
 
 
+class Objective(Enum):
+    """What a search (a non-basic sweeper: conf/hparams_search/) maximizes: the val split's top-1, never the
+    test set's (docs/search.md)."""
+
+    best_val_top1 = "best_val_top1"  # the best epoch's val top-1: the epoch kd reports test_top1_at_best_val at
+    final_val_top1 = "final_val_top1"  # the last epoch's val top-1
+
+
 class WandbMode(Enum):
     auto = "auto"  # online if W&B credentials exist, else offline; a set WANDB_MODE decides instead
     online = "online"
@@ -273,6 +281,7 @@ class Config:
     alpha: float = 0.5  # weight of the distiller's term: (1 - alpha) * CE + alpha * term (KD's: T^2 * KL)
     seed: int = 0
     stage: Stage = Stage.student
+    objective: Objective = Objective.best_val_top1  # what each trial of a search returns; unread by a grid
     out_dir: str = MISSING
 
 
@@ -335,7 +344,8 @@ def _check_node(node: DictConfig, schema: type, prefix: str) -> None:
 
 # Keys that say where things live or how they are tracked, not what is trained: a finished
 # or interrupted job may be resumed with other values of these.
-NON_DEFINING_KEYS = ("logger", "out_dir", "teacher.cache_dir", "data.root", "data.download", "data.cache_dir")
+NON_DEFINING_KEYS = ("logger", "out_dir", "objective", "teacher.cache_dir", "data.root", "data.download",
+                     "data.cache_dir")
 # Keys added after results and checkpoints were written without them: at these values (what those jobs did)
 # they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,

@@ -96,13 +96,19 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
 
 # An absolute config dir: relative to a module Hydra would look for a `conf` package instead.
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> dict[str, Any]:
+def main(cfg: DictConfig) -> dict[str, Any] | float:
+    """The job (run by hydra/launcher=basic; kd's launchers train packs themselves): its results, or under a
+    search its objective, the one number a search's sweeper takes (kd/runs/search.py)."""
     from kd.runs.job import in_multirun, train
+    from kd.runs.search import check_search, is_search, objective
 
+    search = in_multirun() and is_search(HydraConfig.get())
+    if search:
+        check_search(cfg)  # before training: a search without a val split has nothing honest to return
     result = train(cfg)
     if not in_multirun():  # a multirun ends with its grid table instead
         print(finished_line(result, Path(cfg.out_dir)))
-    return result
+    return objective(result, cfg) if search else result
 
 
 def finished_line(result: dict[str, Any], out_dir: Path) -> str:

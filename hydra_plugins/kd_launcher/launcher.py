@@ -31,6 +31,7 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from hydra_plugins.kd_launcher.follow import PackLogFollower
 from hydra_plugins.kd_launcher.packed import SweepFailedError, run_pack
 from kd.runs.packs import group_packs
+from kd.runs.search import is_search
 from kd.runs.sweep_dir import SUBMITTED_FILE
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,13 @@ def error_summary(err: Exception) -> str:
         if lines:
             return lines[-1]
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def failed_trial(overrides: list[str], err: Exception) -> JobReturn:
+    """A search's trial whose pack's job died: failed, with the job's error, for its sweeper to tell."""
+    ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
+    ret.return_value = err
+    return ret
 
 
 class PackFailedError(RuntimeError):
@@ -124,6 +132,8 @@ class _GridCells:
             # Hydra's job logging is still set up: this lands in the cells' logs next to results.json.
             log.error("cell #%d failed (%s: %s); %s/results.json has status=failed", num,
                       type(ret._return_value).__name__, ret._return_value, ret.hydra_cfg.hydra.runtime.output_dir)
+        if is_search(self.config.hydra):  # each trial's own return, failed or not, is the sweeper's to tell
+            return returns
         errors = {id(ret._return_value): ret._return_value for _, ret in failed}
         if len(errors) == 1:
             raise next(iter(errors.values()))  # the cell's own exception (the pack's, if it stopped them all)
@@ -180,6 +190,9 @@ class _GridCells:
             try:
                 returns.extend(job.results()[0])
             except UncompletedJobError as err:  # a cell raised (FailedJobError) or the pack's job died
+                if is_search(self.config.hydra):  # its trials fail; the search goes on with the other packs'
+                    returns.extend(failed_trial(overrides, err) for overrides, _ in cells)
+                    continue
                 which = ", ".join(f"#{num} {names[num - initial_job_idx]}" for _, num in cells)
                 failed.append((len(cells), f"  {which}: {error_summary(err)}\n      job {job.job_id}, "
                                            f"log {job.paths.stderr}"))

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from kd.training import progress
 from kd.runs.packs import group_packs
 from kd.runs.results import RESULTS_FILE
+from kd.runs.search import as_trial, is_search
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,13 @@ def prepare_jobs(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -
 
 
 def run_pack(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -> list[JobReturn]:
-    """Train one pack's cells together; one JobReturn per cell, FAILED with its own error where it failed."""
+    """Train one pack's cells together; one JobReturn per cell, FAILED with its own error where it failed. Under a
+    search each completed cell returns its objective (kd/runs/search.py), the one number the sweeper takes."""
+    returns = _run_pack(hydra_context, sweep_configs)
+    return [as_trial(ret) for ret in returns] if is_search(sweep_configs[0].hydra) else returns
+
+
+def _run_pack(hydra_context: HydraContext, sweep_configs: list[DictConfig]) -> list[JobReturn]:
     from kd.runs.job import train_pack  # lazy: Hydra imports launchers while scanning plugins
 
     returns = [finished_job(config) for config in sweep_configs]
@@ -145,6 +152,12 @@ class KdPackedLauncher(Launcher):
             progress.pack_done(time.monotonic() - started)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         failed = [(i, ret) for i, ret in enumerate(returns) if ret is not None and ret.status == JobStatus.FAILED]
+        if is_search(self.config.hydra):  # each failed trial is the sweeper's to mark failed; the others count
+            for i, ret in failed:
+                log.warning("trial #%d %s failed: %s: %s", initial_job_idx + i,
+                            " ".join(filter_overrides(job_overrides[i])), type(ret._return_value).__name__,
+                            ret._return_value)
+            return returns  # type: ignore[return-value]
         if failed:  # Hydra would re-raise the first error and skip on_multirun_end: the table would never print
             from kd.report.grid_table import print_grid_table
 

@@ -6,7 +6,8 @@
 
 Reads the jobs' results.json files and writes into the sweep dir: gains.md, gains.csv, claims.md
 (the paper's claims with verdicts at 95%), top1_by_alpha.png, gains_by_alpha.png and
-test_top1_curves_alpha<α>.png (0.25 written 0p25).
+test_top1_curves_alpha<α>.png (0.25 written 0p25). A search's sweep dir (its optuna.db) gets its trials instead:
+trials.md, trials.csv, optimization_history.png and param_importances.png (kd/report/search.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from kd.report.axes import other_axes, row_axis, split_by_axes
 from kd.report.epochs import epochs_of, uniform
 from kd.runs.overrides import cell_overrides, parse_overrides
 from kd.report.provenance import sweep_provenance
+from kd.report.search import is_search_dir, report_search
 from kd.runs.results import RESULTS_FILE, collect_sweep
 from kd.runs.sweep_dir import cell_dir_name
 from kd.report.table import (GAINS_LEGEND, METRICS, MetricUnavailableError, PooledCellsError, check_metric,
@@ -266,6 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if is_search_dir(args.sweep_dir):  # a search's trials, not a grid (docs/search.md)
+        code = report_search(args.sweep_dir)
+        if args.wandb and code == 0:
+            print("kd-report: error: --wandb does not publish a search's report yet (each trial's own W&B run is in "
+                  "the sweep's group); the local files were written", file=sys.stderr)
+            return 1
+        return code
     if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/runs/job.py: SUMMARY_KEYS)
         print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
               "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "

@@ -13,7 +13,9 @@ from omegaconf import DictConfig
 from kd.training.progress import duration
 from kd.runs.results import collect_sweep
 from kd.report.epochs import epochs_of, uniform
+from kd.report.search import print_trials
 from kd.report.table import METRICS, VAL_METRICS, format_tables
+from kd.runs.search import is_search
 
 
 class PrintGridTable(Callback):
@@ -21,6 +23,9 @@ class PrintGridTable(Callback):
         self.started = time.monotonic()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_search(config.hydra):  # a search's cells are its trials, not a grid
+            print_trials(Path(config.hydra.sweep.dir))
+            return
         print_grid_table(Path(config.hydra.sweep.dir), time.monotonic() - self.started)
 
 

@@ -14,6 +14,7 @@ from kd.data.augment_ladder import picks_with_teacher
 from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
 from kd.distillers.base import Distiller, check_alpha
+from kd.runs.search import check_search, is_search
 from kd.runs.targets import ConfigTargetError, check_targets
 from kd.training.teacher import check_given_checkpoint
 
@@ -84,12 +85,26 @@ def check_distiller(loss_cfg: DictConfig) -> None:
 
 def sweep_errors(config: DictConfig) -> tuple[list[str], list[DictConfig]]:
     """`overrides: error` for each cell of a multirun that check_cell refuses, each composed as its job will be;
-    and the distinct data configs of the others (for check_data, once each)."""
+    and the distinct data configs of the others (for check_data, once each).
+
+    A search's trials are not known before it runs (its sweeper picks each from the trials before): its fixed
+    settings are checked here, with each searched key at its default; each trial is checked as it is launched
+    (kd/runs/job.py: train_pack), failing alone."""
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    if is_search(config.hydra):
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        try:
+            cfg = compose(config_name=config.hydra.job.config_name, overrides=fixed)
+            check_cell(cfg, here=False)
+            check_search(cfg)
+        except Exception as err:  # every kind of bad input, named as the search's own
+            return [f"the search's fixed settings ({' '.join(fixed) or 'the defaults'}): {type(err).__name__}: {err}"
+                    ], []
+        return [], [cfg.data]
     (cells,) = BasicSweeper.split_arguments(parsed, None)  # Hydra's own expansion of the grid
     errors, datasets = [], {}
     for overrides in cells:
@@ -120,11 +135,16 @@ class CheckEveryCell(Callback):
             raise SystemExit(f"Error: {type(err).__name__}: {err} Nothing was written.") from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        errors, datasets = sweep_errors(config)
+        try:
+            errors, datasets = sweep_errors(config)
+        except Exception as err:  # e.g. `interval(0,1)` under the grid's sweeper: never a warning that skips the checks
+            raise SystemExit(f"Error: kd cannot expand this multirun's cells to check them ({type(err).__name__}: "
+                             f"{err}); nothing was written or trained. interval(...) and tag(...) sweeps need a "
+                             f"search's sweeper: hparams_search=<name> (docs/search.md).") from None
         if errors:
-            raise SystemExit(f"Error: {len(errors)} cell(s) of this multirun have bad settings; nothing was "
-                             f"written or trained:\n" + "".join(f"  {e}\n" for e in errors)
-                             + "Fix those values and rerun.")
+            what = "this search has" if is_search(config.hydra) else f"{len(errors)} cell(s) of this multirun have"
+            raise SystemExit(f"Error: {what} bad settings; nothing was written or trained:\n"
+                             + "".join(f"  {e}\n" for e in errors) + "Fix those values and rerun.")
         for data_cfg in datasets:  # once per dataset, however many cells read it
             try:
                 check_data(data_cfg)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from kd.runs.results import RESULTS_FILE, CorruptResultsError, collect_sweep, read_results
+from kd.runs.search import is_search
 
 SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # 128 + the signal's number, as a shell reports them
 
@@ -97,10 +98,13 @@ def grid_size(sweep_dir: Path) -> Optional[int]:
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return None
-    overrides = list(OmegaConf.load(saved).hydra.overrides.task)
+    config = OmegaConf.load(saved)
+    if OmegaConf.select(config, "hydra.mode") is not None and is_search(config.hydra):  # its cells are its trials
+        return int(config.hydra.sweeper.n_trials)
+    overrides = list(config.hydra.overrides.task)
     try:
         (cells,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)
-    except HydraException:  # another sweeper's grid (Optuna's interval(...)): its size is its own
+    except HydraException:  # another sweeper's grid: its size is its own
         return None
     return len(cells)
 

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import NON_DEFINING_KEYS
+from kd.runs.search import is_search
 
 CELL_DIR_RESOLVER = "kd.cell_dir"
 SWEEP_ID_FILE = ".sweep_id"  # in the sweep dir: which sweep this is, beside where it lies (W&B's group)
@@ -96,11 +97,15 @@ def sweep_id(sweep_dir: Path) -> str:
 
 class RecordSweepId(Callback):
     """Make the sweep's id on the host that starts the multirun, before any job, once the other callbacks have
-    accepted the sweep (a refused multirun writes nothing)."""
+    accepted the sweep (a refused multirun writes nothing). A search's sweeper saves no multirun.yaml, as the grid's
+    does: it is saved here, so that a rerun into the sweep dir that would change its study is refused too."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra does next: the dir may use ${hydra:job.name}
-        sweep_id(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        sweep_id(sweep_dir)
+        if is_search(config.hydra) and not (sweep_dir / "multirun.yaml").is_file():
+            OmegaConf.save(config, sweep_dir / "multirun.yaml")
 
 
 def register_resolvers() -> None:
@@ -113,7 +118,12 @@ def grid_axes(task_overrides: Sequence[str]) -> dict[str, list[str]]:
     axes = {}
     for o in OverridesParser.create().parse_overrides(list(task_overrides)):
         if defines_cell(o.key_or_group):
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            if o.is_interval_sweep():  # a search's space (`interval(0,1)`): kept as typed
+                values = [o.input_line.split("=", 1)[1]]
+            elif o.is_sweep_override():
+                values = list(o.sweep_string_iterator())
+            else:
+                values = [o.get_value_element_as_str()]
             axes[o.get_key_element()] = values
     return axes
 
@@ -171,9 +181,10 @@ class RefuseChangedSweep(Callback):
             return
         changes = sweep_changes(OmegaConf.load(saved), config)
         if changes:
+            grow = ("a search's hydra.sweeper.n_trials may grow: its study continues" if is_search(config.hydra) else
+                    "add values to its grid's keys (alpha=0,0.5 -> alpha=0,0.5,1: only the new cells run)")
             raise SystemExit(
                 f"Error: hydra.sweep.dir={sweep_dir} holds a sweep that this run would change, not extend:\n"
                 + "".join(f"  {change}\n" for change in changes)
                 + "Nothing was written. Into an existing sweep dir, rerun its overrides unchanged (completed cells "
-                  "are skipped, unfinished ones resume) or add values to its grid's keys (alpha=0,0.5 -> "
-                  "alpha=0,0.5,1: only the new cells run). For anything else, use a new hydra.sweep.dir.")
+                  f"are skipped, unfinished ones resume) or {grow}. For anything else, use a new hydra.sweep.dir.")

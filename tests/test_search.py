@@ -75,6 +75,25 @@ def test_under_hydras_basic_launcher_kds_task_function_returns_the_objective(tmp
     assert all(t.value == result_of(results, t.params["alpha"])["best_val_top1"] for t in trials)
 
 
+def test_kd_report_wandb_on_a_search_logs_its_trials_table_in_a_report_run(tmp_path):
+    """It refused with 'does not publish a search's report yet'; the issue asks the report run to log the trials."""
+    from test_wandb_capture import logged_table
+
+    sweep = tmp_path / "s"
+    proc = run_cli(["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "logger=wandb", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = subprocess.run([sys.executable, "-m", "kd.report", str(sweep), "--wandb"], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "W&B report run (the trials table, figures, trials.md) logged offline in" in report.stdout
+    (run_dir,) = (sweep / "wandb_report_run" / "wandb").glob("offline-run-*")
+    trials = logged_table(run_dir, "trials")
+    assert trials["columns"][:4] == ["trial", "alpha", "loss.temperature", "state"] and len(trials["data"]) == 2
+    values = {t.number: t.value for t in study(sweep).trials}
+    column = trials["columns"].index("val_top1")
+    assert {row[0]: row[column] for row in trials["data"]} == values  # each trial's objective, as Optuna holds it
+
+
 def test_a_trial_given_a_bad_value_fails_alone_and_the_study_goes_on(tmp_path):
     sweep = tmp_path / "s"
     args = ["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",

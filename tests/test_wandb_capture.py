@@ -24,7 +24,7 @@ from test_wandb_tracker import FAST_WANDB, read_offline_run
 from kd.report.cli import main
 from kd.report.wandb_report import REPORT_FILE
 from kd.report.wandb_report import sweep_runs
-from kd.report.wandb_run import REPORT_RUN_DIR, log_report_run
+from kd.report.wandb_run import REPORT_RUN_DIR, grid_tables, log_report_run
 from kd.runs.results import collect_sweep
 from kd.tracking.wandb_tracker import RUN_FILE, newest_attempt, read_run_file
 
@@ -267,7 +267,8 @@ def test_a_report_run_that_fails_midway_leaves_nothing_for_kd_sync(two_aug_sweep
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # a figure W&B cannot read: the run fails midway
     students = [r for r in collect_sweep(sweep) if r["stage"] == "student"]
     with pytest.raises(Exception):
-        log_report_run(students, sweep, [broken, sweep / "gains.md"], "final_top1", sweep_runs(students))
+        log_report_run(grid_tables(students, "final_top1"), sweep, [broken, sweep / "gains.md"], "final_top1",
+                       sweep_runs(students))
     assert newest_attempt(sweep / REPORT_RUN_DIR) == good  # the failed attempt's dir is gone
     assert (sweep / REPORT_RUN_DIR / RUN_FILE).read_text() == record  # the last good report is still the one synced
     listed = subprocess.run([sys.executable, "-m", "kd.tracking.sync", str(sweep), "--list"], capture_output=True,

@@ -269,12 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if is_search_dir(args.sweep_dir):  # a search's trials, not a grid (docs/search.md)
-        code = report_search(args.sweep_dir)
-        if args.wandb and code == 0:
-            print("kd-report: error: --wandb does not publish a search's report yet (each trial's own W&B run is in "
-                  "the sweep's group); the local files were written", file=sys.stderr)
-            return 1
-        return code
+        code, rows, written = report_search(args.sweep_dir)
+        return log_search_run(args.sweep_dir, rows, written) if args.wandb and code == 0 else code
     if args.wandb and args.metric == "best_top1":  # W&B summaries leave it out (kd/runs/job.py: SUMMARY_KEYS)
         print("kd-report: error: --wandb --metric best_top1: the runs' W&B summaries do not hold best_top1, the "
               "epoch picked on the test set, which kd does not report as a result; use --metric final_top1 or "
@@ -304,10 +300,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("wrote " + ", ".join(str(p) for p in written))
     if args.wandb:
         from kd.report.wandb_report import ReportError, publish, sweep_runs  # wandb-workspaces only when asked for
-        from kd.report.wandb_run import log_report_run
+        from kd.report.wandb_run import grid_tables, log_report_run
 
         try:
-            offline = log_report_run(students, args.sweep_dir, written, args.metric, sweep_runs(students))
+            offline = log_report_run(grid_tables(students, args.metric), args.sweep_dir, written, args.metric,
+                                     sweep_runs(students))
             if offline is not None:
                 print(f"W&B report run (the grid table, figures, claims.md) logged offline in {offline}; upload it "
                       f"with the sweep's runs: kd-sync {args.sweep_dir}")
@@ -317,6 +314,26 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"kd-report: error: {err}; the local files were written: {', '.join(p.name for p in written)}",
                   file=sys.stderr)
             return 1
+    return 0
+
+
+def log_search_run(sweep_dir: Path, rows: list[dict[str, Any]], written: list[Path]) -> int:
+    """`kd-report --wandb` on a search: its trials table, figures and files in a report run of the trials' group
+    (each trial is already a run there). No W&B Report page: its panels are a grid's."""
+    from kd.report.wandb_report import ReportError, sweep_runs  # wandb only when asked for
+    from kd.report.wandb_run import log_report_run
+
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    trials = [{c: row.get(c, "") for c in columns} for row in rows]
+    try:
+        offline = log_report_run({"trials": (columns, trials)}, sweep_dir, written, "objective",
+                                 sweep_runs([r for r in collect_sweep(sweep_dir) if r.get("stage") != "teacher"]))
+    except ReportError as err:
+        print(f"kd-report: error: {err}; the local files were written: {', '.join(p.name for p in written)}",
+              file=sys.stderr)
+        return 1
+    where = f"offline in {offline}; upload it with the trials' runs: kd-sync {sweep_dir}" if offline else "to W&B"
+    print(f"W&B report run (the trials table, figures, trials.md) logged {where}")
     return 0
 
 

@@ -129,12 +129,13 @@ def print_trials(sweep_dir: Path) -> None:
         print(f"\nTrials of search {study.study_name}, sweep {sweep_dir} (val top-1: the objective):\n{table}\n{best}")
 
 
-def report_search(sweep_dir: Path) -> int:
-    """kd-report's answer for a search: print the trials and the best one; write trials.md, trials.csv, figures."""
+def report_search(sweep_dir: Path) -> tuple[int, list[dict[str, Any]], list[Path]]:
+    """kd-report's answer for a search: print the trials and the best one; write trials.md, trials.csv, figures.
+    Returns the exit code, the trials' rows and the files written."""
     summary = trials_summary(sweep_dir)
     if summary is None:
         print(f"kd-report: error: the study in {sweep_dir / STUDY_FILE} has no completed trial yet", file=sys.stderr)
-        return 2
+        return 2, [], []
     study, rows, table, best = summary
     (sweep_dir / "trials.md").write_text(f"# Search {study.study_name}: {len(rows)} trials\n\n{table}\n\n{best}\n")
     with (sweep_dir / "trials.csv").open("w", newline="") as f:
@@ -146,4 +147,4 @@ def report_search(sweep_dir: Path) -> int:
     print(table)
     print(best)
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return 0, rows, written

@@ -1,5 +1,5 @@
 """`kd-report --wandb`'s own W&B run (job_type `report`): the grid (and its diagnostics) as tables, the figures,
-claims.md.
+claims.md; for a search, its trials table and Optuna's figures.
 
 The Report's panels recompute means from the cells' runs; this run keeps what kd-report computed (the
 gains and their intervals, one row each as in gains.csv) so that the UI can sort and group them, beside
@@ -25,18 +25,24 @@ REPORT_RUN_DIR = "wandb_report_run"  # in the sweep dir; kd-sync finds it as it 
 FINISH_TIMEOUT_S = 300
 
 
-def log_report_run(students: list[dict[str, Any]], sweep_dir: Path, written: list[Path], metric: str,
-                   runs: dict[str, Any]) -> Optional[Path]:
-    """Log the run; return its offline dir (to upload), None when it went online or W&B failed (warned).
-
-    `runs` is kd.report.wandb_report.sweep_runs's: the project, entity and group of the cells' runs. The
-    tables are built before the run opens, and a run that fails midway is removed (the previous report's
-    run stays the one kd-sync uploads): a failed report never leaves a half-made run to be synced. A run
-    that succeeds replaces the earlier reports' runs that were never uploaded (_drop_replaced_runs)."""
-    out_dir = sweep_dir / REPORT_RUN_DIR
+def grid_tables(students: list[dict[str, Any]], metric: str) -> dict[str, tuple[list[str], list[dict[str, Any]]]]:
+    """A grid's tables as gains.csv and diagnostics.csv hold them: {name: (columns, rows)}."""
     tables = {"gains": csv_records(students, metric)}
     if has_diagnostics(students):  # why the gains are what they are, as diagnostics.csv has it
         tables["diagnostics"] = diagnostic_rows(students, metric)
+    return tables
+
+
+def log_report_run(tables: dict[str, tuple[list[str], list[dict[str, Any]]]], sweep_dir: Path, written: list[Path],
+                   metric: str, runs: dict[str, Any]) -> Optional[Path]:
+    """Log the run; return its offline dir (to upload), None when it went online or W&B failed (warned).
+
+    `tables` are the report's ({name: (columns, rows)}: a grid's grid_tables, a search's trials); `runs` is
+    kd.report.wandb_report.sweep_runs's: the project, entity and group of the cells' runs. The tables are
+    built before the run opens, and a run that fails midway is removed (the previous report's
+    run stays the one kd-sync uploads): a failed report never leaves a half-made run to be synced. A run
+    that succeeds replaces the earlier reports' runs that were never uploaded (_drop_replaced_runs)."""
+    out_dir = sweep_dir / REPORT_RUN_DIR
     values = {key: wandb_table(columns, rows) for key, (columns, rows) in tables.items()}
     previous = (out_dir / RUN_FILE).read_text() if (out_dir / RUN_FILE).is_file() else None
     (out_dir / RUN_FILE).unlink(missing_ok=True)  # a new run for each report: each holds one table, not a history

@@ -103,6 +103,7 @@ def test_where_compilation_is_off_the_plan_says_why():
     assert plan("trainer.graph_capture=true", "trainer.pack_mode=stacked").captures  # its grouped network
 
 
+@pytest.mark.slow
 def test_graph_capture_without_compile_is_refused_before_any_work(tmp_path):
     proc = run_cli([*FAST, "trainer.graph_capture=true", "trainer.compile=false", f"hydra.run.dir={tmp_path}/run"],
                    cwd=tmp_path)

@@ -38,6 +38,7 @@ def wait_until(condition, proc: subprocess.Popen, log: Path, timeout: float = 12
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_dir_stops_at_once_and_a_killed_holder_never_blocks(tmp_path):
     job, log = tmp_path / "job", tmp_path / "first.log"
     args = [*FAST, "alpha=0", "trainer.epochs=400", f"hydra.run.dir={job}"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import FAST, cell_dir, run_cli
 from kd.checkpoint import set_aside
 from kd.runs.results import RESULTS_FILE, read_results
@@ -14,6 +16,7 @@ from reliability import ONE_THREAD, snapshot
 GRID = [*FAST, "alpha=0,0.5", "aug=none,fc"]
 
 
+@pytest.mark.slow
 def test_a_sweep_with_corrupt_files_is_reported_then_retrained(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *GRID, f"hydra.sweep.dir={sweep}"]

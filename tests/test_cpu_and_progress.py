@@ -45,6 +45,7 @@ def test_a_busy_machine_is_named_once_and_a_free_one_not(monkeypatch, caplog):
     assert "the machine is busy" in record.getMessage() and "OMP_WAIT_POLICY=PASSIVE" in record.getMessage()
 
 
+@pytest.mark.slow
 def test_a_grid_prints_its_estimate_progress_with_eta_and_its_wall_time(tmp_path):
     out = tmp_path / "grid"
     done = run_cli(["-m", *FAST, "teacher=resnet8", "trainer.epochs=3", "alpha=0,0.5", "aug=none,fc",

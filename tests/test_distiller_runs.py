@@ -27,6 +27,7 @@ def sweep(tmp_path: Path, name: str, args: list[str], env: dict | None = None) -
     return out, done.stdout
 
 
+@pytest.mark.slow
 def test_a_pack_mixing_kd_dkd_and_at_trains_each_cell_exactly_as_alone(tmp_path):
     grid = [*CELL, "loss=kd,dkd,at", "alpha=0.5"]
     packed, log = sweep(tmp_path, "packed", grid)
@@ -128,6 +129,7 @@ def test_a_users_own_feature_distiller_is_one_file_and_one_yaml(tmp_path):
 NEW_LOSSES = ["pkt", "sp", "rkd", "nst", "cc", "vid", "ofd", "reviewkd", "crd", "crd_kd", "kdsvd"]
 
 
+@pytest.mark.slow
 def test_every_new_distiller_trains_a_tiny_real_cell_in_one_multirun(tmp_path):
     grid = [*FAST, "teacher=resnet8", f"loss={','.join(NEW_LOSSES)}", "alpha=0.5", "loss.scale=2"]
     out, _ = sweep(tmp_path, "new", grid)
@@ -180,6 +182,7 @@ def test_a_first_stage_runs_before_the_main_schedule_and_packs_exactly_as_alone(
     assert any(k.startswith("paraphraser.") for k in saved["distiller"])
 
 
+@pytest.mark.slow
 def test_alpha_zero_runs_no_first_stage_and_is_plain_cross_entropy(tmp_path):
     grid = [*FAST, "teacher=resnet8", "model=resnet8", "loss=kd,ab,fsp,ft", "alpha=0"]
     out, _ = sweep(tmp_path, "zero", grid)
@@ -209,6 +212,7 @@ def test_a_cell_killed_inside_its_first_stage_resumes_to_the_uninterrupted_resul
 LOGIT_LOSSES = ("kd", "dkd", "dist", "ttm", "wttm")
 
 
+@pytest.mark.slow
 def test_the_newer_logit_distillers_and_logit_standardization_train_in_one_real_multirun(tmp_path):
     grid = [*FAST, "teacher=resnet8", "aug=none", "alpha=0.5", f"loss={','.join(LOGIT_LOSSES)}",
             "loss.standardize=false,true"]

@@ -15,6 +15,7 @@ from reliability import ONE_THREAD, snapshot
 CELL = [*FAST, "teacher=resnet8"]
 
 
+@pytest.mark.slow
 def test_a_swept_loss_parameter_is_its_own_table_never_seeds(tmp_path, capsys):
     grid = [*CELL, "loss.temperature=8,2", "aug=none,fc", "alpha=0.5"]  # typed out of order: tables follow it
     out = tmp_path / "grid"
@@ -60,6 +61,7 @@ def test_a_multirun_with_sixteen_overrides_runs_and_reports(tmp_path):
     assert again.returncode == 0 and again.stdout.count("already completed") == 2  # the same names on a rerun
 
 
+@pytest.mark.slow
 def test_a_refused_single_rerun_leaves_the_finished_dir_byte_identical(tmp_path):
     run = tmp_path / "run"
     first = run_cli([*CELL, "alpha=0", f"hydra.run.dir={run}"], cwd=tmp_path, env=ONE_THREAD)
@@ -107,6 +109,7 @@ def test_a_bad_value_in_one_cell_stops_the_sweep_before_anything_is_written(tmp_
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_failed_cell_of_the_default_launcher_still_prints_the_grid_table(tmp_path):
     # Two packs: the teacher is refused where min_top1=100 cannot be met, accepted where it is 0.
     done = run_cli(["-m", *CELL, "alpha=0.5", "teacher.min_top1=0,100", f"hydra.sweep.dir={tmp_path / 'grid'}"],

@@ -143,6 +143,7 @@ def test_digits_keeps_its_quickstart_subset_and_gains_a_val_split():
     assert not image_hashes(held.val_images) & image_hashes(held.test_images)
 
 
+@pytest.mark.slow
 def test_a_short_folder_grid_runs_with_a_val_split_and_reports_the_best_val_epoch(tmp_path):
     """A short real multirun on a fixture folder: the grid, results with the best-val epoch, kd-report's table."""
     root = write_folder(tmp_path / "pets", train=8, test=4)

@@ -95,6 +95,7 @@ def by_cell(sweep_dir: Path) -> dict[tuple, dict]:
     return {(r["aug"], r["alpha"], r["temperature"]): r for r in collect_sweep(sweep_dir)}
 
 
+@pytest.mark.slow
 def test_packed_cells_are_bit_identical_to_the_same_cells_run_alone(tmp_path):
     grid = [*CELL, ALPHAS, "aug=none,fcra"]
     packed = sweep(tmp_path, "packed", grid)
@@ -120,6 +121,7 @@ def test_packed_cells_are_bit_identical_to_the_same_cells_run_alone(tmp_path):
             assert all(row["eval_time_s"] < row["epoch_time_s"] for row in rows)
 
 
+@pytest.mark.slow
 def test_a_pack_of_a_users_own_loss_trains_mixed_alphas_and_loss_parameters(tmp_path):
     write_extension(tmp_path)
     grid = ["--config-dir", str(tmp_path / "conf"), *CELL, "loss=smoothed_kd", "loss.smoothing=0,0.2",
@@ -157,6 +159,7 @@ def test_a_killed_pack_resumes_to_the_uninterrupted_result_even_with_cells_at_di
         assert same_weights(killed / job / "checkpoint.pt", reference / job / "checkpoint.pt"), job
 
 
+@pytest.mark.slow
 def test_a_pack_skips_its_completed_cells_and_trains_only_the_others(tmp_path):
     grid = sweep(tmp_path, "grid", [*CELL, "alpha=0,0.5"])
     old = [cell_dir(grid, CELL, alpha).name for alpha in ("alpha=0", "alpha=0.5")]
@@ -169,6 +172,7 @@ def test_a_pack_skips_its_completed_cells_and_trains_only_the_others(tmp_path):
     assert "[aug=fcra alpha=1 seed=0] epoch 2/2" in done.stdout  # what is left of the pack trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["offline"])
 def test_each_cell_of_a_pack_has_its_own_wandb_run(tmp_path, mode):
     out = sweep(tmp_path, "wandb", [*CELL, "alpha=0,0.5", "logger=wandb", f"logger.mode={mode}"])

@@ -142,6 +142,7 @@ def to_theirs(kd_state: dict[str, torch.Tensor], blocks: int) -> dict[str, torch
     return out
 
 
+@pytest.mark.slow
 def test_a_run_distils_from_a_pytorch_0_4_file_of_their_network_and_records_it(tmp_path, isolated_kd_home):
     """A real cell from a file as RepDistiller's are: their network, DataParallel's "module.", PyTorch 0.4.0's
     serialization, no num_batches_tracked."""

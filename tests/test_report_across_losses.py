@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from conftest import FAST, run_cli
 from kd.report.cli import main as report_main
 from reliability import ONE_THREAD
@@ -29,6 +31,7 @@ def check_table(lines: list[str]) -> None:
     assert sum("*" in row for row in rows) == 1  # the best of three
 
 
+@pytest.mark.slow
 def test_a_grid_over_losses_is_one_table_with_the_losses_as_rows(tmp_path, capsys):
     out = tmp_path / "sweep"
     done = run_cli(["-m", *GRID, f"hydra.sweep.dir={out}"], cwd=tmp_path, env=ONE_THREAD)

@@ -102,6 +102,7 @@ def test_rerun_of_a_completed_teacher_job_is_skipped(tmp_path, one_torch_thread)
     assert train(cfg) == first  # a teacher job's results have no final_top1; the skip must not need one
 
 
+@pytest.mark.slow
 def test_rerun_sweep_skips_completed_cells_and_resumes_the_killed_one(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *FAST, "trainer.epochs=4", "alpha=0", "aug=none,fc", f"hydra.sweep.dir={sweep}"]

@@ -67,6 +67,7 @@ def test_tampered_cifar_files_are_never_unpickled(tmp_path, no_training):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_wandb_api_key_is_never_written_or_logged(tmp_path, isolated_kd_home):
     secret = "kd-test-secret-" + "7" * 25  # 40 characters, like a real key
     home = tmp_path / "home"  # wandb's own settings and caches land under $HOME: search them too

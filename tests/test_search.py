@@ -30,6 +30,7 @@ def result_of(results: list[dict], alpha: float) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_each_trial_returns_its_val_top1_and_a_batch_trains_as_one_pack(tmp_path):
     """The issue's command: every trial failed with 'Return value must be float-castable' (kd returned its whole
     results dict), after kd's pre-checks were skipped with a warning (BasicSweeper cannot expand interval())."""
@@ -64,6 +65,7 @@ def test_each_trial_returns_its_val_top1_and_a_batch_trains_as_one_pack(tmp_path
                                                      "param_importances.png"))
 
 
+@pytest.mark.slow
 def test_under_hydras_basic_launcher_kds_task_function_returns_the_objective(tmp_path):
     """kd/train.py's `main` is the job there (kd's launchers train packs themselves): it returned its results dict."""
     sweep = tmp_path / "s"
@@ -75,6 +77,7 @@ def test_under_hydras_basic_launcher_kds_task_function_returns_the_objective(tmp
     assert all(t.value == result_of(results, t.params["alpha"])["best_val_top1"] for t in trials)
 
 
+@pytest.mark.slow
 def test_kd_report_wandb_on_a_search_logs_its_trials_table_in_a_report_run(tmp_path):
     """It refused with 'does not publish a search's report yet'; the issue asks the report run to log the trials."""
     from test_wandb_capture import logged_table
@@ -94,6 +97,7 @@ def test_kd_report_wandb_on_a_search_logs_its_trials_table_in_a_report_run(tmp_p
     assert {row[0]: row[column] for row in trials["data"]} == values  # each trial's objective, as Optuna holds it
 
 
+@pytest.mark.slow
 def test_a_trial_given_a_bad_value_fails_alone_and_the_study_goes_on(tmp_path):
     sweep = tmp_path / "s"
     args = ["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=4",

@@ -35,6 +35,7 @@ def test_cells_are_named_by_their_defining_overrides():
     assert cell_dir_name([], 4) == "4"
 
 
+@pytest.mark.slow
 def test_a_boolean_names_its_cell_as_typed_and_an_older_sweeps_dir_is_kept(tmp_path):
     """Hydra's sweeper rewrites `true` as `True`; the dir says what the user typed. A sweep named before that
     keeps its `True` dirs: a rerun finds and skips them rather than training the cells again beside them."""

@@ -3,6 +3,8 @@ loss.first_stage_epochs=1` trains each cell with it, and `loss=kd,ab` with it is
 naming the losses that take it."""
 from __future__ import annotations
 
+import pytest
+
 from conftest import FAST, cell_dir, run_cli
 from kd.runs.overrides import cell_overrides
 from kd.runs.results import RESULTS_FILE, read_results
@@ -11,6 +13,7 @@ from reliability import ONE_THREAD
 GRID = [*FAST, "teacher=resnet8", "model=resnet8", "aug=fc", "alpha=0.5", "loss.first_stage_epochs=1"]
 
 
+@pytest.mark.slow
 def test_a_key_that_every_swept_loss_has_is_set_in_each_cell(tmp_path):
     grid = [*GRID, "loss=ab,ft"]
     out = tmp_path / "sweep"

@@ -131,6 +131,7 @@ def test_a_teacher_at_chance_stops_the_job_before_the_student_trains(tmp_path, n
     assert read_results(tmp_path / "s" / RESULTS_FILE)["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_killed_teacher_resumes_under_another_student_config(tmp_path, isolated_kd_home, one_torch_thread):
     """Issue case 2: the teacher's work dir belongs to its recipe, so any student asking for it resumes it."""
     teacher = ["data=digits", "data.image_size=8", "logger=none", "teacher=resnet8", "teacher.epochs=8",

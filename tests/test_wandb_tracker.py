@@ -162,6 +162,7 @@ def test_multirun_logs_one_wandb_run_per_job(tmp_path, monkeypatch, isolated_kd_
     assert read_offline_run(*offline_runs(tmp_path / "given"))["config"]["teacher_artifact"] == used
 
 
+@pytest.mark.slow
 def test_a_pack_says_once_that_its_runs_are_offline(tmp_path, monkeypatch):
     """Three cells and their teacher in one process, offline, with wandb's own output not silenced by the
     environment: one short line says where the runs are and how to upload them (once it was ~400 characters a run),

@@ -65,13 +65,19 @@ def test_each_trial_returns_its_val_top1_and_a_batch_trains_as_one_pack(tmp_path
                                                      "param_importances.png"))
 
 
+def two_trial_search(tmp_path: Path, *extra: str) -> Path:
+    """A finished search of kd_alpha_t on digits: 2 trials, both at once; its sweep dir."""
+    sweep = tmp_path / "s"
+    proc = run_cli(["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, *extra, "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
 @pytest.mark.slow
 def test_under_hydras_basic_launcher_kds_task_function_returns_the_objective(tmp_path):
     """kd/train.py's `main` is the job there (kd's launchers train packs themselves): it returned its results dict."""
-    sweep = tmp_path / "s"
-    proc = run_cli(["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "hydra/launcher=basic", "hydra.sweeper.n_trials=2",
-                    "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = two_trial_search(tmp_path, "hydra/launcher=basic")
     trials, results = study(sweep).trials, collect_sweep(sweep)
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert all(t.value == result_of(results, t.params["alpha"])["best_val_top1"] for t in trials)
@@ -82,10 +88,7 @@ def test_kd_report_wandb_on_a_search_logs_its_trials_table_in_a_report_run(tmp_p
     """It refused with 'does not publish a search's report yet'; the issue asks the report run to log the trials."""
     from test_wandb_capture import logged_table
 
-    sweep = tmp_path / "s"
-    proc = run_cli(["-m", "hparams_search=kd_alpha_t", *FAST, *VAL, "logger=wandb", "hydra.sweeper.n_trials=2",
-                    "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = two_trial_search(tmp_path, "logger=wandb")
     report = subprocess.run([sys.executable, "-m", "kd.report", str(sweep), "--wandb"], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr[-3000:]
     assert "W&B report run (the trials table, figures, trials.md) logged offline in" in report.stdout

@@ -130,3 +130,15 @@ def test_the_data_step_on_a_missing_root_fails_clearly_and_creates_nothing(tmp_p
     assert proc.returncode == 1
     assert f"cifar100 is not under {root}" in proc.stderr and "set data.download=true" in proc.stderr, proc.stderr
     assert not (tmp_path / "nonexistent").exists()
+
+
+def test_rank_shares_of_a_global_batch_are_the_single_process_batch():
+    """kd/data/order.py: a data-parallel run's ranks together see exactly the batches one process sees."""
+    from kd.data.order import epoch_order, global_batches
+
+    order = epoch_order(10, torch.Generator().manual_seed(0), shuffle=True)
+    single = list(global_batches(order, 4))
+    shares = [list(global_batches(order, 4, rank, 3)) for rank in range(3)]
+    assert [b.tolist() for b in single] == [torch.cat([s[k] for s in shares]).tolist() for k in range(len(single))]
+    assert [len(s[0]) for s in shares] == [2, 1, 1]  # 4 images over 3 ranks: sizes differ by at most one
+    assert sorted(torch.cat(single).tolist()) == list(range(10))

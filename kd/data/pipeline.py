@@ -14,6 +14,8 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from kd.data.order import epoch_order, global_batches
+
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -78,14 +80,10 @@ class DevicePipeline:
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.labels)
-        device = self.images.device
         augmented, self.augmented = self.augmented, None  # each epoch its own: a pass without begin_epoch fails
         if self.epoch_seed is not None and augmented is None:
             raise RuntimeError("trainer.augment_scope=epoch: call begin_epoch(epoch) before each pass over the batches")
-        order = (torch.randperm(n, device=device, generator=self.generator) if self.shuffle
-                 else torch.arange(n, device=device))
-        for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for idx in global_batches(epoch_order(n, self.generator, self.shuffle), self.batch_size):
             if hasattr(self.aug, "pick"):  # CutMixPick: the teacher picks from a pool of mixed batches
                 yield self.picked(idx, augmented)
                 continue

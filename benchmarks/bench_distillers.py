@@ -9,7 +9,9 @@ a noisy machine slows all of them alike, and the best round counts. KD and DKD r
 distillers also make the student and the teacher return their stage features, and most train learned parts
 (connectors, embeddings: their parameters and buffers, CRD's memory banks included, are the "learned state"
 column; on CUDA also the peak memory of the step). CRD's banks hold one row per training image: here the
-synthetic split's, on CIFAR-100 50,000.
+synthetic split's, on CIFAR-100 50,000. A modifier's rows sit beside their plain distiller's: CTKD's learned
+temperature on KD (`ctkd`, `ctkd_ls`) and on DKD (`dkd+ctkd`). `--losses ctkd,dkd,dkd+ctkd` times only those
+(and KD, the reference).
 """
 from __future__ import annotations
 
@@ -19,23 +21,30 @@ import torch
 from bench_pipeline import step_arguments, Setup, compose_config, synthetic_splits
 from kd.paths import CONF_DIR
 
-LOSSES = ("kd", *sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml") if p.stem != "kd"))
+MODIFIED = {"dkd+ctkd": ["loss=dkd", "loss.learned_temperature=true"]}  # a modifier on a distiller without a YAML of it
+ROWS = {"kd": ["loss=kd"], **{p.stem: [f"loss={p.stem}"] for p in sorted((CONF_DIR / "loss").glob("*.yaml"))
+                              if p.stem != "kd"}, **MODIFIED}
 
 
 def main() -> None:
     parser = step_arguments(__doc__)
+    parser.add_argument("--losses", default=",".join(ROWS), help="comma-separated rows to time; kd always")
     args = parser.parse_args()
+    unknown = set(args.losses.split(",")) - set(ROWS)
+    if unknown:
+        parser.error(f"--losses: no row {sorted(unknown)}; the rows are {', '.join(ROWS)}")
+    losses = ["kd", *(loss for loss in ROWS if loss in args.losses.split(",") and loss != "kd")]
     device = torch.device(args.device)
     base = compose_config([])
     splits = synthetic_splits((args.warmup + args.steps) * args.batch_size, base.data.mean, base.data.std)
-    setups = {loss: Setup([compose_config([f"pair={args.pair}", f"loss={loss}", "alpha=0.5", f"aug={args.aug}",
+    setups = {loss: Setup([compose_config([f"pair={args.pair}", *ROWS[loss], "alpha=0.5", f"aug={args.aug}",
                                            f"trainer.device={args.device}", f"trainer.batch_size={args.batch_size}"])],
-                          splits, device) for loss in LOSSES}
+                          splits, device) for loss in losses}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.pair}, aug={args.aug}, batch {args.batch_size}, {name}, torch {torch.__version__}; best of "
           f"{args.rounds} alternating rounds of {args.warmup} warmup + {args.steps} timed steps")
-    best = {loss: 0.0 for loss in LOSSES}
-    peak = {loss: 0 for loss in LOSSES}
+    best = {loss: 0.0 for loss in losses}
+    peak = {loss: 0 for loss in losses}
     for _ in range(args.rounds):
         for loss, setup in setups.items():
             if device.type == "cuda":
@@ -46,7 +55,7 @@ def main() -> None:
     learned = {loss: learned_state_mb(setup) for loss, setup in setups.items()}
     print("\n| distiller | images/s | step time vs KD | learned state (MB) |" + (" peak memory vs KD |" if peak["kd"] else ""))
     print("|---|---|---|---|" + ("---|" if peak["kd"] else ""))
-    for loss in LOSSES:
+    for loss in losses:
         memory = f" {peak[loss] / peak['kd']:.2f}x |" if peak["kd"] else ""
         print(f"| {loss} | {best[loss]:.0f} | {best['kd'] / best[loss]:.2f}x | {learned[loss]:.2f} |{memory}")
 

@@ -136,6 +136,11 @@ class KDLossConfig:
     temperature: float = 4.0
     scale: float = 1.0  # L = scale * ((1 - alpha) * CE + alpha * term): kd/distillers/base.py
     standardize: bool = False  # z-score each sample's logits before the temperature: kd/distillers/logits.py
+    # CTKD (kd/distillers/temperature.py): the temperature learned through a gradient-reversal layer, within the range
+    learned_temperature: bool = False  # true: `temperature` is unread
+    temperature_range: list[float] = field(default_factory=lambda: [1.0, 21.0])  # [lowest, highest]
+    reversal_lambda: list[float] = field(default_factory=lambda: [0.0, 1.0])  # the reversal's weight, first -> last
+    reversal_epochs: int = 10  # epochs of the cosine ramp of reversal_lambda; 0: the last value from the start
 
 
 @dataclass
@@ -348,8 +353,12 @@ NON_DEFINING_KEYS = ("logger", "out_dir", "objective", "teacher.cache_dir", "dat
                      "data.cache_dir")
 # Keys added after results and checkpoints were written without them: at these values (what those jobs did)
 # they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
+LEARNED_TEMPERATURE_OFF = {"learned_temperature": False, "temperature_range": [1.0, 21.0],
+                           "reversal_lambda": [0.0, 1.0], "reversal_epochs": 10}  # CTKD's keys, at their defaults
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
-                               "trainer.augment_scope": AugmentScope.batch.value}
+                               "trainer.augment_scope": AugmentScope.batch.value,
+                               **{f"{node}.{key}": value for node in ("loss", "loss.terms.kd")  # KD in kd_ls, crd_kd
+                                  for key, value in LEARNED_TEMPERATURE_OFF.items()}}
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,

@@ -7,12 +7,15 @@ beta * NCKD, both with T^2 and averaged over the batch, ramped up linearly over 
 """
 from __future__ import annotations
 
+from typing import Sequence, Union
+
 import torch
 import torch.nn.functional as F
 
 from kd.distillers.base import Outputs
 from kd.distillers.common import linear_warmup
 from kd.distillers.logits import LogitDistiller, at_least_float32
+from kd.distillers.temperature import CTKD_RANGE, CTKD_REVERSAL, CTKD_REVERSAL_EPOCHS
 
 
 def target_mask(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -30,7 +33,7 @@ def binary_log_probs(z: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
 
 
 def tckd_nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor,
-              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+              temperature: Union[float, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(TCKD, NCKD), each T^2 * KL(teacher || student) summed over its classes and averaged over the batch."""
     z_s, z_t = at_least_float32(student_logits) / temperature, at_least_float32(teacher_logits) / temperature
     gt = target_mask(z_s, targets)
@@ -45,11 +48,14 @@ def tckd_nckd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 
 class DKD(LogitDistiller):
-    """term = min((epoch + 1) / warmup, 1) * (alpha * TCKD + beta * NCKD); mdistiller's epochs count from 1."""
+    """term = min((epoch + 1) / warmup, 1) * (alpha * TCKD + beta * NCKD); mdistiller's epochs count from 1.
+    Both at `temperature`, or at a learned one (CTKD) when `learned_temperature`: kd/distillers/temperature.py."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20,
-                 scale: float = 1.0, standardize: bool = False) -> None:
-        super().__init__(scale, standardize)
+                 scale: float = 1.0, standardize: bool = False, learned_temperature: bool = False,
+                 temperature_range: Sequence[float] = CTKD_RANGE, reversal_lambda: Sequence[float] = CTKD_REVERSAL,
+                 reversal_epochs: int = CTKD_REVERSAL_EPOCHS) -> None:
+        super().__init__(scale, standardize, learned_temperature, temperature_range, reversal_lambda, reversal_epochs)
         for key, value, part in (("alpha", alpha, "TCKD"), ("beta", beta, "NCKD")):
             if not value >= 0.0:
                 raise ValueError(f"loss.{key}={value} must be >= 0 (DKD's weight of {part}; the paper uses "
@@ -64,5 +70,7 @@ class DKD(LogitDistiller):
         return linear_warmup(epoch, self.warmup)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        tckd, nckd = tckd_nckd(self.read(student.logits), self.read(teacher.logits), targets, self.temperature)
-        return {"kd": self.warmup_factor(epoch) * (self.alpha * tckd + self.beta * nckd), "tckd": tckd, "nckd": nckd}
+        temperature, logged = self.temperature_at(epoch, self.temperature)
+        tckd, nckd = tckd_nckd(self.read(student.logits), self.read(teacher.logits), targets, temperature)
+        return {"kd": self.warmup_factor(epoch) * (self.alpha * tckd + self.beta * nckd), "tckd": tckd, "nckd": nckd,
+                **logged}

@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from kd.distillers.base import Distiller, LossParts, Outputs, PackLosses, check_alpha
 from kd.distillers.logits import LogitDistiller, at_least_float32
+from kd.distillers.temperature import CTKD_RANGE, CTKD_REVERSAL, CTKD_REVERSAL_EPOCHS
 
 
-def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            temperature: Union[float, torch.Tensor]) -> torch.Tensor:
     """T^2 * KL(p_t || p_s) at temperature T, summed over classes, averaged over the batch."""
     log_p_s = F.log_softmax(at_least_float32(student_logits) / temperature, dim=1)
     log_p_t = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=1)
@@ -48,21 +50,26 @@ def kd_loss(
 
 
 class KD(LogitDistiller):
-    """With alpha: L = (1 - alpha) * CE + alpha * T^2 * KL. mdistiller's KD (0.1 CE + 0.9 KD) is alpha=0.9."""
+    """With alpha: L = (1 - alpha) * CE + alpha * T^2 * KL. mdistiller's KD (0.1 CE + 0.9 KD) is alpha=0.9.
+    T is `temperature`, or learned (CTKD) when `learned_temperature`: kd/distillers/temperature.py."""
 
-    def __init__(self, temperature: float = 4.0, scale: float = 1.0, standardize: bool = False) -> None:
-        super().__init__(scale, standardize)
+    def __init__(self, temperature: float = 4.0, scale: float = 1.0, standardize: bool = False,
+                 learned_temperature: bool = False, temperature_range: Sequence[float] = CTKD_RANGE,
+                 reversal_lambda: Sequence[float] = CTKD_REVERSAL, reversal_epochs: int = CTKD_REVERSAL_EPOCHS) -> None:
+        super().__init__(scale, standardize, learned_temperature, temperature_range, reversal_lambda, reversal_epochs)
         check_temperature(temperature)
         self.temperature = temperature
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        return {"kd": kd_term(self.read(student.logits), self.read(teacher.logits), self.temperature)}
+        temperature, logged = self.temperature_at(epoch, self.temperature)
+        return {"kd": kd_term(self.read(student.logits), self.read(teacher.logits), temperature), **logged}
 
     def pack_forward(self, logits: torch.Tensor, teachers: list[Optional[Outputs]], targets: torch.Tensor,
                      alphas: list[float], epoch: int = 0) -> PackLosses:
         """All students' losses in one pass over their stacked logits: the ops of one student's loss, not K of them
         (a launch-bound GPU step pays per op). Each equals `forward`'s within float reassociation."""
-        if type(self).cross_entropy is not Distiller.cross_entropy:  # a subclass's CE is written for one student
+        # A subclass's CE is written for one student; a learned temperature is each student's own.
+        if type(self).cross_entropy is not Distiller.cross_entropy or self.learned_temperature is not None:
             return super().pack_forward(logits, teachers, targets, alphas, epoch)
         for alpha in alphas:
             check_alpha(alpha)

@@ -50,7 +50,8 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "aug": aug_name(cfg.aug._target_),
         "alpha": float(cfg.alpha),
         "loss": cfg.loss._target_.rsplit(".", 1)[-1],
-        "temperature": cfg.loss.get("temperature"),  # None for a loss of one's own without one
+        # None for a loss of one's own without one, and for a learned one (CTKD: its history's train/temperature)
+        "temperature": None if cfg.loss.get("learned_temperature") is True else cfg.loss.get("temperature"),
         "seed": int(cfg.seed),
         "epochs": int(cfg.trainer.epochs),
         "teacher_epochs": int(cfg.teacher.epochs),

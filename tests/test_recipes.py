@@ -15,3 +15,10 @@ def test_first_stage_trains_at_the_students_lr_as_repdistillers_init(loss, pair,
     cfg = compose_config([f"pair={pair}", f"loss={loss}"])
     assert cfg.optim.optimizer.lr == lr  # the main stage's, from conf/pair/
     assert instantiate(cfg.loss).first_stage_lr == lr
+
+
+def test_cifar100_is_normalized_with_the_references_constants():
+    """RepDistiller's dataset/cifar100.py and mdistiller's mdistiller/dataset/cifar100.py both normalize with these:
+    their published teachers were trained on them."""
+    data = compose_config(["data=cifar100"]).data
+    assert list(data.mean) == [0.5071, 0.4867, 0.4408] and list(data.std) == [0.2675, 0.2565, 0.2761]

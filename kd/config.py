@@ -349,7 +349,8 @@ NON_DEFINING_KEYS = ("logger", "out_dir", "objective", "teacher.cache_dir", "dat
 # Keys added after results and checkpoints were written without them: at these values (what those jobs did)
 # they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
-                               "trainer.augment_scope": AugmentScope.batch.value}
+                               "trainer.augment_scope": AugmentScope.batch.value,
+                               "loss.teacher_batch_stats": False}  # OFD's teacher in eval mode (kd/distillers/ofd.py)
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,

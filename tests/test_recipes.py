@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 
 from kd.models.resnet import resnet8
+from kd.runs.packs import group_packs
 from kd.runs.results import RESULTS_FILE, read_results
 from kd.training.teacher import FrozenTeacher
 from tests.conftest import FAST, cell_dir, compose_config, run_cli
@@ -61,6 +62,13 @@ def test_ofds_teacher_runs_on_batch_statistics_as_its_references_and_never_chang
     # kd's cached teacher stays as it is (theirs moves running statistics that nothing reads afterwards).
     assert teacher.state_dict().keys() == before.keys()
     assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items()) and not teacher.training
+
+
+def test_cells_that_run_the_teacher_alike_share_a_pack():
+    """A pack shares the teacher's forward; an alpha=0 cell never runs the teacher, so it packs with any."""
+    cells = [["loss=kd", "alpha=0.5"], ["loss=ofd", "alpha=0.5", "loss.teacher_batch_stats=false"],
+             ["loss=ofd", "alpha=0"], ["loss=ofd", "alpha=0.5"], ["loss=ofd", "alpha=1"]]
+    assert sorted(group_packs([compose_config([*FAST, *c]) for c in cells])) == [[0, 1, 2], [3, 4]]
 
 
 @pytest.mark.slow

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kd.report.cli import load_sweep, main as report_main
-from kd.report.published import PUBLISHED, Published, published_rows
+from kd.report.published import PAIRS, PUBLISHED, Published, published_rows
 from kd.report.stats import estimate
-from tests.conftest import FAST, run_cli
+from tests.conftest import FAST, REPO, run_cli
 
 KD = {"loss._target_": "kd.distillers.kd.KD", "alpha": 0.9}
 
@@ -55,3 +55,11 @@ def test_the_published_figures_say_which_statistic_they_are():
     assert by["DKD", "resnet32x4", "resnet8x4"][3:5] == (76.32, "best")
     assert by["KD+LS", "resnet32x4", "resnet8x4"][3:5] == (76.62, "best")
     assert all(p.statistic in ("final", "best", "unstated") and p.source for p in PUBLISHED)
+
+
+def test_the_kd_figures_are_the_pair_configs_own():
+    """conf/pair/ names each pair's published KD top-1 (and its DKD beta): the report's table says the same."""
+    for name, (teacher, student, kd, _, beta) in PAIRS.items():
+        text = (REPO / "conf" / "pair" / f"{name}.yaml").read_text()
+        assert f"KD {kd:.2f} (T=4" in text and f"beta for this pair is {beta:g}:" in text, name
+        assert f"override /teacher: {teacher}" in text and f"override /model: {student}" in text, name

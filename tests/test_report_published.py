@@ -32,9 +32,9 @@ def test_each_published_figure_is_set_beside_kds_of_the_same_statistic(kd_sweep)
     final = estimate([s["final_top1"] for s in students]).format()
     best = estimate([s["best_top1"] for s in students]).format()
     assert rows["KD final"]["published"] == "90.00 (last epoch)" and rows["KD final"]["kd"] == f"{final} (last epoch)"
-    assert rows["KD best"]["published"] == "90.00 (best epoch (picked on test))"
-    assert rows["KD best"]["kd"] == f"{best} (best epoch (picked on test))"
-    assert rows["KD unstated"]["kd"] == f"{final} (last epoch) / {best} (best epoch (picked on test))"
+    assert rows["KD best"]["published"] == "90.00 (best epoch, picked on test)"
+    assert rows["KD best"]["kd"] == f"{best} (best epoch, picked on test)"
+    assert rows["KD unstated"]["kd"] == f"{final} (last epoch) / {best} (best epoch, picked on test)"
     assert all(row["seeds"] == "2" and "alpha=0.9" in row["kd cell"] and "seed" not in row["kd cell"]
                for row in rows.values())
     other = [p._replace(student="resnet20") for p in table]  # another pair's figures are never set beside

@@ -32,7 +32,7 @@ class Published(NamedTuple):
     aug: str = "fc"  # the benchmark's RandomCrop + flip
 
 
-STATISTIC = {"final": ("final_top1", "last epoch"), "best": ("best_top1", "best epoch (picked on test)")}
+STATISTIC = {"final": ("final_top1", "last epoch"), "best": ("best_top1", "best epoch, picked on test")}
 REPDISTILLER = "HobbitLong/RepDistiller README.md (train_student.py: last epoch)"
 MDISTILLER = "megvii-research/mdistiller README.md (engine/trainer.py: best epoch)"
 LS = "sunshangquan/logit-standardization-KD README.md (mdistiller's trainer: best epoch)"

@@ -357,6 +357,7 @@ LEARNED_TEMPERATURE_OFF = {"learned_temperature": False, "temperature_range": [1
                            "reversal_lambda": [0.0, 1.0], "reversal_epochs": 10}  # CTKD's keys, at their defaults
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
                                "trainer.augment_scope": AugmentScope.batch.value,
+                               "loss.teacher_batch_stats": False,  # OFD's teacher in eval mode (kd/distillers/ofd.py)
                                **{f"{node}.{key}": value for node in ("loss", "loss.terms.kd")  # KD in kd_ls, crd_kd
                                   for key, value in LEARNED_TEMPERATURE_OFF.items()}}
 

@@ -25,6 +25,10 @@ that a distilling cell (alpha > 0) runs before its main ones, training only `fir
 and the teacher in eval mode, those modules in train mode) on `first_term` alone, with their own SGD
 (`first_stage_lr` constant, momentum 0.9, weight decay 5e-4, as RepDistiller's init()). The main schedule starts
 after it; `main_parameters` are the distiller's parts that train with the student (all of them by default).
+
+A distiller whose reference runs the teacher in train mode (OFD: mdistiller's OFD.train(), the original OFD code)
+sets `teacher_batch_stats`: the teacher's BatchNorms then normalize with each batch's own statistics
+(kd/training/teacher.py, FrozenTeacher); it still never learns, and its running statistics stay as cached.
 """
 from __future__ import annotations
 
@@ -82,6 +86,7 @@ class Distiller(nn.Module):
     needs_indices: bool = False  # setup(..., labels) and term(..., indices): per-sample state (kd/distillers/crd.py)
     first_stage_epochs: int = 0  # a first stage before the main epochs (set_first_stage)
     first_stage_lr: float = 0.0
+    teacher_batch_stats: bool = False  # the teacher's BatchNorms on the batch's statistics (train mode), not running
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()

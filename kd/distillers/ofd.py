@@ -15,6 +15,13 @@ preact (pre-activation networks: WRN; VGG, MobileNetV2), else, for a residual su
 last BatchNorm of the preact's shape run before the next stage's first one; a teacher where none is found is
 refused (naming the stage). The connectors' count follows the stages of both networks, which must be equal
 (mdistiller keeps the deepest of the longer list).
+
+Both references run the teacher in train mode while distilling (mdistiller's OFD.train() leaves out its base
+class's `self.teacher.eval()`; the original code, clovaai/overhaul-distillation CIFAR-100/train_with_distillation.py,
+calls `t_net.train()`): its BatchNorms normalize with each batch's statistics, so the features the student matches
+are those. `teacher_batch_stats` (default true, their recipe) does the same; false runs it in eval mode, as kd's
+OFD did before 2026-12-07. Their running statistics also move, which nothing of theirs reads afterwards (the
+margins come from the BatchNorm's weight and bias, the teacher is never evaluated again): kd leaves them as cached.
 """
 from __future__ import annotations
 
@@ -86,8 +93,9 @@ class OFD(FeatureDistiller):
 
     reference = "mdistiller's OFD weight is 0.001"
 
-    def __init__(self, feat_weight: float = 0.001, scale: float = 1.0) -> None:
+    def __init__(self, feat_weight: float = 0.001, scale: float = 1.0, teacher_batch_stats: bool = True) -> None:
         super().__init__(feat_weight, scale)
+        self.teacher_batch_stats = teacher_batch_stats
         self.connectors = nn.ModuleList()  # and a buffer margin<i> per stage, from setup
 
     def setup(self, student: nn.Module, teacher: Optional[nn.Module], images: torch.Tensor) -> None:

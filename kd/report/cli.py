@@ -27,6 +27,7 @@ from kd.report.axes import other_axes, row_axis, split_by_axes
 from kd.report.epochs import epochs_of, uniform
 from kd.runs.overrides import cell_overrides, parse_overrides
 from kd.report.provenance import sweep_provenance
+from kd.report.published import format_published, published_rows
 from kd.report.search import is_search_dir, report_search
 from kd.runs.results import RESULTS_FILE, collect_sweep
 from kd.runs.sweep_dir import cell_dir_name
@@ -290,6 +291,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     print(f"Students' {METRICS[args.metric]} (%):")
     print(format_tables(students, args.metric))
+    published = published_rows(students)
+    if published:  # beside each figure kd's of the statistic it is, whatever --metric says (kd/report/published.py)
+        print("\nPublished top-1 (%) beside kd's, each kd value the statistic its figure is:")
+        print(format_published(published))
     if has_diagnostics(students):
         print("\nDiagnostics (diagnostics.md says what each column is):")
         print(format_diagnostics(students, args.metric))

@@ -3,7 +3,8 @@
 Such cells draw the same data stream and start from the same weights (see kd/training/engine.py), so one
 process can train them side by side on one augmented batch and one teacher forward per step. A distiller's
 first stage (kd/distillers/base.py) draws epochs of that stream before the main ones, so only cells with equal
-first stages pack together.
+first stages pack together, and only cells that run the teacher alike (its BatchNorms on batch statistics or
+in eval mode: a loss's teacher_batch_stats, kd/distillers/ofd.py), as they share its forward.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def pack_key(cfg: DictConfig) -> str:
     shared = defining_config(OmegaConf.masked_copy(cfg, kept))
     for key in PACK_FREE_TRAINER_KEYS:
         shared.get("trainer", {}).pop(key, None)
-    return json.dumps({**shared, "data": data, "first_stage_epochs": first_stage_epochs(cfg)}, sort_keys=True)
+    return json.dumps({**shared, "data": data, "first_stage_epochs": first_stage_epochs(cfg),
+                       "teacher_batch_stats": teacher_batch_stats(cfg)}, sort_keys=True)
 
 
 def first_stage_epochs(cfg: DictConfig) -> int:
@@ -37,6 +39,13 @@ def first_stage_epochs(cfg: DictConfig) -> int:
     if float(cfg.alpha) == 0.0 or "first_stage_epochs" not in cfg.loss:
         return 0
     return int(cfg.loss.first_stage_epochs)
+
+
+def teacher_batch_stats(cfg: DictConfig) -> bool:
+    """Whether the cell runs the teacher on batch statistics: its loss's teacher_batch_stats where alpha > 0 (a loss
+    without the key runs it in eval mode; kd.training.students.pack_teacher_batch_stats refuses a pack that this got
+    wrong)."""
+    return float(cfg.alpha) > 0.0 and "teacher_batch_stats" in cfg.loss and bool(cfg.loss.teacher_batch_stats)
 
 
 def group_packs(cfgs: Sequence[DictConfig]) -> list[list[int]]:

@@ -38,7 +38,8 @@ from kd.data.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.training.progress import PackProgress
 from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
 from kd.training.stacking import StudentPlaces
-from kd.training.students import Cell, Student, _prefix, make_pack, pack_first_stage, save_checkpoint
+from kd.training.students import (Cell, Student, _prefix, make_pack, pack_first_stage, pack_teacher_batch_stats,
+                                 save_checkpoint)
 from kd.training.teacher_views import TeacherViews, Teaching
 
 log = logging.getLogger(__name__)
@@ -193,17 +194,18 @@ def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: to
 
 def make_teaching(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug, batches,
                   views: set[TeacherView], device: torch.device, autocast: Callable, plan: CompilePlan = EAGER,
-                  features: bool = False) -> Optional[Teaching]:
+                  features: bool = False, batch_stats: bool = False) -> Optional[Teaching]:
     """None when no cell needs the teacher (it never runs). Else the teacher for each view the pack's distilling
     cells ask for: its logits computed once where they cannot change between epochs (the clean view, or any
     view of aug=none) and no distiller reads its features; else the live teacher, with features only for a
-    distiller that reads them."""
+    distiller that reads them. With `batch_stats` its BatchNorms use each batch's statistics, so its logits depend on
+    the batch and are never cached."""
     if teacher is None or not views:
         return None
-    frozen = FrozenTeacher(teacher.to(device), autocast, plan.model, features)
+    frozen = FrozenTeacher(teacher.to(device), autocast, plan.model, features, batch_stats)
     fixed = [v for v in views if v == TeacherView.clean or isinstance(aug, NoAugment)]
     cached = None
-    if fixed and cfg.trainer.teacher_logit_cache and not features:
+    if fixed and cfg.trainer.teacher_logit_cache and not features and not batch_stats:
         clean = make_batches(cfg, splits, "train", aug=NoAugment(), device=device, shuffle=False)
         cached = CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
     fns = {v: cached if cached is not None and v in fixed else frozen for v in views}
@@ -239,7 +241,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
     views = {s.view for s in students if s.alpha > 0}
     features = any(s.alpha > 0 and s.distiller.needs_features for s in students)
-    teaching = make_teaching(cfg, teacher, splits, aug, train_batches, views, device, autocast, plan, features)
+    teaching = make_teaching(cfg, teacher, splits, aug, train_batches, views, device, autocast, plan, features,
+                             pack_teacher_batch_stats(students))
     if hasattr(aug, "pick"):  # CutMixPick: the teacher scores the pool the batch is picked from
         scorer = FrozenTeacher(teacher.to(device), autocast, plan.model)
         train_batches.scorer = lambda images: teacher_entropy(scorer(images, None).logits)

@@ -236,5 +236,15 @@ def pack_first_stage(students: list[Student]) -> int:
     return lengths.pop()
 
 
+def pack_teacher_batch_stats(students: list[Student]) -> bool:
+    """Whether the pack's distilling cells run the teacher on batch statistics, all alike (kd/runs/packs.py packs
+    no others together)."""
+    modes = {s.distiller.teacher_batch_stats for s in students if s.alpha > 0}
+    if len(modes) > 1:
+        raise ValueError("a pack's distilling cells must run the teacher alike, on batch statistics or in eval mode: "
+                         "kd.runs.packs.pack_key keeps them apart")
+    return modes.pop() if modes else False
+
+
 def _prefix(student: Student) -> str:
     return f"[{student.cell.name}] " if student.cell.name else ""

@@ -221,12 +221,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def on_batch_statistics(model: nn.Module) -> nn.Module:
+    """A copy of `model` in train mode whose BatchNorms normalize with each batch's statistics and track none: the
+    teacher as a reference runs it (OFD's), while the cached teacher, whose running statistics the test split's
+    logits and other cells read, stays as it is."""
+    model = copy.deepcopy(model).train()
+    for m in model.modules():
+        if isinstance(m, BATCH_NORMS):
+            m.track_running_stats = False  # train mode then passes no running buffers to batch_norm: none move
+    return model
+
+
 class FrozenTeacher:
-    """The teacher in eval mode with no grad, run on the student's exact (augmented) batch."""
+    """The teacher with no grad, run on the student's exact (augmented) batch: in eval mode, or with `batch_stats`
+    its BatchNorms on the batch's statistics (Distiller.teacher_batch_stats, kd/distillers/base.py)."""
 
     def __init__(self, model: nn.Module, autocast: Callable, compile_fn: Callable = lambda model: model,
-                 features: bool = False) -> None:
-        self.model = model.eval().requires_grad_(False)
+                 features: bool = False, batch_stats: bool = False) -> None:
+        model = model.eval().requires_grad_(False)
+        self.model = on_batch_statistics(model) if batch_stats else model
         self.forward = compile_fn(self.model)
         self.autocast = autocast
         self.features = features  # only for a distiller that reads them: the plain forward otherwise

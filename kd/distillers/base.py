@@ -25,6 +25,11 @@ that a distilling cell (alpha > 0) runs before its main ones, training only `fir
 and the teacher in eval mode, those modules in train mode) on `first_term` alone, with their own SGD
 (`first_stage_lr` constant, momentum 0.9, weight decay 5e-4, as RepDistiller's init()). The main schedule starts
 after it; `main_parameters` are the distiller's parts that train with the student (all of them by default).
+
+A distiller may ask for a second view of each batch (MLKD's strong view): `second_view`, an augmentation
+(kd/data/), which the loop draws for the batch's same images from its own generator (kd/training/second_views.py)
+and runs the student and the teacher on; their Outputs carry it as `second`, and CE is then the sum of both views'.
+Only a distilling cell (alpha > 0) draws it: at alpha = 0 a cell is plain CE on the batch, whatever its loss.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ class Outputs(NamedTuple):
 
     logits: torch.Tensor
     features: Optional[Features] = None
+    second: Optional["Outputs"] = None  # on the distiller's second view of the batch, where it asks for one
 
 
 class LossParts(NamedTuple):
@@ -82,6 +88,7 @@ class Distiller(nn.Module):
     needs_indices: bool = False  # setup(..., labels) and term(..., indices): per-sample state (kd/distillers/crd.py)
     first_stage_epochs: int = 0  # a first stage before the main epochs (set_first_stage)
     first_stage_lr: float = 0.0
+    second_view = None  # an augmentation: the loop also runs the student and the teacher on it (the docstring)
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
@@ -117,7 +124,13 @@ class Distiller(nn.Module):
         return self.parameters()
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets)  # hard labels, or Mixup/CutMix's soft ones
+        # Hard labels, or Mixup/CutMix's soft ones; bf16 logits in float32, float64 kept (a test's reference)
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+
+    def student_ce(self, student: Outputs, targets: torch.Tensor) -> torch.Tensor:
+        """CE on the batch, plus CE on the second view where the student was run on one (MLKD's both views)."""
+        ce = self.cross_entropy(student.logits, targets)
+        return ce if student.second is None else ce + self.cross_entropy(student.second.logits, targets)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         """{"kd": the distillation term, other names: its parts to log}; `epoch` counts from 0."""
@@ -126,7 +139,7 @@ class Distiller(nn.Module):
     def forward(self, student: Outputs, teacher: Optional[Outputs], targets: torch.Tensor, alpha: float,
                 epoch: int = 0, indices: Optional[torch.Tensor] = None) -> LossParts:
         check_alpha(alpha)
-        ce = self.cross_entropy(student.logits, targets)
+        ce = self.student_ce(student, targets)
         if alpha == 0.0:  # the teacher is not run for such a cell: its results are those of plain CE
             return LossParts(self.scale * ce, ce, torch.zeros_like(ce))  # x * 1.0 is x, bit for bit
         if teacher is None:

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from conftest import compose_config
+from conftest import FAST, TRAIN_SCRIPT, cell_dir, compose_config, run_cli
+from kd.runs.results import RESULTS_FILE, read_results
+from reliability import ONE_THREAD, kill_after_checkpoint, metrics, same_weights
 from kd.data.augment import FlipCrop, NoAugment
 from kd.data.pipeline import DevicePipeline, Normalize
 from kd.distillers.base import Outputs
@@ -22,6 +24,7 @@ from kd.runs.checks import check_cell
 from kd.training.second_views import SecondViews
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mlkd_references.json"
+CELL = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fc", "loss=mlkd"]
 RECIPE = {"temperatures": [4.0, 3.0, 5.0, 2.0, 6.0], "strong_temperatures": [4.0, 3.0, 5.0],
           "unmasked_temperatures": [2.0, 6.0]}
 
@@ -155,3 +158,40 @@ def test_what_a_second_view_cannot_run_with_is_refused_before_any_work(override,
     cfg = compose_config(["data=digits", "loss=mlkd", "alpha=0.9", override], tmp_path)
     with pytest.raises(ValueError, match=message):
         check_cell(cfg)
+
+
+def run(tmp_path: Path, name: str, args: list[str]) -> Path:
+    out = tmp_path / name
+    done = run_cli([*args, f"hydra.{'sweep' if '-m' in args else 'run'}.dir={out}"], cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_a_pack_of_mlkd_cells_over_alphas_and_strong_views_is_bit_identical_to_each_alone(tmp_path):
+    grid = [*CELL, "alpha=0.5,0.9", "aug@loss.strong_view=fcra,fcta"]  # one pack: two views, each drawn once
+    packed = run(tmp_path, "packed", ["-m", *grid])
+    alone = run(tmp_path, "alone", ["-m", *grid, "hydra/launcher=basic"])
+    finals = set()
+    for alpha in ("0.5", "0.9"):
+        for view in ("fcra", "fcta"):
+            job = cell_dir(packed, grid, f"alpha={alpha}", f"aug@loss.strong_view={view}")
+            result = read_results(job / RESULTS_FILE)
+            assert result["status"] == "completed" and result["history"][-1]["train/instance"] > 0
+            assert metrics(result) == metrics(read_results(alone / job.name / RESULTS_FILE)), (alpha, view)
+            assert same_weights(job / "checkpoint.pt", alone / job.name / "checkpoint.pt"), (alpha, view)
+            finals.add(result["history"][-1]["train/kd"])
+    assert len(finals) == 4  # the strong view is an axis: each view its own draws
+
+
+@pytest.mark.chaos
+def test_an_mlkd_cell_killed_after_an_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    args = [*CELL, "alpha=0.9", "trainer.epochs=3", "trainer.deterministic=true"]
+    reference = run(tmp_path, "reference", args)
+    killed = tmp_path / "killed"
+    kill_after_checkpoint(TRAIN_SCRIPT, [*args, f"hydra.run.dir={killed}"], killed / "checkpoint.pt", 1,
+                          tmp_path / "k.log", 0.05)
+    assert not (killed / RESULTS_FILE).exists() or read_results(killed / RESULTS_FILE)["status"] != "completed"
+    resumed = run(tmp_path, "killed", args)
+    assert metrics(read_results(resumed / RESULTS_FILE)) == metrics(read_results(reference / RESULTS_FILE))
+    assert same_weights(resumed / "checkpoint.pt", reference / "checkpoint.pt")

@@ -2,7 +2,6 @@
 
     python benchmarks/bench_distillers.py                      # CPU: resnet32x4 -> resnet8x4, fc, ~2 min
     python benchmarks/bench_distillers.py --device cuda --steps 100 --warmup 30 --pair wrn40_2-wrn16_2
-    python benchmarks/bench_distillers.py --losses kd,mlkd,mlkd_ls         # some rows only (KD's is always in)
 
 Each distiller of conf/loss/ trains one cell (alpha 0.5, a pack of one) through kd's own make_pack /
 make_teaching / train_one_epoch on synthetic CIFAR-shaped data; rounds alternate between the distillers so that
@@ -26,23 +25,18 @@ LOSSES = ("kd", *sorted(p.stem for p in (CONF_DIR / "loss").glob("*.yaml") if p.
 
 def main() -> None:
     parser = step_arguments(__doc__)
-    parser.add_argument("--losses", default=",".join(LOSSES), help="conf/loss/ options, comma-separated")
     args = parser.parse_args()
-    losses = ("kd", *(name for name in args.losses.split(",") if name != "kd"))
-    unknown = sorted(set(losses) - set(LOSSES))
-    if unknown:
-        parser.error(f"--losses: {', '.join(unknown)} not in conf/loss/ ({', '.join(LOSSES)})")
     device = torch.device(args.device)
     base = compose_config([])
     splits = synthetic_splits((args.warmup + args.steps) * args.batch_size, base.data.mean, base.data.std)
     setups = {loss: Setup([compose_config([f"pair={args.pair}", f"loss={loss}", "alpha=0.5", f"aug={args.aug}",
                                            f"trainer.device={args.device}", f"trainer.batch_size={args.batch_size}"])],
-                          splits, device) for loss in losses}
+                          splits, device) for loss in LOSSES}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.pair}, aug={args.aug}, batch {args.batch_size}, {name}, torch {torch.__version__}; best of "
           f"{args.rounds} alternating rounds of {args.warmup} warmup + {args.steps} timed steps")
-    best = {loss: 0.0 for loss in losses}
-    peak = {loss: 0 for loss in losses}
+    best = {loss: 0.0 for loss in LOSSES}
+    peak = {loss: 0 for loss in LOSSES}
     for _ in range(args.rounds):
         for loss, setup in setups.items():
             if device.type == "cuda":
@@ -53,7 +47,7 @@ def main() -> None:
     learned = {loss: learned_state_mb(setup) for loss, setup in setups.items()}
     print("\n| distiller | images/s | step time vs KD | learned state (MB) |" + (" peak memory vs KD |" if peak["kd"] else ""))
     print("|---|---|---|---|" + ("---|" if peak["kd"] else ""))
-    for loss in losses:
+    for loss in LOSSES:
         memory = f" {peak[loss] / peak['kd']:.2f}x |" if peak["kd"] else ""
         print(f"| {loss} | {best[loss]:.0f} | {best['kd'] / best[loss]:.2f}x | {learned[loss]:.2f} |{memory}")
 

@@ -11,7 +11,8 @@ distillers also make the student and the teacher return their stage features, an
 column; on CUDA also the peak memory of the step). CRD's banks hold one row per training image: here the
 synthetic split's, on CIFAR-100 50,000. A modifier's rows sit beside their plain distiller's: CTKD's learned
 temperature on KD (`ctkd`, `ctkd_ls`) and on DKD (`dkd+ctkd`). `--losses ctkd,dkd,dkd+ctkd` times only those
-(and KD, the reference).
+(and KD, the reference). MLKD also draws its strong view of each batch and runs the student (forward and
+backward) and the teacher on it: about twice KD's step by construction, as its authors' trainer.
 """
 from __future__ import annotations
 

@@ -90,16 +90,18 @@ class DevicePipeline:
             images, labels = self.view(idx, self.generator, augmented)
             yield images, labels, idx
 
-    def view(self, idx: torch.Tensor, generator: torch.Generator, augmented: Optional[torch.Tensor] = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def view(self, idx: torch.Tensor, generator: torch.Generator, augmented: Optional[torch.Tensor] = None,
+             aug=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The images `idx` augmented (and mixed, with soft targets) from `generator`, normalized: the
         student's batch from the pipeline's own generator, the teacher's independent view from its own.
-        `augmented`: the whole split already augmented for this epoch (augment_scope=epoch), sliced instead."""
+        `augmented`: the whole split already augmented for this epoch (augment_scope=epoch), sliced instead.
+        `aug`: another augmentation than the pipeline's (a distiller's second view, kd/training/second_views.py)."""
+        aug = self.aug if aug is None else aug
         with one_cpu_thread(self.images.device):
-            images = self.normalize(self.aug(self.images[idx], generator) if augmented is None else augmented[idx])
+            images = self.normalize(aug(self.images[idx], generator) if augmented is None else augmented[idx])
         labels = self.labels[idx]
-        if hasattr(self.aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/data/augment_ladder.py)
-            images, labels = self.aug.mix(images, labels, self.num_classes, generator)
+        if hasattr(aug, "mix"):  # Mixup/CutMix: mixed images, soft targets (kd/data/augment_ladder.py)
+            images, labels = aug.mix(images, labels, self.num_classes, generator)
         return images, labels
 
     def clean(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

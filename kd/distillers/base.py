@@ -29,6 +29,11 @@ after it; `main_parameters` are the distiller's parts that train with the studen
 A distiller whose reference runs the teacher in train mode (OFD: mdistiller's OFD.train(), the original OFD code)
 sets `teacher_batch_stats`: the teacher's BatchNorms then normalize with each batch's own statistics
 (kd/training/teacher.py, FrozenTeacher); it still never learns, and its running statistics stay as cached.
+
+A distiller may ask for a second view of each batch (MLKD's strong view): `second_view`, an augmentation
+(kd/data/), which the loop draws for the batch's same images from its own generator (kd/training/second_views.py)
+and runs the student and the teacher on; their Outputs carry it as `second`, and CE is then the sum of both views'.
+Only a distilling cell (alpha > 0) draws it: at alpha = 0 a cell is plain CE on the batch, whatever its loss.
 """
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ class Outputs(NamedTuple):
 
     logits: torch.Tensor
     features: Optional[Features] = None
+    second: Optional["Outputs"] = None  # on the distiller's second view of the batch, where it asks for one
 
 
 class LossParts(NamedTuple):
@@ -87,6 +93,7 @@ class Distiller(nn.Module):
     first_stage_epochs: int = 0  # a first stage before the main epochs (set_first_stage)
     first_stage_lr: float = 0.0
     teacher_batch_stats: bool = False  # the teacher's BatchNorms on the batch's statistics (train mode), not running
+    second_view = None  # an augmentation: the loop also runs the student and the teacher on it (the docstring)
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
@@ -122,7 +129,13 @@ class Distiller(nn.Module):
         return self.parameters()
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets)  # hard labels, or Mixup/CutMix's soft ones
+        # Hard labels, or Mixup/CutMix's soft ones; bf16 logits in float32, float64 kept (a test's reference)
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+
+    def student_ce(self, student: Outputs, targets: torch.Tensor) -> torch.Tensor:
+        """CE on the batch, plus CE on the second view where the student was run on one (MLKD's both views)."""
+        ce = self.cross_entropy(student.logits, targets)
+        return ce if student.second is None else ce + self.cross_entropy(student.second.logits, targets)
 
     def term(self, student: Outputs, teacher: Outputs, targets: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         """{"kd": the distillation term, other names: its parts to log}; `epoch` counts from 0."""
@@ -131,7 +144,7 @@ class Distiller(nn.Module):
     def forward(self, student: Outputs, teacher: Optional[Outputs], targets: torch.Tensor, alpha: float,
                 epoch: int = 0, indices: Optional[torch.Tensor] = None) -> LossParts:
         check_alpha(alpha)
-        ce = self.cross_entropy(student.logits, targets)
+        ce = self.student_ce(student, targets)
         if alpha == 0.0:  # the teacher is not run for such a cell: its results are those of plain CE
             return LossParts(self.scale * ce, ce, torch.zeros_like(ce))  # x * 1.0 is x, bit for bit
         if teacher is None:

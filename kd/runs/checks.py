@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kd.data.augment_ladder import picks_with_teacher
 from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
+from kd.training.second_views import check_second_view
 from kd.distillers.base import Distiller, check_alpha
 from kd.runs.search import check_search, is_search
 from kd.runs.targets import ConfigTargetError, check_targets
@@ -53,7 +54,7 @@ def check_cell(cfg: DictConfig, here: bool = True) -> None:
                          "trainer.pipeline=device has; use trainer.pipeline=device")
     check_device(cfg.trainer.device, here)  # `here=False`: where a sweep is submitted, not where it runs
     check_targets(cfg)
-    check_distiller(cfg.loss)
+    check_second_view(cfg, check_distiller(cfg.loss))
     check_given_checkpoint(cfg)
 
 
@@ -72,7 +73,7 @@ def built(node: DictConfig) -> Any:
         raise err.__cause__ or err from None
 
 
-def check_distiller(loss_cfg: DictConfig) -> None:
+def check_distiller(loss_cfg: DictConfig) -> Distiller:
     """Build the loss once before any work: its own checks run (loss.temperature=0, a negative beta), and a
     loss written for kd's former function API is named instead of failing in the first step."""
     loss = built(loss_cfg)  # the distiller's own checks run
@@ -81,6 +82,7 @@ def check_distiller(loss_cfg: DictConfig) -> None:
             f"loss._target_={loss_cfg._target_} builds a {type(loss).__name__}, not a kd.distillers.base.Distiller: a "
             f"loss is a Distiller subclass that writes `term` (docs/extending.md); drop `_partial_` from its YAML "
             f"and wrap the function in a class.")
+    return loss
 
 
 def sweep_errors(config: DictConfig) -> tuple[list[str], list[DictConfig]]:

@@ -38,8 +38,10 @@ def swept_keys(sweep_dir: Path) -> set[str]:
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, str]:
-    """`["alpha=0.5", "pair=vgg13-vgg8"]` -> {"alpha": "0.5", "pair": "vgg13-vgg8"}, defining keys only."""
+    """`["alpha=0.5", "pair=vgg13-vgg8"]` -> {"alpha": "0.5", "pair": "vgg13-vgg8"}, defining keys only. A group
+    placed at a package keeps it (`aug@loss.strong_view=fcta`: MLKD's strong view), apart from `aug` itself."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    return {o.key_or_group.lstrip("+~"): o.get_value_element_as_str() for o in parsed if defines_cell(o.key_or_group)}
+    return {o.get_key_element().lstrip("+~"): o.get_value_element_as_str() for o in parsed
+            if defines_cell(o.key_or_group)}

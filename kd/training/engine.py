@@ -40,6 +40,7 @@ from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
 from kd.training.stacking import StudentPlaces
 from kd.training.students import (Cell, Student, _prefix, make_pack, pack_first_stage, pack_teacher_batch_stats,
                                  save_checkpoint)
+from kd.training.second_views import SecondViews
 from kd.training.teacher_views import TeacherViews, Teaching
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,15 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
         views = {update.students[i].view for i in distilling}
         on_view = teaching.step(views, images, labels, indices) if distilling else {}
         teachers = {i: on_view[update.students[i].view] for i in distilling}
+        second = {i: (update.students[i].distiller.second_view, update.students[i].view) for i in distilling
+                  if update.students[i].distiller.second_view is not None}
+        if second:  # a distiller's second view of the batch (kd/training/second_views.py): both networks see it
+            second = teaching.second(second, indices, on_view)
+            teachers.update((i, teachers[i]._replace(second=out)) for i, (_, out) in second.items())
         n = labels.shape[0]
         hard = labels if labels.ndim == 1 else labels.argmax(1)  # soft targets (Mixup, CutMix): the larger share
         out = update.step(live, images, labels, teachers, autocast, epoch - first_stage_epochs, indices,
-                          first_stage=first_stage)
+                          first_stage=first_stage, second={i: view for i, (view, _) in second.items()})
         # Every live student's metrics at once: a pack's step adds the ops of one student's, not K of them.
         losses = out.losses
         correct = (out.logits.argmax(-1) == hard).sum(-1)
@@ -209,7 +215,8 @@ def make_teaching(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSp
         clean = make_batches(cfg, splits, "train", aug=NoAugment(), device=device, shuffle=False)
         cached = CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
     fns = {v: cached if cached is not None and v in fixed else frozen for v in views}
-    return Teaching(fns, TeacherViews(batches, cfg.seed, device), cfg.trainer.batch_size, device)
+    return Teaching(fns, TeacherViews(batches, cfg.seed, device), cfg.trainer.batch_size, device, frozen,
+                    SecondViews(batches, cfg.seed, device))
 
 
 def test_logits(teacher: nn.Module, batches, splits: ImageSplits, autocast: Callable) -> CachedTeacherLogits:

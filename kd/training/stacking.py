@@ -131,9 +131,9 @@ class StackedUpdate:
         return vmap(self._forward, in_dims=(0, 0, None))(self.params, self.buffers, images)
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict, autocast: Callable,
-             epoch: int, indices=None, first_stage: bool = False) -> StepOutputs:
-        """As LoopUpdate.step; its distillers never read `indices` nor run a first stage (make_pack loops a pack
-        whose do)."""
+             epoch: int, indices=None, first_stage: bool = False, second=None) -> StepOutputs:
+        """As LoopUpdate.step; its distillers never read `indices` nor a `second` view, nor run a first stage
+        (make_pack loops a pack whose do)."""
         held = [i for i in range(self.k) if i not in live]
         kept = self._slices(held)  # before the forward, which moves every student's BatchNorm statistics
         with autocast():

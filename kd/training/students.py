@@ -85,15 +85,18 @@ class LoopUpdate:
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
              autocast: Callable, epoch: int, indices: Optional[torch.Tensor] = None,
-             first_stage: bool = False) -> StepOutputs:
+             first_stage: bool = False, second: Optional[dict[int, torch.Tensor]] = None) -> StepOutputs:
         """One step of the live students; `teachers` holds the teacher's outputs on each distilling one's view,
-        `indices` the batch's dataset indices (read only by a distiller that needs_indices). In the first stage,
-        each steps its first-stage optimizer on its distiller's first-stage loss."""
+        `indices` the batch's dataset indices (read only by a distiller that needs_indices), `second` the
+        images of its second view for each one whose distiller asks for one. In the first stage, each steps its
+        first-stage optimizer on its distiller's first-stage loss."""
         parts, logits = [], []
         for i in live:
             s = self.students[i]
             with autocast():
                 student = student_outputs(s.forward, images, s.distiller.needs_features and s.alpha > 0)
+                if second and i in second:
+                    student = student._replace(second=student_outputs(s.forward, second[i], False))
             if first_stage:
                 loss, optimizer, optimizer_step = (s.distiller.first_stage(student, teachers[i], labels),
                                                    s.first_optimizer, s.first_optimizer.step)
@@ -218,10 +221,11 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
     stacked = cells[0].cfg.trainer.pack_mode == PackMode.stacked and len(students) > 1
     unstackable = [s.cell.name or type(s.distiller).__name__ for s in students
                    if s.distiller.needs_features or s.distiller.needs_indices or s.first_stage_epochs > 0
-                   or any(True for _ in s.distiller.parameters())]
+                   or s.distiller.second_view is not None or any(True for _ in s.distiller.parameters())]
     if stacked and unstackable:
         log.info("trainer.pack_mode=stacked: training this pack in loop mode instead, as its distillers read "
-                 "features, own parameters or keep per-sample state (%s), which the stacked forward does not carry",
+                 "features or a second view, own parameters or keep per-sample state (%s), which the stacked "
+                 "forward does not carry",
                  ", ".join(unstackable))
         stacked = False
     return StackedUpdate(students, cells[0].cfg.optim, example, plan) if stacked else LoopUpdate(students)

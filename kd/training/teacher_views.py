@@ -17,9 +17,12 @@ as the student's stream does from its own (kd/data/pipeline.py).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from kd.config import TeacherView
+from kd.training.second_views import SecondViews, aug_key
 from kd.training.diagnostics import TeacherViewStats
 
 Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, dataset indices
@@ -57,9 +60,12 @@ class Teaching:
     """The teacher's side of a pack's training: per step, its outputs on each view that the pack's live
     distilling cells ask for; per epoch, the diagnostics of each view (kd/training/diagnostics.py)."""
 
-    def __init__(self, fns: dict, views: TeacherViews, batch_size: int, device: torch.device) -> None:
+    def __init__(self, fns: dict, views: TeacherViews, batch_size: int, device: torch.device,
+                 live=None, seconds: Optional[SecondViews] = None) -> None:
         self.fns = fns  # {TeacherView: (images, indices) -> Outputs}: the live teacher, or its cached logits
         self.views = views
+        self.live = live  # the live teacher, for second views (kd/training/second_views.py)
+        self.seconds = seconds
         self.batch_size = batch_size
         self.device = device
         self.stats: dict = {}
@@ -67,6 +73,8 @@ class Teaching:
 
     def begin_epoch(self, epoch: int) -> None:
         self.views.begin_epoch(epoch)
+        if self.seconds is not None:
+            self.seconds.begin_epoch(epoch)
         self.stats = {view: TeacherViewStats(self.device, self.batch_size) for view in self.fns}
         self.ran = set()
 
@@ -78,6 +86,23 @@ class Teaching:
             out[view] = self.fns[view](x, i)
             self.stats[view].update(out[view].logits, y)
             self.ran.add(view)
+        return out
+
+    def second(self, wanted: dict, indices: torch.Tensor, on_view: dict) -> dict:
+        """{student: (its second view's images, the teacher's Outputs on them)} for `wanted`, {student: (its
+        distiller's second augmentation, its teacher view)}; `on_view` is `step`'s result on the batch. Students
+        with equal augmentations share one draw; the teacher runs once per drawn view (no diagnostics: those are
+        the batch's)."""
+        drawn: dict = {}
+        out = {}
+        for i, (aug, view) in wanted.items():
+            key = aug_key(aug)
+            if key not in drawn:
+                drawn[key] = (self.seconds.images(aug, indices), {})
+            images, teacher = drawn[key]
+            if view not in teacher:  # the clean view's images are the batch's own: its outputs are the same
+                teacher[view] = on_view[view] if view == TeacherView.clean else self.live(images, indices)
+            out[i] = (images, teacher[view])
         return out
 
     def read(self) -> dict:

@@ -97,6 +97,39 @@ class FolderDataConfig:
     val_size: Optional[int] = None  # must stay None when the folder has a val/ split
     split_seed: int = 0
     cache_dir: str = MISSING  # where the decoded images are cached
+    stream: str = "auto"  # true | false | auto: decode per batch from the files (kd/data/stream.py), or once into memory
+    stream_above_gb: float = 16.0  # auto streams when the decoded splits (3 x image_size^2 bytes each) exceed this
+    crop_pct: float = 1.0  # clean view: Resize(image_size / crop_pct) + CenterCrop(image_size); ImageNet's 0.875
+    gpu_decode: bool = False  # streaming on CUDA: decode JPEGs on the device (nvJPEG); unmeasured on a GPU
+    aug_recipe: str = "cifar"  # the crop of aug=fc/fcra (their aug.recipe): cifar (padded) or imagenet (resized)
+
+
+@dataclass
+class ImageNetDataConfig:
+    _target_: str = "kd.data.imagenet"
+    root: str = MISSING  # ILSVRC-2012: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (kd/data/imagenet_layouts.py)
+    cache_dir: str = MISSING
+    mean: list[float] = MISSING
+    std: list[float] = MISSING
+    image_size: int = 224
+    crop_pct: float = 0.875  # evaluation: Resize(256) + CenterCrop(224)
+    stream: str = "auto"
+    stream_above_gb: float = 16.0
+    gpu_decode: bool = False
+    aug_recipe: str = "imagenet"  # aug=fc/fcra crop with RandomResizedCrop, as torchvision's ImageNet recipe
+    train_size: Optional[int] = None
+    val_size: Optional[int] = None  # a hold-out of train/ (val/ is the test split)
+    split_seed: int = 0
+
+
+@dataclass
+class TinyImageNetDataConfig(ImageNetDataConfig):
+    _target_: str = "kd.data.tiny_imagenet"  # root: wnids.txt, train/<wnid>/images/, val/images/ + val_annotations.txt
+    mean: Optional[list[float]] = None  # None: computed from the train/ images
+    std: Optional[list[float]] = None
+    image_size: int = 64
+    crop_pct: float = 1.0
+    aug_recipe: str = "cifar"  # aug=fc/fcra: RandomCrop(64, padding=8), as the 64 px images are stored
 
 
 @dataclass
@@ -120,6 +153,7 @@ class NoAugConfig:
 class FlipCropConfig:
     _target_: str = "kd.data.augment.FlipCrop"
     padding: Optional[int] = None  # pixels; None: image size / 8 (4 on CIFAR)
+    recipe: str = "cifar"  # cifar: padded RandomCrop; imagenet: RandomResizedCrop (kd/data/augment.py)
 
 
 @dataclass
@@ -128,6 +162,7 @@ class FlipCropRandAugmentConfig:
     padding: Optional[int] = None  # pixels; None: image size / 8 (4 on CIFAR)
     num_ops: int = 2
     magnitude: int = 14
+    recipe: str = "cifar"  # cifar: padded RandomCrop; imagenet: RandomResizedCrop (kd/data/augment.py)
 
 
 @dataclass
@@ -307,6 +342,8 @@ def register_schemas() -> None:
     cs.store(group="schema/data", name="cifar", node=CifarDataConfig)
     cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
     cs.store(group="schema/data", name="folder", node=FolderDataConfig)
+    cs.store(group="schema/data", name="imagenet", node=ImageNetDataConfig)
+    cs.store(group="schema/data", name="tiny_imagenet", node=TinyImageNetDataConfig)
     cs.store(group="schema/aug", name="none", node=NoAugConfig)
     cs.store(group="schema/aug", name="fc", node=FlipCropConfig)
     cs.store(group="schema/aug", name="fcra", node=FlipCropRandAugmentConfig)
@@ -359,12 +396,24 @@ ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
                                "trainer.augment_scope": AugmentScope.batch.value,
                                "loss.teacher_batch_stats": False,  # OFD's teacher in eval mode (kd/distillers/ofd.py)
                                **{f"{node}.{key}": value for node in ("loss", "loss.terms.kd")  # KD in kd_ls, crd_kd
-                                  for key, value in LEARNED_TEMPERATURE_OFF.items()}}
+                                  for key, value in LEARNED_TEMPERATURE_OFF.items()},
+                               "aug.recipe": "cifar", "data.aug_recipe": "cifar", "data.stream": "auto",
+                               "data.stream_above_gb": 16.0, "data.crop_pct": 1.0, "data.gpu_decode": False}
+
+
+def without_old_added(node: dict, group: str) -> dict:
+    """`node`, the config of `group` ("data", "aug"), less its ADDED_KEYS_AT_OLD_BEHAVIOUR at their old values:
+    what a teacher's recipe hashes, so that the teachers cached by an older kd are still found."""
+    for dotted, old in ADDED_KEYS_AT_OLD_BEHAVIOUR.items():
+        parent, _, leaf = dotted.rpartition(".")
+        if parent == group and leaf in node and node[leaf] == old:
+            node.pop(leaf)
+    return node
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,
 # by contrast, are the same wherever they are: torchvision checks each one's md5).
-ROOT_IS_CONTENT = ("kd.data.folder",)
+ROOT_IS_CONTENT = ("kd.data.folder", "kd.data.imagenet", "kd.data.tiny_imagenet")
 
 
 # Augmentations moved into kd/data/ on 2026-12-06 (kd/__init__.py: MOVED). A cell's identity and a teacher's recipe

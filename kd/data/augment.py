@@ -1,5 +1,10 @@
 """The paper's three augmentation policies: none, fc (flip + crop), fcra (fc + RandAugment).
 
+fc and fcra come in two recipes (`aug.recipe`): `cifar` crops at a random offset from the image zero-padded by an
+eighth of its size (the CIFAR papers' RandomCrop(32, padding=4)); `imagenet` is RandomResizedCrop(size) instead,
+as torchvision's and mdistiller's ImageNet recipes (kd/data/resized_crop.py). Either is the crop, then the rest
+(`after_crop`: the flip, RandAugment): a streaming source crops where it decodes the files (kd/data/stream.py).
+
 Each policy works two ways with the same semantics as torchvision:
 - called on a uint8 batch (N, C, H, W) on the training device, it draws fresh
   parameters for every image (torchvision's transforms on a batch tensor would draw
@@ -16,6 +21,8 @@ import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.autoaugment import _apply_op  # torchvision's own op code: same outputs by construction
 
+from kd.data.resized_crop import random_resized_crops
+
 RANDAUGMENT_BINS = 31  # torchvision's default number of magnitude bins
 # torchvision's RandAugment ops, in the order of its augmentation space (an op index means the same in both)
 RANDAUGMENT_OPS = tuple(T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, (32, 32)))
@@ -23,6 +30,7 @@ RANDAUGMENT_OPS = tuple(T.RandAugment()._augmentation_space(RANDAUGMENT_BINS, (3
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 Choice = tuple[str, float]  # one of torchvision's `_apply_op` ops and its signed magnitude
 FORMS = ("select", "grouped")  # apply_choices' two ways to the same images
+RECIPES = ("cifar", "imagenet")  # fc's crop: padded RandomCrop, or RandomResizedCrop
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -78,8 +86,6 @@ def _op_value(space: dict, name: str, magnitude: int, negative: bool) -> float:
     magnitudes, _ = space[name]
     value = float(magnitudes[magnitude].item()) if magnitudes.ndim > 0 else 0.0  # a CPU tensor: no device sync
     return -value if negative else value
-
-
 
 
 def apply_choices(images: torch.Tensor, keys: torch.Tensor, choices: list[Choice], form: str | None = None
@@ -199,28 +205,43 @@ class NoAugment:
 
 
 class FlipCrop:
-    """`aug=fc`: RandomCrop(size, padding) + RandomHorizontalFlip.
+    """`aug=fc`: a random crop + RandomHorizontalFlip.
 
-    `padding=None` pads by an eighth of the image size: 4 on 32x32 CIFAR, exactly the
-    paper's RandomCrop(32, padding=4), and a like-for-like 2 on the 16x16 digits.
+    `recipe="cifar"`: RandomCrop(size, padding); `padding=None` pads by an eighth of the image size: 4 on 32x32
+    CIFAR, exactly the paper's RandomCrop(32, padding=4), and a like-for-like 2 on the 16x16 digits.
+    `recipe="imagenet"`: RandomResizedCrop(size) (scale 0.08-1, ratio 3/4-4/3); `padding` is unused.
     """
 
     name = "fc"
 
-    def __init__(self, padding: int | None = None) -> None:
+    def __init__(self, padding: int | None = None, recipe: str = "cifar") -> None:
         if padding is not None and padding < 0:
             raise ValueError(f"aug.padding={padding} must be >= 0 (or null for image size / 8)")
+        if recipe not in RECIPES:
+            raise ValueError(f"aug.recipe={recipe!r} must be one of {', '.join(RECIPES)}")
         self.padding = padding
+        self.recipe = recipe
 
     def padding_for(self, image_size: int) -> int:
         return image_size // 8 if self.padding is None else self.padding
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        padding = self.padding_for(images.shape[-1])
-        return random_flip(random_crop(images, padding, generator), generator)
+        return self.after_crop(self.crop(images, generator), generator)
+
+    def crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The recipe's crop of each image, same size out as in."""
+        if self.recipe == "imagenet":
+            return random_resized_crops(list(images), images.shape[-1], generator)
+        return random_crop(images, self.padding_for(images.shape[-1]), generator)
+
+    def after_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """What follows the crop: the flip."""
+        return random_flip(images, generator)
 
     def pil_transforms(self, image_size: int) -> list:
-        return [T.RandomCrop(image_size, padding=self.padding_for(image_size)), T.RandomHorizontalFlip()]
+        crop = (T.RandomResizedCrop(image_size) if self.recipe == "imagenet"
+                else T.RandomCrop(image_size, padding=self.padding_for(image_size)))
+        return [crop, T.RandomHorizontalFlip()]
 
 
 class FlipCropRandAugment(FlipCrop):
@@ -233,8 +254,8 @@ class FlipCropRandAugment(FlipCrop):
     name = "fcra"
 
     def __init__(self, padding: int | None = None, num_ops: int = 2, magnitude: int = 14,
-                 form: str | None = None) -> None:
-        super().__init__(padding)
+                 form: str | None = None, recipe: str = "cifar") -> None:
+        super().__init__(padding, recipe)
         if not 0 <= magnitude < RANDAUGMENT_BINS:
             raise ValueError(f"aug.magnitude={magnitude} must be in [0, {RANDAUGMENT_BINS - 1}]")
         if num_ops < 0:
@@ -245,8 +266,8 @@ class FlipCropRandAugment(FlipCrop):
         self.magnitude = magnitude
         self.form = form
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return rand_augment(super().__call__(images, generator), self.num_ops, self.magnitude, generator, self.form)
+    def after_crop(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return rand_augment(super().after_crop(images, generator), self.num_ops, self.magnitude, generator, self.form)
 
     def pil_transforms(self, image_size: int) -> list:
         return super().pil_transforms(image_size) + [T.RandAugment(self.num_ops, self.magnitude)]

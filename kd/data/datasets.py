@@ -15,14 +15,16 @@ import shutil
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torchvision
 from sklearn.model_selection import train_test_split
 
-from kd.data.image_folder import decode, scan
+from kd.data.augment import RECIPES
+from kd.data.image_files import ImageFiles, sample_stats, should_stream
+from kd.data.image_folder import FolderScan, decode, scan
 
 
 class DataUnavailableError(RuntimeError):
@@ -32,7 +34,7 @@ class DataUnavailableError(RuntimeError):
 @dataclass
 class ImageSplits:
     name: str
-    train_images: torch.Tensor  # uint8 (N, 3, H, W)
+    train_images: Union[torch.Tensor, ImageFiles]  # uint8 (N, 3, H, W), or the files to stream them from
     train_labels: torch.Tensor  # int64 (N,)
     test_images: torch.Tensor
     test_labels: torch.Tensor
@@ -181,34 +183,72 @@ def cifar10(root: str, mean: list[float], std: list[float], download: bool = Tru
 
 def folder(root: str, cache_dir: str, image_size: int = 32, mean: Optional[list[float]] = None,
            std: Optional[list[float]] = None, train_size: Optional[int] = None, val_size: Optional[int] = None,
-           split_seed: int = 0) -> ImageSplits:
-    """A folder of images (kd/data/image_folder.py), decoded once into a cache under `cache_dir`.
+           split_seed: int = 0, stream: str = "auto", stream_above_gb: float = 16.0, crop_pct: float = 1.0,
+           gpu_decode: bool = False, aug_recipe: str = "cifar") -> ImageSplits:
+    """A folder of images (kd/data/image_folder.py): decoded once into a cache under `cache_dir`, or, where
+    `stream` says so (kd/data/image_files.py `should_stream`), decoded per batch from its files. `aug_recipe` is
+    what conf/aug's fc and fcra crop with (their aug.recipe): checked here, before any image is read.
 
     Its val/ split, if present, is the validation set. The sizes are checked against the folder's
     listing before any image is decoded. `mean` / `std` default to the whole train/ split's (as
     CIFAR's published constants are), so every train_size of a sweep is normalized alike.
     """
     path = Path(os.path.expanduser(root))
-    found = scan(path)
+    return from_scan(scan(path), path.name, Layout(image_size, crop_pct, stream, stream_above_gb, gpu_decode,
+                                                   aug_recipe), cache_dir, mean, std, train_size, val_size, split_seed)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a folder's images become a split's: their size, the clean view's crop, and whether they stream."""
+
+    image_size: int
+    crop_pct: float  # Resize(image_size / crop_pct) + CenterCrop(image_size): 0.875 is ImageNet's 256 -> 224
+    stream: str  # auto | true | false
+    stream_above_gb: float  # auto streams above this many GB of decoded images
+    gpu_decode: bool  # streaming on CUDA: JPEGs decoded on the device (nvJPEG)
+    aug_recipe: str  # the crop of fc and fcra (kd/data/augment.py RECIPES)
+
+
+def from_scan(found: FolderScan, name: str, layout: Layout, cache_dir: str, mean: Optional[list[float]],
+              std: Optional[list[float]], train_size: Optional[int], val_size: Optional[int],
+              split_seed: int) -> ImageSplits:
+    """A scanned folder's splits: decoded into memory (cached), or as their files to stream."""
+    if layout.aug_recipe not in RECIPES:
+        raise ValueError(f"data.aug_recipe={layout.aug_recipe!r} must be one of {', '.join(RECIPES)}: the crop of "
+                         f"aug=fc and aug=fcra (padded RandomCrop, or RandomResizedCrop)")
+    if not 0 < layout.crop_pct <= 1:
+        raise ValueError(f"data.crop_pct={layout.crop_pct} must be in (0, 1]: the center crop's share of the "
+                         f"resized shorter side (ImageNet's evaluation: 0.875, Resize(256) + CenterCrop(224))")
     if "val" in found.datasets and val_size is not None:
-        raise SplitSizeError(f"data.val_size={val_size}, but {path / 'val'} exists and is the validation split. "
-                             f"Set data.val_size=null to use it, or remove {path / 'val'} to hold out "
+        val_dir = Path(found.datasets["val"].root)
+        raise SplitSizeError(f"data.val_size={val_size}, but {val_dir} exists and is the validation split. "
+                             f"Set data.val_size=null to use it, or remove {val_dir} to hold out "
                              f"data.val_size images of train/ instead.")
-    train, val = split_training(found.labels("train").numpy(), len(found.classes), path.name, train_size, val_size,
+    train, val = split_training(found.labels("train").numpy(), len(found.classes), name, train_size, val_size,
                                 split_seed)
-    decoded = decode(found, image_size, Path(os.path.expanduser(cache_dir)))
-    own_val = {"val_images": decoded["val"], "val_labels": found.labels("val")} if "val" in decoded else {}
+    counts = {split: len(d.samples) for split, d in found.datasets.items()}
+    if should_stream(layout.stream, counts, layout.image_size, layout.stream_above_gb):
+        images = {split: ImageFiles(np.array(found.files(split)), layout.image_size, layout.crop_pct,
+                                    layout.gpu_decode) for split in found.datasets}
+        if mean is None or std is None:
+            mean, std = sample_stats(images["train"][train])
+    else:
+        images = decode(found, layout.image_size, Path(os.path.expanduser(cache_dir)), layout.crop_pct)
+        if mean is None or std is None:
+            mean, std = images["mean"].tolist(), images["std"].tolist()
+    own_val = {"val_images": images["val"], "val_labels": found.labels("val")} if "val" in found.datasets else {}
     splits = ImageSplits(
-        name=path.name,
-        train_images=decoded["train"],
+        name=name,
+        train_images=images["train"],
         train_labels=found.labels("train"),
-        test_images=decoded["test"],
+        test_images=images["test"],
         test_labels=found.labels("test"),
         num_classes=len(found.classes),
-        mean=tuple(mean) if mean is not None else tuple(decoded["mean"].tolist()),
-        std=tuple(std) if std is not None else tuple(decoded["std"].tolist()),
+        mean=tuple(mean),
+        std=tuple(std),
         content_digest=found.digest,
-        location=path,
+        location=found.root,
         **own_val,
     )
     return subset(splits, train, val)

@@ -26,6 +26,8 @@ from kd.runs.checks import check_cell
 from kd.config import Stage, TeacherView, defining_config
 from kd.training.cpu import warn_if_busy
 from kd.data.datasets import ImageSplits, on_disk
+from kd.data.image_files import ImageFiles
+from kd.data.stream import check_streamable
 from kd.training.device import resolve_device, speed_switches
 from kd.training.engine import Cell, fit, test_top1
 from kd.runs.locking import exclusive_job_dir
@@ -218,6 +220,9 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
                  splits.name, found["train_images"], found["test_images"], found["num_classes"],
                  found["data_location"], found["data_files"], found["data_bytes"] / 1e6)
         return [dict(found) for _ in cfgs]
+    if isinstance(splits.train_images, ImageFiles):  # before the teacher trains: what a stream cannot serve
+        for c in cfgs:
+            check_streamable(c.trainer, instantiate(c.aug), splits.name)
     image_shape = tuple(splits.split("train")[0].shape[1:])
     networks = ([] if stage == Stage.teacher else [("model", cfg.model)]) + (
         [("teacher.arch", cfg.teacher.arch)] if stage == Stage.teacher or any(map(uses_teacher, cfgs)) else [])

@@ -34,7 +34,9 @@ from kd.config import AugmentScope, Pipeline, Stage, TeacherView
 from kd.data.datasets import ImageSplits
 from kd.training.diagnostics import TEST_KEYS, fidelity_sums
 from kd.distillers.base import Outputs
+from kd.data.image_files import ImageFiles
 from kd.data.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
+from kd.data.stream import StreamPipeline, check_streamable
 from kd.training.progress import PackProgress
 from kd.training.teacher import CachedTeacherLogits, FrozenTeacher
 from kd.training.stacking import StudentPlaces
@@ -176,11 +178,16 @@ def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test",
 
 def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: torch.device,
                  shuffle: bool):
-    """Batches of the "train", "val" or "test" split from the configured pipeline."""
+    """Batches of the "train", "val" or "test" split from the configured pipeline, or streamed from its files."""
     t = cfg.trainer
     images, labels = splits.split(split)
     batch_size = t.batch_size if shuffle else t.eval_batch_size
     channels_last = t.channels_last  # faster on CPUs too (oneDNN convolutions), not only with cuDNN
+    if isinstance(images, ImageFiles):
+        check_streamable(t, aug, splits.name)
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        return StreamPipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
+                              batch_size, generator, shuffle, splits.num_classes, t.num_workers)
     if t.pipeline == Pipeline.device:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         per_epoch = shuffle and t.augment_scope == AugmentScope.epoch  # evaluation is never augmented
@@ -317,6 +324,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
 def log_augmentation(cfg: DictConfig, aug) -> None:
     """One line of what the training batches are made of: augment_scope=epoch changes the draws, so say it."""
     name = getattr(aug, "name", None) or type(aug).__name__
+    if getattr(aug, "recipe", "cifar") == "imagenet":  # the crop is the recipe's: say which
+        name += " (ImageNet recipe: RandomResizedCrop)"
     if isinstance(aug, NoAugment):
         log.info("augmentation: %s", name)
     elif cfg.trainer.augment_scope == AugmentScope.epoch:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_aside
-from kd.config import AugmentScope, Stage, as_recorded
+from kd.config import AugmentScope, Stage, as_recorded, without_old_added
 from kd.training import published_teachers as published
 from kd.data.augment_ladder import picks_with_teacher
 from kd.data.datasets import ImageSplits
@@ -40,15 +40,15 @@ def teacher_recipe(cfg: DictConfig, data_content: Optional[str]) -> dict:
 
     `data_content` is the digest of data the config only points at (ImageSplits.content_digest: a
     folder's files), so a teacher is never reused for another folder, wherever either lies."""
-    data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
-            if k not in ("root", "download", "cache_dir")}
+    data = without_old_added({k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+                              if k not in ("root", "download", "cache_dir")}, "data")
     if data_content is not None:
         data["content"] = data_content
     t = cfg.teacher
     return as_recorded({
         "data": data,
         "arch": OmegaConf.to_container(t.arch, resolve=True),
-        "aug": OmegaConf.to_container(t.aug, resolve=True),
+        "aug": without_old_added(OmegaConf.to_container(t.aug, resolve=True), "aug"),
         "loss": OmegaConf.to_container(t.loss, resolve=True),
         "optim": OmegaConf.to_container(t.optim, resolve=True),
         "epochs": t.epochs,

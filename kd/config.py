@@ -227,6 +227,7 @@ class TeacherConfig:
     seed: int = II("seed")  # each seed of a grid has its own teacher
     min_top1: Optional[float] = None  # %; below it the teacher is refused. None: twice chance (100/classes)
     checkpoint: Optional[str] = None  # use this file instead of the cache
+    weights: Optional[str] = None  # torchvision's published weights for arch (IMAGENET1K_V1): downloaded, not trained
     cache_dir: str = MISSING
 
 
@@ -349,7 +350,8 @@ NON_DEFINING_KEYS = ("logger", "out_dir", "objective", "teacher.cache_dir", "dat
 # Keys added after results and checkpoints were written without them: at these values (what those jobs did)
 # they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
-                               "trainer.augment_scope": AugmentScope.batch.value}
+                               "trainer.augment_scope": AugmentScope.batch.value,
+                               "teacher.weights": None}
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,

@@ -1,11 +1,17 @@
 """The benchmark's teacher-student pairs as a grid axis: every pair composes, and a digits grid over two pairs of
-different families trains packed and is reported one table per pair, never averaged across pairs."""
+different families trains packed and is reported one table per pair, never averaged across pairs. The ImageNet
+pairs are mdistiller's ImageNet recipe, and their KD step is mdistiller's in float64."""
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.models as tv
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, FAST, compose_config, run_cli
+from kd.distillers.base import Outputs
 from kd.report.cli import main as report_main
 from kd.runs.results import collect_sweep
 from kd.training.teacher import arch_name
@@ -94,3 +100,37 @@ def test_an_imagenet_pairs_dkd_command_gives_mdistillers_imagenet_dkd(pair):
     assert cfg.loss.scale * (1 - cfg.alpha) == DKD["ce_weight"] and cfg.loss.scale * cfg.alpha == 1.0  # CE + term
     assert (cfg.loss.alpha, cfg.loss.beta, cfg.loss.temperature, cfg.loss.warmup) == (
         DKD["alpha"], weights["beta"], DKD["temperature"], DKD["warmup"])
+
+
+def mdistillers_kd(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """mdistiller's ImageNet KD loss, loss_ce + loss_kd of their KD.forward_train (mdistiller/distillers/KD.py at
+    a08d46f): CE_WEIGHT * cross_entropy + KD_WEIGHT * kd_loss, kd_loss the KL of log_softmax(s / T) from
+    softmax(t / T) with reduction "none", summed over classes, averaged over the batch, times T^2."""
+    t = KD["temperature"]
+    kl = F.kl_div(F.log_softmax(student / t, dim=1), F.softmax(teacher / t, dim=1), reduction="none")
+    return KD["ce_weight"] * F.cross_entropy(student, targets) + KD["kd_weight"] * kl.sum(1).mean() * t**2
+
+
+def test_the_imagenet_kd_step_is_mdistillers_in_float64():
+    """kd's networks and loss as pair=imagenet-r34-r18 builds them, against torchvision's networks (theirs:
+    mdistiller's ImageNet ResNets are torchvision's) and mdistiller's loss, on one batch and the same weights."""
+    cfg = compose_config(["pair=imagenet-r34-r18", *ON_A_FOLDER], out_dir="unused")
+    torch.manual_seed(0)
+    theirs = tv.resnet18().double(), tv.resnet34().double().eval()
+    ours = instantiate(cfg.model, num_classes=1000).double(), instantiate(cfg.teacher.arch, num_classes=1000).double()
+    for mine, net in zip(ours, theirs):
+        mine.load_state_dict(net.state_dict())
+    ours[1].eval()
+    images, targets = torch.randn(2, 3, 64, 64, dtype=torch.float64), torch.tensor([3, 997])
+    with torch.no_grad():
+        teacher_logits = ours[1](images)
+        torch.testing.assert_close(teacher_logits, theirs[1](images), rtol=0, atol=1e-12)
+    parts = instantiate(cfg.loss)(Outputs(ours[0](images)), Outputs(teacher_logits), targets, alpha=cfg.alpha)
+    parts.total.backward()
+    reference = mdistillers_kd(theirs[0](images), teacher_logits, targets)
+    reference.backward()
+    assert parts.total.dtype == torch.float64 and parts.kd > 0.1  # a teacher the student does not match yet
+    torch.testing.assert_close(parts.total, reference, rtol=1e-12, atol=0)
+    grads = dict(theirs[0].named_parameters())
+    for name, p in ours[0].named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-9, atol=1e-12, msg=name)

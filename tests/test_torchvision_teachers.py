@@ -16,7 +16,7 @@ import torchvision.models as tv
 from conftest import FAST, compose_config, run_cli
 from kd.checkpoint import CheckpointError
 from kd.training.teacher import check_given_checkpoint, load_teacher
-from kd.training.torchvision_teachers import weights_file
+from kd.training.torchvision_teachers import describe, weights_file
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: a proxy that refuses every connection, as offline
 
@@ -57,6 +57,8 @@ def test_teacher_weights_reads_torchvisions_file_from_torch_hubs_cache_and_check
     assert weights_file("resnet18", "IMAGENET1K_V1") == hub / "resnet18-f37072fd.pth"
     with pytest.raises(CheckpointError, match="but its name says f37072fd"):
         load(hub / "resnet18-f37072fd.pth")
+    assert describe(hub / "resnet34-b627a593.pth", "bare state dict", "b627a593") == (
+        "torchvision ResNet34_Weights.IMAGENET1K_V1, sha256 b627a593 checked")  # as provenance records the real one
 
 
 @pytest.mark.parametrize("overrides, message", [

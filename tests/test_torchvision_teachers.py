@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +16,7 @@ import pytest
 import torch
 import torchvision.models as tv
 
-from conftest import FAST, compose_config, run_cli
+from conftest import FAST, REPO, compose_config, run_cli
 from kd.checkpoint import CheckpointError
 from kd.training.teacher import check_given_checkpoint, load_teacher
 from kd.training.torchvision_teachers import describe, weights_file
@@ -72,13 +75,14 @@ def test_bad_teacher_weights_are_refused_before_any_work(overrides, message):
         check_given_checkpoint(cfg)
 
 
-def test_offline_teacher_weights_fail_saying_where_to_put_the_file(tmp_path, isolated_kd_home):
-    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": UNREACHABLE, "HTTPS_PROXY": UNREACHABLE,
-           "no_proxy": "", "NO_PROXY": ""}
-    run = run_cli([*FAST, "alpha=0.5", "teacher=resnet18", "teacher.weights=IMAGENET1K_V1",
-                   f"hydra.run.dir={tmp_path / 's'}"], cwd=tmp_path, env=env)
+def test_offline_teacher_weights_fail_saying_where_to_put_the_file(tmp_path):
+    """In a process of its own: urllib keeps the first proxy settings it reads for the rest of a process."""
+    env = {**os.environ, "TORCH_HOME": str(tmp_path), "https_proxy": UNREACHABLE, "HTTPS_PROXY": UNREACHABLE,
+           "no_proxy": "", "NO_PROXY": "", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-c", "from kd.training.torchvision_teachers import weights_file; "
+                          "weights_file('resnet18', 'IMAGENET1K_V1')"], env=env, capture_output=True, text=True)
     assert run.returncode != 0
-    want = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    want = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert "teacher.weights=IMAGENET1K_V1: torchvision's ResNet18_Weights.IMAGENET1K_V1 could not be downloaded from " \
            "https://download.pytorch.org/models/resnet18-f37072fd.pth" in run.stderr
     assert f"put it at {want}" in run.stderr and "teacher.checkpoint=<its path>" in run.stderr

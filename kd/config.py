@@ -267,6 +267,7 @@ class TeacherConfig:
     seed: int = II("seed")  # each seed of a grid has its own teacher
     min_top1: Optional[float] = None  # %; below it the teacher is refused. None: twice chance (100/classes)
     checkpoint: Optional[str] = None  # use this file instead of the cache
+    weights: Optional[str] = None  # torchvision's published weights for arch (IMAGENET1K_V1): downloaded, not trained
     cache_dir: str = MISSING
 
 
@@ -398,7 +399,8 @@ ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
                                **{f"{node}.{key}": value for node in ("loss", "loss.terms.kd")  # KD in kd_ls, crd_kd
                                   for key, value in LEARNED_TEMPERATURE_OFF.items()},
                                "aug.recipe": "cifar", "data.aug_recipe": "cifar", "data.stream": "auto",
-                               "data.stream_above_gb": 16.0, "data.crop_pct": 1.0, "data.gpu_decode": False}
+                               "data.stream_above_gb": 16.0, "data.crop_pct": 1.0, "data.gpu_decode": False,
+                               "teacher.weights": None}
 
 
 def without_old_added(node: dict, group: str) -> dict:

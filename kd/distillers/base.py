@@ -76,6 +76,11 @@ def stack_parts(parts: list[LossParts]) -> PackLosses:
                       torch.stack([p.kd for p in parts]), [p.extra for p in parts])
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16 autocast's logits widened to float32; float64 kept, so a test can hold a loss to its reference."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha} is outside [0, 1]; set alpha=0 (plain CE) .. alpha=1 (pure distillation)")
@@ -129,8 +134,7 @@ class Distiller(nn.Module):
         return self.parameters()
 
     def cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # Hard labels, or Mixup/CutMix's soft ones; bf16 logits in float32, float64 kept (a test's reference)
-        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+        return F.cross_entropy(at_least_float32(logits), targets)  # hard labels, or Mixup/CutMix's soft ones
 
     def student_ce(self, student: Outputs, targets: torch.Tensor) -> torch.Tensor:
         """CE on the batch, plus CE on the second view where the student was run on one (MLKD's both views)."""

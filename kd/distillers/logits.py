@@ -18,16 +18,11 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from kd.distillers.base import Distiller
+from kd.distillers.base import Distiller, at_least_float32
 from kd.distillers.temperature import (CTKD_RANGE, CTKD_REVERSAL, CTKD_REVERSAL_EPOCHS, LearnedTemperature,
                                       check_curriculum)
 
 STANDARDIZE_EPS = 1e-7  # the authors' normalize(): added to the standard deviation, which has Bessel's correction
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """bf16 autocast's logits widened to float32; float64 kept, so a test can hold a term to its reference."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def standardized(logits: torch.Tensor) -> torch.Tensor:

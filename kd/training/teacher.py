@@ -22,6 +22,7 @@ from torch import nn
 from kd.checkpoint import CheckpointError, load_checkpoint, save_atomic, set_aside
 from kd.config import AugmentScope, Stage, as_recorded, without_old_added
 from kd.training import published_teachers as published
+from kd.training import torchvision_teachers
 from kd.data.augment_ladder import picks_with_teacher
 from kd.data.datasets import ImageSplits
 from kd.distillers.base import Outputs
@@ -67,9 +68,17 @@ def uses_teacher(cfg: DictConfig) -> bool:
 
 
 def check_given_checkpoint(cfg: DictConfig) -> None:
-    """A teacher.checkpoint that the job will load must exist: checked before any work (kd/runs/checks.py)."""
-    if cfg.teacher.checkpoint is not None and (Stage(cfg.stage) == Stage.teacher or uses_teacher(cfg)):
+    """A teacher.checkpoint that the job will load must exist, and teacher.weights must be torchvision's for
+    the teacher's network: checked before any work (kd/runs/checks.py); a download waits for the job."""
+    if cfg.teacher.checkpoint is not None and cfg.teacher.weights is not None:
+        raise ValueError(f"teacher.checkpoint={cfg.teacher.checkpoint} and teacher.weights={cfg.teacher.weights} "
+                         f"both name the teacher's weights; set one of them to null")
+    if Stage(cfg.stage) != Stage.teacher and not uses_teacher(cfg):
+        return
+    if cfg.teacher.checkpoint is not None:
         given_checkpoint(cfg)
+    if cfg.teacher.weights is not None:
+        torchvision_teachers.published_weights(arch_name(cfg.teacher.arch), cfg.teacher.weights)
 
 
 def given_checkpoint(cfg: DictConfig) -> Path:
@@ -119,6 +128,8 @@ def ensure_teacher(cfg: DictConfig, splits: ImageSplits,
 
     `fit_teacher(tcfg, publish)` trains the teacher and calls `publish(result)`, which saves the cache file and
     returns its path, while its run is still open: the teacher's W&B run logs that very file as its artifact."""
+    if cfg.teacher.weights is not None:
+        return torchvision_teachers.weights_file(arch_name(cfg.teacher.arch), cfg.teacher.weights)
     path = teacher_checkpoint_path(cfg, splits)
     if cfg.teacher.checkpoint is not None:
         return given_checkpoint(cfg)
@@ -173,8 +184,8 @@ def readable_teacher(path: Path) -> bool:
 
 def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.Module, str]:
     """Build the configured teacher and load `path` into it (kd's own format, RepDistiller's, or a state dict
-    as other scripts save it: kd.published_teachers); refuse a checkpoint of another shape. Returns the model
-    and the checkpoint's format."""
+    as other scripts save it: kd.published_teachers, its hash checked where its name carries one as torchvision's
+    do); refuse a checkpoint of another shape. Returns the model and the checkpoint's format."""
     fix = ("Point teacher.checkpoint at a checkpoint of that architecture and dataset, or set "
            "teacher.checkpoint=null to train one.")
     ckpt = load_checkpoint(path, "teacher checkpoint", fix)
@@ -183,6 +194,7 @@ def load_teacher(path: Path, cfg: DictConfig, splits: ImageSplits) -> tuple[nn.M
         found, classes, state, fmt = ckpt["arch"], ckpt["num_classes"], ckpt["state_dict"], "kd"
     else:
         state, found, classes, fmt = published.read(ckpt, f"teacher checkpoint {path}", fix)
+        fmt = torchvision_teachers.describe(path, fmt, torchvision_teachers.check_hash(path, sha256_of(path)))
     if found != want or classes != splits.num_classes:
         raise CheckpointError(
             f"teacher checkpoint {path} holds {found} with {classes} classes, "

@@ -158,21 +158,21 @@ def test_dot_refuses_what_it_cannot_train_under(override, refusal):
 
 @pytest.mark.chaos
 def test_a_dot_pack_is_bit_identical_to_its_cells_alone_and_resumes_after_a_kill(tmp_path):
-    grid = [*FAST, "teacher=resnet8", "trainer.epochs=3", "aug=fcra", "optim=dot", "alpha=0,0.5,1.0",
-            "loss=kd,dkd", "optim.scheduler.milestones=[2]", "trainer.deterministic=true"]
+    """An alpha=0 cell (plain SGD's one momentum) beside a distilling one (DOT's two), as a grid packs them."""
+    grid = [*FAST, "teacher=resnet8", "trainer.epochs=2", "aug=fcra", "optim=dot", "alpha=0,0.5",
+            "optim.scheduler.milestones=[1]", "trainer.deterministic=true"]
     packed = sweep(tmp_path, "packed", grid)
     alone = sweep(tmp_path, "alone", [*grid, "hydra/launcher=basic"])
     killed = tmp_path / "killed"
     args = ["-m", *grid, f"hydra.sweep.dir={killed}"]
-    kill_after_checkpoint(TRAIN_SCRIPT, args, cell_dir(killed, grid, "alpha=0.5", "loss=kd") / "checkpoint.pt", 1,
-                          tmp_path / "killed.log", then=0.1)
+    kill_after_checkpoint(TRAIN_SCRIPT, args, cell_dir(killed, grid, "alpha=0.5") / "checkpoint.pt", 1,
+                          tmp_path / "killed.log", then=0.05)
     done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout, done.stdout[-3000:]
-    for alpha in ("alpha=0", "alpha=0.5", "alpha=1.0"):
-        for loss in ("loss=kd", "loss=dkd"):
-            job = cell_dir(packed, grid, alpha, loss).name
-            reference = read_results(packed / job / RESULTS_FILE)
-            for other in (alone, killed):
-                assert metrics(read_results(other / job / RESULTS_FILE)) == metrics(reference), (other, job)
-                assert same_weights(other / job / "checkpoint.pt", packed / job / "checkpoint.pt"), (other, job)
+    for alpha in ("alpha=0", "alpha=0.5"):
+        job = cell_dir(packed, grid, alpha).name
+        reference = read_results(packed / job / RESULTS_FILE)
+        for other in (alone, killed):
+            assert metrics(read_results(other / job / RESULTS_FILE)) == metrics(reference), (other, job)
+            assert same_weights(other / job / "checkpoint.pt", packed / job / "checkpoint.pt"), (other, job)

@@ -189,6 +189,14 @@ class SGDConfig:
 
 
 @dataclass
+class DOTConfig(SGDConfig):
+    """optim=dot (kd/training/dot.py): a subclass, so that it merges where the schema types SGD's node."""
+
+    _target_: str = "kd.training.dot.DOT"
+    delta: float = 0.075  # the CE's momentum is momentum - delta, the distillation term's momentum + delta
+
+
+@dataclass
 class MultiStepConfig:
     _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
     _partial_: bool = True
@@ -355,6 +363,7 @@ def register_schemas() -> None:
     cs.store(group="schema/aug", name="fccutmix", node=FlipCropCutMixConfig)
     cs.store(group="schema/aug", name="fccutmixpick", node=FlipCropCutMixPickConfig)
     cs.store(group="schema/loss", name="kd", node=KDLossConfig)
+    cs.store(group="schema/optim", name="dot", node=DOTConfig)
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/logger", name="none", node=NullLoggerConfig)
     cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)

@@ -163,6 +163,11 @@ class Distiller(nn.Module):
         total = (1.0 - alpha) * ce + alpha * kd
         return LossParts(self.scale * total, ce, kd, parts)
 
+    def weighted(self, parts: LossParts, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CE's and the term's shares of `parts.total`, alpha and scale applied: what optim=dot
+        (kd/training/dot.py) backpropagates apart. At alpha=0 the term's share has no graph."""
+        return self.scale * ((1.0 - alpha) * parts.ce), self.scale * (alpha * parts.kd)
+
     def pack_forward(self, logits: torch.Tensor, teachers: list[Optional[Outputs]], targets: torch.Tensor,
                      alphas: list[float], epoch: int = 0) -> PackLosses:
         """The losses of students whose distillers share this one's settings and differ only in alpha (a stacked

@@ -14,6 +14,7 @@ from kd.data.augment_ladder import picks_with_teacher
 from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
 from kd.training.second_views import check_second_view
+from kd.training.dot import check_dot
 from kd.distillers.base import Distiller, check_alpha
 from kd.runs.search import check_search, is_search
 from kd.runs.targets import ConfigTargetError, check_targets
@@ -49,6 +50,7 @@ def check_cell(cfg: DictConfig, here: bool = True) -> None:
     check_known_keys(cfg)
     check_alpha(cfg.alpha)
     check_trainer(cfg.trainer)
+    check_dot(cfg.optim, cfg.trainer)
     if picks_with_teacher(cfg.aug._target_) and cfg.trainer.pipeline != Pipeline.device:
         raise ValueError("aug=fccutmixpick picks each batch with the teacher inside the data stream, which only "
                          "trainer.pipeline=device has; use trainer.pipeline=device")

@@ -23,6 +23,7 @@ from kd.training.capture import EAGER, CompilePlan, float_lrs
 from kd.checkpoint import CheckpointError, CorruptCheckpointError, load_checkpoint, rng_state, save_atomic, set_aside
 from kd.config import PackMode, TeacherView
 from kd.distillers.base import FIRST_STAGE_MOMENTUM, FIRST_STAGE_WEIGHT_DECAY, Distiller, Outputs, stack_parts
+from kd.training.dot import DOT
 from kd.training.stacking import StackedUpdate, StepOutputs
 
 log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
@@ -104,7 +105,10 @@ class LoopUpdate:
                 loss = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
                 optimizer, optimizer_step = s.optimizer, s.optimizer_step
             optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
+            if isinstance(optimizer, DOT):  # its two gradients apart (the first stage's optimizer is plain SGD)
+                optimizer.backward(*s.distiller.weighted(loss, s.alpha))
+            else:
+                loss.total.backward()
             optimizer_step()
             parts.append(loss)
             logits.append(student.logits.detach())

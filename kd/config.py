@@ -249,6 +249,9 @@ class TrainerConfig:
     pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/training/stacking.py)
     teacher_view: TeacherView = TeacherView.same  # what the teacher sees in training (kd/training/teacher_views.py)
     augment_scope: AugmentScope = AugmentScope.batch  # augment per batch, or the whole split once per epoch (device)
+    devices: int = 1  # data-parallel ranks per node (docs/distributed.md): the global batch is batch_size
+    nodes: int = 1  # nodes of a data-parallel job; devices x nodes ranks in all
+    sync_bn: bool = False  # BatchNorm over the global batch (SyncBatchNorm); False: per rank, torchvision's recipe
 
 
 @dataclass
@@ -349,7 +352,8 @@ NON_DEFINING_KEYS = ("logger", "out_dir", "objective", "teacher.cache_dir", "dat
 # Keys added after results and checkpoints were written without them: at these values (what those jobs did)
 # they are left out, so that a sweep begun by an older kd still resumes and skips its finished cells.
 ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
-                               "trainer.augment_scope": AugmentScope.batch.value}
+                               "trainer.augment_scope": AugmentScope.batch.value,
+                               "trainer.devices": 1, "trainer.nodes": 1, "trainer.sync_bn": False}
 
 
 # Datasets whose root is their content: a folder's images are whatever data.root holds (CIFAR's files,

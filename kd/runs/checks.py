@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from kd.data.augment_ladder import picks_with_teacher
 from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
+from kd.training.distributed import check_data_parallel
 from kd.distillers.base import Distiller, check_alpha
 from kd.runs.search import check_search, is_search
 from kd.runs.targets import ConfigTargetError, check_targets
@@ -35,6 +36,7 @@ def check_trainer(t: DictConfig) -> None:
     if t.graph_capture and not t.compile:
         raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
                          "set trainer.compile=true, or drop trainer.graph_capture")
+    check_data_parallel(t)
 
 
 def check_cell(cfg: DictConfig, here: bool = True) -> None:

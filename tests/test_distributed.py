@@ -38,9 +38,11 @@ def torchrun(args: list[str], cwd: Path, timeout: int = 600, **popen) -> subproc
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> list[str]:
-    """A digits teacher trained once for the module's cells (1 epoch: they compare runs, not accuracy)."""
+    """A digits teacher trained once for the module's cells (1 epoch of all 300 training images: they compare
+    runs, not accuracy). A teacher of 1 epoch on 96 images instead let CRD's exp(score / 0.07) amplify the float
+    differences to 1.9e-4 in 6 steps."""
     home = tmp_path_factory.mktemp("teacher_home")
-    done = run_cli(["stage=teacher", *CELL, *FAST_TEACHER, f"hydra.run.dir={home / 'run'}"], home,
+    done = run_cli(["stage=teacher", *CELL[:2], "logger=none", *FAST_TEACHER, f"hydra.run.dir={home / 'run'}"], home,
                    env={"KD_HOME": str(home), "KD_DATA_DIR": str(home / "data")})
     assert done.returncode == 0, done.stderr[-3000:]
     (path,) = (home / "teachers").glob("*.pt")
@@ -67,24 +69,15 @@ def one_and_two_ranks(args: list[str], tmp_path: Path) -> tuple[Path, Path, subp
 
 
 @pytest.mark.slow
-def test_a_kd_cell_on_two_ranks_with_sync_bn_trains_the_weights_of_one_process(teacher, tmp_path):
-    one, two, ranks = one_and_two_ranks([*CELL, "alpha=0.5", *teacher], tmp_path)
-    assert largest_difference(one, two) < TOLERANCE
-    result = json.loads((two / "results.json").read_text())
-    assert result["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": 16, "sync_bn": True}
-    assert ranks.stdout.count("kd: final test top-1") == 1  # rank 0 alone says it
-    single = json.loads((one / "results.json").read_text())
-    assert abs(result["final_top1"] - single["final_top1"]) < 100 / single["test_images"] + 1e-9
-
-
-@pytest.mark.slow
 def test_a_crd_cell_on_two_ranks_keeps_the_memory_banks_of_one_process(teacher, tmp_path):
     crd = [*CELL, "alpha=0.5", "loss=crd", "loss.nce_k=64", *teacher]
     one, two, _ = one_and_two_ranks(crd, tmp_path)
     assert largest_difference(one, two) < TOLERANCE
     banks = [torch.load(d / "checkpoint.pt", weights_only=False)["distiller"] for d in (one, two)]
-    for name in ("bank_s", "bank_t", "z"):  # every rank's samples moved the banks: one process's banks
+    for name in ("bank_s", "bank_t"):  # every rank's samples moved the banks: one process's banks
         assert float((banks[0][name] - banks[1][name]).abs().max()) < TOLERANCE, name
+    # Z, the global batch's mean score times the training set's size, is in the hundreds: float32's relative grain
+    assert torch.allclose(banks[0]["z"], banks[1]["z"], rtol=1e-6, atol=0), (banks[0]["z"], banks[1]["z"])
 
 
 @pytest.mark.slow
@@ -94,10 +87,37 @@ def test_a_pack_of_three_alphas_on_two_ranks_trains_each_cell_as_one_process(tea
     assert single.returncode == 0, single.stderr[-3000:]
     ranks = torchrun([*args, *RANKS, f"hydra.sweep.dir={tmp_path / 'two'}"], tmp_path)
     assert ranks.returncode == 0, ranks.stderr[-3000:]
-    cells = sorted(p.name for p in (tmp_path / "one").iterdir() if (p / "checkpoint.pt").is_file())
-    assert len(cells) == 3
-    for cell in cells:
-        assert largest_difference(tmp_path / "one" / cell, tmp_path / "two" / cell) < TOLERANCE, cell
+
+    def by_alpha(sweep: Path) -> dict[float, Path]:  # the cells' dirs are named by their overrides, which differ
+        return {json.loads((d / "results.json").read_text())["alpha"]: d for d in sweep.glob("*/") if
+                (d / "results.json").is_file()}
+
+    one, two = by_alpha(tmp_path / "one"), by_alpha(tmp_path / "two")
+    assert sorted(one) == sorted(two) == [0.25, 0.5, 0.75]
+    for alpha, cell in two.items():
+        assert largest_difference(one[alpha], cell) < TOLERANCE, alpha
+        result = json.loads((cell / "results.json").read_text())
+        assert result["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": 16, "sync_bn": True}
+    said = ranks.stdout + ranks.stderr
+    assert said.count("epoch 2/2 ") == 3, said[-3000:]  # rank 0 alone logs each cell's epochs
+
+
+@pytest.mark.slow
+def test_per_rank_batchnorm_trains_to_one_process_accuracy_within_the_seed_spread(tmp_path):
+    """Per-rank BatchNorm (the default) normalises each half batch by its own statistics and each rank draws its
+    own augmentation: other arithmetic by design, so not the same weights, but the same accuracy as one process
+    within the spread between seeds (floored at 2 points: 7 of digits' 360 test images)."""
+    args = ["data=digits", "data.image_size=8", "logger=none", "alpha=0", "aug=fc", "trainer.epochs=15"]
+    singles = run_cli(["-m", *args, "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'one'}"], tmp_path)
+    assert singles.returncode == 0, singles.stderr[-3000:]
+    ranks = torchrun([*args, "seed=0", "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    accuracies = [json.loads(p.read_text())["final_top1"] for p in (tmp_path / "one").glob("*/results.json")]
+    assert len(accuracies) == 3
+    spread = max(max(accuracies) - min(accuracies), 2.0)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["distributed"]["sync_bn"] is False
+    assert min(accuracies) - spread <= two["final_top1"] <= max(accuracies) + spread, (two["final_top1"], accuracies)
 
 
 def free_port() -> int:

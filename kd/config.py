@@ -298,6 +298,9 @@ class TrainerConfig:
     pack_mode: PackMode = PackMode.loop  # how a pack's students train (see kd/training/stacking.py)
     teacher_view: TeacherView = TeacherView.same  # what the teacher sees in training (kd/training/teacher_views.py)
     augment_scope: AugmentScope = AugmentScope.batch  # augment per batch, or the whole split once per epoch (device)
+    devices: int = 1  # data-parallel ranks per node (docs/distributed.md): the global batch is batch_size
+    nodes: int = 1  # nodes of a data-parallel job; devices x nodes ranks in all
+    sync_bn: bool = False  # BatchNorm over the global batch (SyncBatchNorm); False: per rank, torchvision's recipe
 
 
 @dataclass
@@ -409,7 +412,8 @@ ADDED_KEYS_AT_OLD_BEHAVIOUR = {"trainer.teacher_view": TeacherView.same.value,
                                   for key, value in LEARNED_TEMPERATURE_OFF.items()},
                                "aug.recipe": "cifar", "data.aug_recipe": "cifar", "data.stream": "auto",
                                "data.stream_above_gb": 16.0, "data.crop_pct": 1.0, "data.gpu_decode": False,
-                               "teacher.weights": None}
+                               "teacher.weights": None,
+                               "trainer.devices": 1, "trainer.nodes": 1, "trainer.sync_bn": False}
 
 
 def without_old_added(node: dict, group: str) -> dict:

@@ -180,3 +180,21 @@ def test_detached_submit_returns_at_once_and_the_grid_follows_the_teacher(slurm,
     assert min(r["started_at"] for r in cells) >= teacher_result["ended_at"]  # afterok: the teacher first
     report = subprocess.run([sys.executable, "-m", "kd.report", str(sweep)], capture_output=True, text=True)
     assert report.returncode == 0 and "missing" not in report.stdout, report.stdout + report.stderr
+
+
+def test_a_cell_trains_data_parallel_over_two_tasks_of_one_job(slurm, tmp_path):
+    """hydra.launcher.tasks_per_node=2: the pack is one job of two tasks, each a gloo rank (submitit's environment
+    gives rank, world size and master address); rank 0 alone writes the cell's results."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "alpha=0", "aug=none", "trainer.epochs=2", *ON_SLURM, "hydra.launcher.tasks_per_node=2",
+            "hydra.launcher.cpus_per_task=1", "trainer.devices=2", f"hydra.sweep.dir={sweep}"]
+    out = subprocess.run([sys.executable, str(TRAIN_SCRIPT), *args], cwd=tmp_path, env=slurm.env,
+                         capture_output=True, text=True, timeout=540)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (result,) = collect_sweep(sweep)
+    assert result["status"] == "completed"
+    assert result["distributed"]["world_size"] == 2 and result["distributed"]["backend"] == "gloo"
+    (script,) = (sweep / ".submitit").glob("*/*_submission.sh")
+    assert "#SBATCH --ntasks-per-node=2" in script.read_text()
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").glob("*/*_0_log.*"))
+    assert "data-parallel: rank 0 of 2 (gloo)" in logs

@@ -7,6 +7,8 @@ Selected by the presets in launchers/hydra/launcher/ (see launchers/README.md). 
   stock launcher catches the error, so submitit logs "completed" and SLURM says COMPLETED;
 - end the sweep non-zero with one message naming every failed cell (the stock sweep stops
   at the first failed cell it reads, without the table);
+- train a pack data-parallel over the job's tasks (`tasks_per_node` x `nodes`, with trainer.devices and
+  trainer.nodes set to match: docs/distributed.md), each task a rank, from submitit's environment;
 - run one pack per GPU at a time locally: submitit's LocalExecutor starts every job at once
   and gives each the same first GPUs (CUDA_VISIBLE_DEVICES=0..gpus_per_node-1);
 - make a cell use the CPU threads it reserved (cpus_per_task), not every core of the node.
@@ -107,6 +109,10 @@ class _GridCells:
 
         if devices is not None:  # before anything in this process initialises CUDA
             os.environ["CUDA_VISIBLE_DEVICES"] = devices
+        if submitit.JobEnvironment().num_tasks > 1:  # the pack is one data-parallel job, each task a rank of it
+            # MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for torch.distributed (kd/training/distributed.py); each
+            # rank picks its GPU among the pack's by its local rank, so CUDA_VISIBLE_DEVICES stays as it is.
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         cpus = self.params.get("cpus_per_task")
         if cpus:
             import torch

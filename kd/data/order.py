@@ -27,3 +27,10 @@ def global_batches(order: torch.Tensor, batch_size: int, rank: int = 0, world_si
     """The epoch's global batches of `batch_size` indices in `order`, each cut to this rank's share."""
     for start in range(0, len(order), batch_size):
         yield rank_share(order[start:start + batch_size], rank, world_size)
+
+
+def rank_augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a data-parallel rank's augmentation draws in an epoch: each rank draws for its own share only
+    (no rank augments the others' images), from its own stream, so the ranks' draws are not one process's but
+    are of the same distribution; keyed by the epoch, so that a resumed rank draws what it would have."""
+    return (seed * 0xA24BAED4963EE407 + (epoch + 1) * 0x9FB21C651E98DF25 + (rank + 1) * 0xC2B2AE3D27D4EB4F) % (1 << 63)

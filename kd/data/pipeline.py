@@ -14,7 +14,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from kd.data.order import epoch_order, global_batches
+from kd.data.order import epoch_order, global_batches, rank_augment_seed
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -47,11 +47,15 @@ class DevicePipeline:
     epoch's draws come from a generator seeded by `epoch_seed` and the epoch alone, so a resumed run or a pack draws
     them as an uninterrupted run alone does. A mixing or picking augmentation (Mixup, CutMix, CutMixPick) still mixes
     and picks per batch, from the pipeline's own generator; only its per-image part (fc) is done per epoch.
+
+    Data-parallel (`world_size` > 1): every rank draws the same seeded order (kd/data/order.py) from `generator`
+    and takes its `rank`'s share of each global batch; it augments that share alone, from `augment_generator`,
+    re-seeded per epoch and rank. One process draws order and augmentation from the one `generator`, as always.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, normalize: Normalize,
                  batch_size: int, generator: torch.Generator, shuffle: bool, num_classes: int,
-                 epoch_seed: Optional[int] = None) -> None:
+                 epoch_seed: Optional[int] = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         device = generator.device
         self.images = images.to(device)
         self.labels = labels.to(device)
@@ -59,7 +63,9 @@ class DevicePipeline:
         self.num_classes = num_classes
         self.normalize = normalize
         self.batch_size = batch_size
-        self.generator = generator
+        self.generator = generator  # the order's (and with one process the augmentation's): checkpointed
+        self.augment_generator = generator if world_size == 1 else torch.Generator(device=device)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle = shuffle
         self.scorer = None  # a picking augmentation's: images -> one score per image (kd/data/augment_ladder.py)
         self.epoch_seed = epoch_seed  # None: augment per batch
@@ -70,7 +76,10 @@ class DevicePipeline:
         return -(-len(self.labels) // self.batch_size)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Per epoch (`fit` calls it before each): with `epoch_seed`, augment the whole split for the epoch's pass."""
+        """Per epoch (`fit` calls it before each): with `epoch_seed`, augment the whole split for the epoch's pass;
+        a data-parallel rank re-seeds its own augmentation stream."""
+        if self.world_size > 1:
+            self.augment_generator.manual_seed(rank_augment_seed(self.seed, epoch, self.rank))
         if self.epoch_seed is not None:
             self.augmented = self.augment_all(self.epoch_generator.manual_seed(epoch_seed(self.epoch_seed, epoch)))
 
@@ -83,11 +92,12 @@ class DevicePipeline:
         augmented, self.augmented = self.augmented, None  # each epoch its own: a pass without begin_epoch fails
         if self.epoch_seed is not None and augmented is None:
             raise RuntimeError("trainer.augment_scope=epoch: call begin_epoch(epoch) before each pass over the batches")
-        for idx in global_batches(epoch_order(n, self.generator, self.shuffle), self.batch_size):
+        order = epoch_order(n, self.generator, self.shuffle)
+        for idx in global_batches(order, self.batch_size, self.rank, self.world_size):
             if hasattr(self.aug, "pick"):  # CutMixPick: the teacher picks from a pool of mixed batches
                 yield self.picked(idx, augmented)
                 continue
-            images, labels = self.view(idx, self.generator, augmented)
+            images, labels = self.view(idx, self.augment_generator, augmented)
             yield images, labels, idx
 
     def view(self, idx: torch.Tensor, generator: torch.Generator, augmented: Optional[torch.Tensor] = None,
@@ -114,8 +124,9 @@ class DevicePipeline:
         if self.scorer is None:
             raise RuntimeError(f"aug={self.aug.name} picks its batch with the teacher, but no teacher is loaded")
         with one_cpu_thread(self.images.device):
-            base = self.normalize(self.aug(self.images[idx], self.generator) if augmented is None else augmented[idx])
-        images, labels, rows = self.aug.pool(base, self.labels[idx], self.num_classes, self.generator)
+            base = self.normalize(self.aug(self.images[idx], self.augment_generator) if augmented is None
+                                  else augmented[idx])
+        images, labels, rows = self.aug.pool(base, self.labels[idx], self.num_classes, self.augment_generator)
         keep = self.aug.pick(self.scorer(images), len(idx))
         return images[keep], labels[keep], idx[rows[keep]]
 
@@ -156,6 +167,8 @@ class UInt8ImageDataset(Dataset):
 
 class DataLoaderPipeline:
     """The conventional pipeline of the public KD code bases: PIL transforms in DataLoader workers."""
+
+    rank, world_size = 0, 1  # one process only (kd/training/distributed.py refuses it data-parallel)
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, aug, mean, std, batch_size: int,
                  device: torch.device, num_workers: int, seed: int, shuffle: bool, channels_last: bool,

@@ -16,6 +16,11 @@ normalize(nce_m * entry + (1 - nce_m) * its new embedding), nce_m = 0.5. The ban
 generator are buffers and extra state of the distiller: the cell's checkpoint holds them, so a resumed run draws
 and learns as the uninterrupted one.
 
+Data-parallel (torch.distributed initialised, more than one rank), the banks, Z and the negatives stay those of
+one process training on the global batch: every rank draws the negatives of the whole global batch (from the same
+generator, so the ranks' draws agree) and scores its own share's; Z is the global batch's mean score; and every
+rank moves the bank entries of every rank's images, gathered (`gather_rows`).
+
 Where kd differs, and why: RepDistiller draws each image's negatives without replacement from its other-class
 images in a DataLoader worker, and with replacement for a class whose other-class images are fewer than
 nce_k; kd draws them on the device from the distiller's own generator (so a resume repeats them), without
@@ -30,6 +35,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -53,6 +59,29 @@ def scores(bank: torch.Tensor, idx: torch.Tensor, anchor: torch.Tensor, temperat
     scored against the whole bank, then the drawn entries taken: (B, n) numbers where gathering the entries
     first would hold (B, 1 + K, feat_dim) (537 MB at RepDistiller's CIFAR-100 recipe)."""
     return torch.exp(torch.gather(anchor @ bank.detach().T, 1, idx) / temperature)
+
+
+def gather_rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's rows of `t`, rank by rank (shares may differ by one row), and where this rank's begin; `t`
+    itself and 0 in one process. torch's all_gather takes equal sizes: each share is padded to the largest."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(t)], device=t.device))
+    sizes = [int(n) for n in sizes]
+    padded = torch.cat([t, t.new_zeros(max(sizes) - len(t), *t.shape[1:])])
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:dist.get_rank()])
+
+
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of `t`'s elements over every rank's `t` (the mean itself in one process)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t.mean()
+    sums = torch.stack([t.sum(), t.new_tensor(float(t.numel()))])
+    dist.all_reduce(sums)
+    return sums[0] / sums[1]
 
 
 class CRD(FeatureDistiller):
@@ -131,16 +160,19 @@ class CRD(FeatureDistiller):
             raise RuntimeError("CRD.setup(student, teacher, images, labels) must run before its term")
         e_s = F.normalize(self.embed_s(flat(student.features.pooled)), dim=1)
         e_t = F.normalize(self.embed_t(flat(teacher.features.pooled)), dim=1)
-        idx = self.draw(indices)
+        everyone, first = gather_rows(indices)  # the global batch's indices, and where this rank's share begins
+        idx = self.draw(everyone)[first:first + len(indices)]
         out_s, out_t = scores(self.bank_t, idx, e_s, self.nce_t), scores(self.bank_s, idx, e_t, self.nce_t)
         n = len(self.labels)
         # The new state replaces the buffers (out of place: the scores' backward still reads the old banks).
         with torch.no_grad():  # Z is fixed by the first batch; set on the device, no host read per step
-            self.z = torch.where(self.z < 0, torch.stack([out_s.mean(), out_t.mean()]) * n, self.z)
-            for name, e in (("bank_s", e_s), ("bank_t", e_t)):
+            z = torch.stack([global_mean(out_s), global_mean(out_t)]) * n
+            self.z = torch.where(self.z < 0, z, self.z)
+            embedded = gather_rows(torch.cat([e_s, e_t], 1).detach())[0]
+            for name, e in (("bank_s", embedded[:, :self.feat_dim]), ("bank_t", embedded[:, self.feat_dim:])):
                 bank = getattr(self, name)
-                moved = bank[indices] * self.nce_m + e.detach() * (1.0 - self.nce_m)
-                setattr(self, name, bank.index_copy(0, indices, F.normalize(moved, dim=1)))
+                moved = bank[everyone] * self.nce_m + e * (1.0 - self.nce_m)
+                setattr(self, name, bank.index_copy(0, everyone, F.normalize(moved, dim=1)))
         loss_s, loss_t = nce_loss(out_s / self.z[0], n), nce_loss(out_t / self.z[1], n)
         return {"kd": self.feat_weight * (loss_s + loss_t), "crd_student": loss_s.detach(),
                 "crd_teacher": loss_t.detach()}

@@ -15,6 +15,7 @@ from kd.config import AugmentScope, Pipeline, TeacherView, check_known_keys
 from kd.training.device import check_device
 from kd.training.second_views import check_second_view
 from kd.training.dot import check_dot
+from kd.training.distributed import check_data_parallel
 from kd.distillers.base import Distiller, check_alpha
 from kd.runs.search import check_search, is_search
 from kd.runs.targets import ConfigTargetError, check_targets
@@ -37,6 +38,7 @@ def check_trainer(t: DictConfig) -> None:
     if t.graph_capture and not t.compile:
         raise ValueError("trainer.graph_capture=true captures torch.compile's graphs, but trainer.compile=false: "
                          "set trainer.compile=true, or drop trainer.graph_capture")
+    check_data_parallel(t)
 
 
 def check_cell(cfg: DictConfig, here: bool = True) -> None:

@@ -29,6 +29,7 @@ from kd.data.datasets import ImageSplits, on_disk
 from kd.data.image_files import ImageFiles
 from kd.data.stream import check_streamable
 from kd.training.device import resolve_device, speed_switches
+from kd.training.distributed import SINGLE, World, process_group, provenance, quiet_other_ranks, world_from_env
 from kd.training.engine import Cell, fit, test_top1
 from kd.runs.locking import exclusive_job_dir
 from kd.models.summary import network_size
@@ -138,10 +139,13 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
     """Run the jobs of one pack (cells that differ only in the loss's settings) in this process.
 
     Each job gets its results (also in its results.json), or the error that stopped it alone (bad
-    input, a NaN loss); the others train on. An error that stops the whole pack is raised.
+    input, a NaN loss); the others train on. An error that stops the whole pack is raised. A data-parallel
+    job's ranks each run this; rank 0 alone locks the output dirs and writes in them.
     """
     outcomes: list[Any] = [None] * len(cfgs)
     todo = []
+    world = world_from_env(cfgs[0].trainer)  # the pack shares its trainer settings
+    quiet_other_ranks(world)
     # In a multirun another copy of the sweep may hold a cell: wait for it (then skip or resume). A
     # single run stops at once instead.
     wait = in_multirun()
@@ -150,10 +154,11 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
             try:
                 check_cell(cfg)
                 out_dir = prepare_out_dir(cfg.out_dir)
-                locks.enter_context(exclusive_job_dir(out_dir, wait))
-                kept = set_aside_corrupt_results(out_dir)
-                if kept is not None:
-                    log.warning("%s", kept)
+                if world.writer:
+                    locks.enter_context(exclusive_job_dir(out_dir, wait))
+                    kept = set_aside_corrupt_results(out_dir)
+                    if kept is not None:
+                        log.warning("%s", kept)
                 previous = completed_results(out_dir, cfg)
             except Exception as err:
                 outcomes[i] = err
@@ -165,27 +170,40 @@ def train_pack(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExcepti
             else:
                 todo.append(i)
         if todo:
-            for i, outcome in zip(todo, _run_recorded([cfgs[i] for i in todo])):
+            for i, outcome in zip(todo, _run_recorded([cfgs[i] for i in todo], world)):
                 outcomes[i] = outcome
     return outcomes
 
 
-def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseException]]:
-    """Train the pack, writing every job's results.json however it ends."""
-    device, device_choice = resolve_device(cfgs[0].trainer.device)  # the pack shares its trainer settings
+def _run_recorded(cfgs: list[DictConfig], world: World = SINGLE) -> list[Union[dict[str, Any], BaseException]]:
+    """Train the pack, writing every job's results.json however it ends (rank 0 alone, data-parallel)."""
+    t = cfgs[0].trainer  # the pack shares its trainer settings
+    device, device_choice = resolve_device(t.device)
+    device = world.device(device)
     if device.type == "cpu":
         warn_if_busy(torch.get_num_threads())
+    with process_group(world, device, [str(cfg.out_dir) for cfg in cfgs]):
+        return _run_on_ranks(cfgs, world, device, device_choice)
+
+
+def _run_on_ranks(cfgs: list[DictConfig], world: World, device: torch.device,
+                  device_choice: dict[str, Any]) -> list[Union[dict[str, Any], BaseException]]:
+    """The pack's training on this rank, and each job's results.json written (by rank 0) however it ends."""
+    t = cfgs[0].trainer
     env = environment(device)
     # What ran, beside what was asked for (config.trainer): bf16 and compile are CUDA-only.
-    ran_with = {"device_choice": device_choice, "speed": speed_switches(cfgs[0].trainer, device)}
+    ran_with = {"device_choice": device_choice, "speed": speed_switches(t, device),
+                "distributed": provenance(world, -(-t.batch_size // world.size), t.sync_bn)}
     results = [{**describe(cfg), "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
                 "defining_config": defining_config(cfg), "environment": env, **ran_with, "started_at": now()}
                for cfg in cfgs]
     outcomes: list[Union[dict[str, Any], BaseException]] = []
     started = time.time()
     try:
-        outcomes = _train(cfgs, device, {"environment": env, **ran_with})
+        outcomes = _train(cfgs, device, {"environment": env, **ran_with}, world)
     except BaseException as err:
+        if world.size > 1:
+            log.error("rank %d of %d failed: %s: %s", world.rank, world.size, type(err).__name__, err)
         # A signal or Ctrl-C (requeue, preemption) leaves the runs resumable; anything else is a failure.
         status = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
         if status == "interrupted":
@@ -203,13 +221,18 @@ def _run_recorded(cfgs: list[DictConfig]) -> list[Union[dict[str, Any], BaseExce
                 result.update(outcome, status="completed")
             result["wall_time_s"] = time.time() - started
             result["ended_at"] = now()
-            write_results(Path(cfg.out_dir), result)
+            if world.writer:
+                write_results(Path(cfg.out_dir), result)
     return [outcome if isinstance(outcome, BaseException) else result for outcome, result in zip(outcomes, results)]
 
 
-def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any]
+NO_LOGGER = {"_target_": "kd.tracking.null.NullTracker"}  # logger=none's: a rank but rank 0 opens no W&B run
+
+
+def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any], world: World = SINGLE
            ) -> list[Union[dict[str, Any], BaseException]]:
-    """Train the pack on `device`; `ran_with` (environment, device choice, speed switches) goes to each W&B run."""
+    """Train the pack on `device`; `ran_with` (environment, device choice, speed switches) goes to each W&B run,
+    which rank 0 alone opens."""
     cfg = cfgs[0]  # what the pack shares: data, models, aug, optim, trainer, seed
     t = cfg.trainer
     splits = instantiate(cfg.data)  # downloads if allowed; torchvision checks every file's md5
@@ -235,15 +258,16 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
     distils = [uses_teacher(c) for c in cfgs]
     teacher, teacher_info = None, {}
     if stage == Stage.teacher or any(distils):
-        teacher, teacher_info = prepare_teacher(cfg, splits, device, ran_with)
+        teacher, teacher_info = prepare_teacher(cfg, splits, device, ran_with, world)
     if stage == Stage.teacher:
         return [dict(teacher_info) for _ in cfgs]
 
     with contextlib.ExitStack() as stack:
         runs, cells = [], []
         for c in cfgs:
-            run = stack.enter_context(instantiate(c.logger).run(c, Path(c.out_dir), job_type="student",
-                                                                name=run_name(c), tags=axis_tags(c)))
+            tracker = instantiate(c.logger if world.writer else NO_LOGGER)
+            run = stack.enter_context(tracker.run(c, Path(c.out_dir), job_type="student", name=run_name(c),
+                                                  tags=axis_tags(c)))
             run.record({**describe(c), **ran_with})  # flat keys (aug: fcra, alpha, seed, ...) the UI groups by
             if uses_teacher(c):  # lineage: which teacher (by sha256) taught (or picked the data of) this student
                 run.use_teacher(Path(teacher_info["teacher_checkpoint"]), teacher_info["teacher_sha256"],
@@ -252,7 +276,7 @@ def _train(cfgs: list[DictConfig], device: torch.device, ran_with: dict[str, Any
             cells.append(Cell(c, Path(c.out_dir), defining_config(c), run.log,
                               name=run_name(c) if in_multirun() else "",
                               stale_fix="Rerun with the same overrides, or use a new hydra.run.dir / hydra.sweep.dir."))
-        outcomes = fit(cells, splits, device, teacher)
+        outcomes = fit(cells, splits, device, teacher, world)
         finished: list[Union[dict[str, Any], BaseException]] = []
         for run, outcome, distilled in zip(runs, outcomes, distils):
             if isinstance(outcome, BaseException):
@@ -276,12 +300,13 @@ def summary_metrics(outcome: dict[str, Any]) -> dict[str, Any]:
     return {key: outcome[key] for key in SUMMARY_KEYS if key in outcome}
 
 
-def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any]
-                    ) -> tuple[Any, dict[str, Any]]:
+def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any],
+                    world: World = SINGLE) -> tuple[Any, dict[str, Any]]:
     """The teacher (trained first if it is not cached), measured on the test split and refused at chance."""
-    path = ensure_teacher(cfg, splits, lambda tcfg, publish: fit_teacher(tcfg, splits, device, ran_with, publish))
+    path = ensure_teacher(cfg, splits, lambda tcfg, publish: (
+        fit_teacher(tcfg, splits, device, ran_with, publish) if world.size == 1 else refuse_teacher_training(cfg)))
     teacher, fmt = load_teacher(path, cfg, splits)
-    top1 = test_top1(teacher, cfg, splits, device)
+    top1 = test_top1(teacher, cfg, splits, device, world)
     digest = sha256_of(path)
     log.info("teacher %s: test top-1 %.2f%% (%s, %s format, sha256 %s)", arch_name(cfg.teacher.arch), top1, path,
              fmt, digest[:12])
@@ -289,6 +314,13 @@ def prepare_teacher(cfg: DictConfig, splits: ImageSplits, device: torch.device, 
     work_dir = teacher_work_dir(path)  # kd-sync finds the teacher's W&B run there; none for a given checkpoint
     return teacher, {"teacher_top1": top1, "teacher_checkpoint": str(path), "teacher_sha256": digest,
                      "teacher_format": fmt, "teacher_work_dir": str(work_dir) if work_dir.is_dir() else None}
+
+
+def refuse_teacher_training(cfg: DictConfig) -> None:
+    """A data-parallel job distils from a cached teacher: its ranks would wait on the teacher cache's lock."""
+    raise ValueError(f"the teacher {arch_name(cfg.teacher.arch)} of this cell is not cached, and a data-parallel job "
+                     f"(trainer.devices x trainer.nodes > 1) does not train it: train it first in one process, "
+                     f"`python kd/train.py stage=teacher` with this cell's data, teacher and seed overrides")
 
 
 def fit_teacher(tcfg: DictConfig, splits: ImageSplits, device: torch.device, ran_with: dict[str, Any],

@@ -102,6 +102,10 @@ def check_dot(optim: DictConfig, trainer: DictConfig) -> None:
         raise ValueError("optim=dot with trainer.pack_mode=stacked: one optimizer over the stacked students would "
                          "give an alpha=0 student's weights a (zero) distillation gradient and DOT's two momenta, "
                          "where alone it trains as plain SGD; use trainer.pack_mode=loop (the default) with optim=dot")
+    if trainer.devices * trainer.nodes > 1:
+        raise ValueError(f"optim=dot with trainer.devices={trainer.devices} trainer.nodes={trainer.nodes}: DOT keeps the "
+                         "distillation gradient apart from the CE's, and kd averages one gradient over the ranks; train "
+                         "DOT cells in one process (trainer.devices=1 trainer.nodes=1)")
     if trainer.graph_capture:
         raise ValueError("optim=dot with trainer.graph_capture=true: DOT runs the backward twice on one graph and "
                          "keeps the first gradients, which a captured backward's replay would overwrite; set "

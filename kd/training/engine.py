@@ -12,6 +12,10 @@ loss, or which other cells share the pack.
 
 Metrics accumulate on the device and are read once per epoch (plus a periodic non-finite check),
 so the GPU is never stalled by a per-step host sync.
+
+Data-parallel (`world`, kd/training/distributed.py), the same loop runs on every rank: each trains every student
+on its share of each global batch with the ranks' mean gradient, sums its metrics and evaluation counts with
+the others', and rank 0 alone writes the checkpoints. One process is world size 1.
 """
 from __future__ import annotations
 
@@ -33,8 +37,10 @@ from kd.checkpoint import set_rng_state
 from kd.config import AugmentScope, Pipeline, Stage, TeacherView
 from kd.data.datasets import ImageSplits
 from kd.training.diagnostics import TEST_KEYS, fidelity_sums
+from kd.training.distributed import SINGLE, World
 from kd.distillers.base import Outputs
 from kd.data.image_files import ImageFiles
+from kd.data.order import rank_share
 from kd.data.pipeline import DataLoaderPipeline, DevicePipeline, Normalize
 from kd.data.stream import StreamPipeline, check_streamable
 from kd.training.progress import PackProgress
@@ -63,8 +69,8 @@ def autocast_for(device: torch.device, bf16: bool) -> Callable:
 
 
 def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Callable, epoch: int,
-                    skip: set[int], plan: CompilePlan = EAGER,
-                    first_stage_epochs: int = 0) -> list[Union[dict, NonFiniteLossError, None]]:
+                    skip: set[int], plan: CompilePlan = EAGER, first_stage_epochs: int = 0,
+                    world: World = SINGLE) -> list[Union[dict, NonFiniteLossError, None]]:
     """One pass over the data for every student of the pack not in `skip`: each its stats, or the error
     that stopped it (None for those skipped: they wait for the pack to reach their epoch). `teaching`
     (None: no live cell distils) runs the teacher on each view the live distilling students ask for.
@@ -119,10 +125,15 @@ def train_one_epoch(update, batches, teaching: Optional[Teaching], autocast: Cal
         places.put(first_bad, out.live, torch.where(bad & (was < 0), step, was))
         seen += n
         if (step + 1) % NONFINITE_CHECK_EVERY == 0:
-            live = _drop_nonfinite(live, first_bad, errors, epoch)
-    _drop_nonfinite(live, first_bad, errors, epoch)
+            live = _drop_nonfinite(live, world.max(first_bad), errors, epoch)
+    _drop_nonfinite(live, world.max(first_bad), errors, epoch)
     stats: list[Union[dict, NonFiniteLossError, None]] = []
-    means = (sums / seen).tolist()
+    counted = world.sum(torch.cat([sums.flatten(), sums.new_tensor([seen])]))  # every rank's images
+    seen = int(counted[-1])
+    means = (counted[:-1].view_as(sums) / seen).tolist()
+    for extra in extra_sums:
+        for name, value in extra.items():
+            world.sum(value)
     for i in range(n_students):
         if i in skip or i in errors:
             stats.append(errors.get(i))
@@ -153,9 +164,10 @@ def _drop_nonfinite(live: list[int], first_bad: torch.Tensor, errors: dict, epoc
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test",
-             teacher: Optional[CachedTeacherLogits] = None) -> dict[str, float]:
+             teacher: Optional[CachedTeacherLogits] = None, world: World = SINGLE) -> dict[str, float]:
     """Top-1 and top-5 accuracy (%) and the mean cross-entropy on `split` ("test" or "val"), read from the
-    device once; with the teacher's logits on the split, the student's fidelity to it (kd/training/diagnostics.py)."""
+    device once; with the teacher's logits on the split, the student's fidelity to it (kd/training/diagnostics.py).
+    Data-parallel, each rank counts its shard of the split and the counts are summed."""
     model.eval()
     device = next(model.parameters()).device
     counts = torch.zeros(6, device=device)  # top1, top5, images, summed CE, agreements, summed KL
@@ -169,7 +181,7 @@ def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test",
                     else torch.zeros(2, device=device))
         counts += torch.cat([torch.stack([hits[:, 0].sum(), hits.any(1).sum(),
                                           labels.new_full((), labels.shape[0]), ce]), fidelity])  # a fill, no copy
-    top1, top5, n, ce, agree, kl = counts.tolist()
+    top1, top5, n, ce, agree, kl = world.sum(counts).tolist()
     row = {f"{split}/top1": 100.0 * top1 / n, f"{split}/top5": 100.0 * top5 / n, f"{split}/loss": ce / n}
     if teacher is not None:
         row.update(zip(TEST_KEYS, (100.0 * agree / n, kl / n)))
@@ -177,8 +189,9 @@ def evaluate(model: nn.Module, batches, autocast: Callable, split: str = "test",
 
 
 def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: torch.device,
-                 shuffle: bool):
-    """Batches of the "train", "val" or "test" split from the configured pipeline, or streamed from its files."""
+                 shuffle: bool, world: World = SINGLE):
+    """Batches of the "train", "val" or "test" split from the configured pipeline, or streamed from its files:
+    `world`'s rank's shards."""
     t = cfg.trainer
     images, labels = splits.split(split)
     batch_size = t.batch_size if shuffle else t.eval_batch_size
@@ -187,22 +200,24 @@ def make_batches(cfg: DictConfig, splits: ImageSplits, split: str, aug, device: 
         check_streamable(t, aug, splits.name)
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         return StreamPipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
-                              batch_size, generator, shuffle, splits.num_classes, t.num_workers)
+                              batch_size, generator, shuffle, splits.num_classes, t.num_workers, world.rank, world.size)
     if t.pipeline == Pipeline.device:
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         per_epoch = shuffle and t.augment_scope == AugmentScope.epoch  # evaluation is never augmented
         return DevicePipeline(images, labels, aug, Normalize(splits.mean, splits.std, device, channels_last),
-                              batch_size, generator, shuffle, splits.num_classes, cfg.seed if per_epoch else None)
+                              batch_size, generator, shuffle, splits.num_classes, cfg.seed if per_epoch else None,
+                              cfg.seed, world.rank, world.size)
     return DataLoaderPipeline(images, labels, aug, splits.mean, splits.std, batch_size, device,
                               t.num_workers if shuffle else 0, cfg.seed, shuffle, channels_last, splits.num_classes)
 
 
-def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: torch.device) -> float:
+def test_top1(model: nn.Module, cfg: DictConfig, splits: ImageSplits, device: torch.device,
+              world: World = SINGLE) -> float:
     """A model's test top-1 (%), as `fit` measures it: how a teacher is checked before it teaches."""
-    batches = make_batches(cfg, splits, "test", aug=NoAugment(), device=device, shuffle=False)
+    batches = make_batches(cfg, splits, "test", aug=NoAugment(), device=device, shuffle=False, world=world)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16))["test/top1"]
+    return evaluate(model, batches, autocast_for(device, cfg.trainer.bf16), world=world)["test/top1"]
 
 
 def make_teaching(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSplits, aug, batches,
@@ -218,11 +233,12 @@ def make_teaching(cfg: DictConfig, teacher: Optional[nn.Module], splits: ImageSp
     frozen = FrozenTeacher(teacher.to(device), autocast, plan.model, features, batch_stats)
     fixed = [v for v in views if v == TeacherView.clean or isinstance(aug, NoAugment)]
     cached = None
-    if fixed and cfg.trainer.teacher_logit_cache and not features and not batch_stats:
+    if fixed and cfg.trainer.teacher_logit_cache and not features and not batch_stats:  # every rank all of them
         clean = make_batches(cfg, splits, "train", aug=NoAugment(), device=device, shuffle=False)
         cached = CachedTeacherLogits(frozen, clean, len(splits.train_labels), splits.num_classes)
     fns = {v: cached if cached is not None and v in fixed else frozen for v in views}
-    return Teaching(fns, TeacherViews(batches, cfg.seed, device), cfg.trainer.batch_size, device, frozen,
+    share = len(rank_share(torch.arange(cfg.trainer.batch_size), batches.rank, batches.world_size))
+    return Teaching(fns, TeacherViews(batches, cfg.seed, device), share, device, frozen,
                     SecondViews(batches, cfg.seed, device))
 
 
@@ -232,8 +248,9 @@ def test_logits(teacher: nn.Module, batches, splits: ImageSplits, autocast: Call
 
 
 def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
-        teacher: Optional[nn.Module]) -> list[Union[dict, BaseException]]:
-    """Train a pack's students together, each resuming from its own checkpoint; each its results or its error."""
+        teacher: Optional[nn.Module], world: World = SINGLE) -> list[Union[dict, BaseException]]:
+    """Train a pack's students together, each resuming from its own checkpoint; each its results or its error.
+    Data-parallel, `world`'s rank trains on its shards; every rank returns the same results."""
     cfg = cells[0].cfg  # the cells share everything but the loss's settings
     t = cfg.trainer
     warn_late_milestones(cfg)
@@ -243,14 +260,16 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
     example = torch.zeros((2, *train_images.shape[1:]), device=device)  # the shapes a distiller's parts are built for
     if teacher is not None:
         teacher = teacher.to(device).eval()
-    update = make_pack(cells, splits.num_classes, device, plan, teacher, example, splits.split("train")[1])
+    update = make_pack(cells, splits.num_classes, device, plan, teacher, example, splits.split("train")[1], world)
     students = update.students
+    world.broadcast_state([m for s in students for m in (s.model, s.distiller)])
     aug = instantiate(cfg.aug)
     log_augmentation(cfg, aug)
     autocast = autocast_for(device, t.bf16)
-    train_batches = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=True)
+    train_batches = make_batches(cfg, splits, "train", aug=aug, device=device, shuffle=True, world=world)
     # Every epoch is measured on test and, where there is one, on val: "best" is picked on val only.
-    eval_batches = {split: make_batches(cfg, splits, split, aug=NoAugment(), device=device, shuffle=False)
+    eval_batches = {split: make_batches(cfg, splits, split, aug=NoAugment(), device=device, shuffle=False,
+                                        world=world)
                     for split in ("val", "test") if splits.split(split)[0] is not None}
     # The teacher runs only for a pack with a distilling cell (alpha > 0), and only while one trains.
     views = {s.view for s in students if s.alpha > 0}
@@ -279,7 +298,8 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                for i, s in enumerate(students)]
         train_batches.begin_epoch(epoch)
         stats = train_one_epoch(update, train_batches, teaching if needs_teacher else None,
-                                autocast, epoch, waiting, plan, first_stage_epochs)
+                                autocast, epoch, waiting, plan, first_stage_epochs, world)
+        world.broadcast_state([s.model for s in students], buffers_only=True)  # rank 0's BatchNorm statistics
         on_views = teaching.read() if needs_teacher else {}
         if not first_stage:  # the main schedule counts from the first stage's end
             update.end_epoch([i for i in range(len(students)) if i not in waiting])
@@ -309,13 +329,13 @@ def fit(cells: list[Cell], splits: ImageSplits, device: torch.device,
                 evaluated = time.perf_counter()
                 for split, batches in eval_batches.items():
                     fidelity = teacher_on_test if split == "test" and s.alpha > 0 else None
-                    row.update(evaluate(s.model, batches, autocast, split, fidelity))
+                    row.update(evaluate(s.model, batches, autocast, split, fidelity, world))
                 eval_s = time.perf_counter() - evaluated
                 row.update(**timing, eval_time_s=eval_s, epoch_time_s=train_s + eval_s)
                 s.history.append(row)
                 log_epoch(s, row, t.epochs)
             s.cell.log_metrics(row, epoch + 1)
-            if (epoch + 1) % t.checkpoint_every == 0 or epoch + 1 in (first_stage_epochs, epochs):
+            if world.writer and ((epoch + 1) % t.checkpoint_every == 0 or epoch + 1 in (first_stage_epochs, epochs)):
                 save_checkpoint(s, update.states(i), train_batches.generator, epoch + 1, first_stage_epochs)
         progress.epoch_done(epoch, pack_images / train_s)
     return [s.error if s.error is not None else result(s, t.epochs) for s in students]

@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from kd.config import Pipeline, TeacherView
+from kd.data.order import rank_augment_seed
 
 
 def second_seed(seed: int, epoch: int) -> int:
@@ -51,7 +52,14 @@ class SecondViews:
     def images(self, aug, indices: torch.Tensor) -> torch.Tensor:
         key = aug_key(aug)
         if key not in self.generators:  # first asked this epoch: seeded, and its epoch's split drawn once
-            generator = torch.Generator(device=self.device).manual_seed(second_seed(self.seed, self.epoch))
+            if not hasattr(self.batches, "images"):  # data.stream=auto chose to stream: no split to draw from
+                raise ValueError(f"a second view ({getattr(aug, 'name', type(aug).__name__)}) is drawn from the split "
+                                 "held in memory, and this data streams from its files (data.stream); set "
+                                 "data.stream=false if it fits, or choose a loss without a second view")
+            seed = second_seed(self.seed, self.epoch)
+            if self.batches.world_size > 1:  # a data-parallel rank draws its share's view from its own stream
+                seed = rank_augment_seed(seed, self.epoch, self.batches.rank)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
             self.generators[key] = generator
             self.augmented[key] = aug(self.batches.images, generator) if self.batches.epoch_seed is not None else None
         return self.batches.view(indices, self.generators[key], self.augmented[key], aug=aug)[0]
@@ -66,6 +74,9 @@ def check_second_view(cfg: DictConfig, distiller) -> None:
     if cfg.trainer.pipeline != Pipeline.device:
         raise ValueError(f"loss={name} draws a second view of each batch on the device, which "
                          f"trainer.pipeline=dataloader does not; use trainer.pipeline=device")
+    if str(cfg.data.stream).lower() == "true":
+        raise ValueError(f"loss={name} draws a second view from the split held in memory, and data.stream=true "
+                         f"decodes each batch from its files; set data.stream=false (or auto, where it fits)")
     if TeacherView(cfg.trainer.teacher_view) == TeacherView.independent:
         raise ValueError(f"loss={name} shows the teacher its second view as it shows it the batch, and "
                          f"trainer.teacher_view=independent has no second counterpart; use same or clean")

@@ -25,6 +25,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from kd.distillers.base import Outputs, PackLosses, stack_parts
 from kd.training.capture import EAGER, CompilePlan
+from kd.training.distributed import SINGLE, World
 from kd.training.grouped import group_models
 
 log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
@@ -79,8 +80,9 @@ class StackedUpdate:
     """Forward, backward and optimizer step of all of a pack's students at once."""
 
     def __init__(self, students: list, optim_cfg, example: Optional[torch.Tensor] = None,
-                 plan: CompilePlan = EAGER) -> None:
+                 plan: CompilePlan = EAGER, world: World = SINGLE) -> None:
         self.students = students
+        self.world = world
         models = [s.model for s in students]
         self.k = len(models)
         self.grouped = group_models(models, example) if example is not None else None
@@ -148,7 +150,9 @@ class StackedUpdate:
             losses = stack_parts([self.students[i].distiller(Outputs(student), view, labels, alpha, epoch)
                                   for i, student, view, alpha in zip(live, logits, views, alphas)])
         self.optimizer.zero_grad(set_to_none=True)
-        losses.total.sum().backward()  # the students share no parameter, so each gets the gradient of its own loss
+        # The students share no parameter, so each gets the gradient of its own loss (data-parallel: the ranks' mean).
+        (losses.total.sum() * self.world.loss_scale(labels.shape[0], images.device)).backward()
+        self.world.average_gradients(self.optimizer.param_groups[0]["params"])
         self.optimizer.step()
         self._restore(held, kept)
         return StepOutputs(live, losses, logits)

@@ -24,6 +24,7 @@ from kd.checkpoint import CheckpointError, CorruptCheckpointError, load_checkpoi
 from kd.config import PackMode, TeacherView
 from kd.distillers.base import FIRST_STAGE_MOMENTUM, FIRST_STAGE_WEIGHT_DECAY, Distiller, Outputs, stack_parts
 from kd.training.dot import DOT
+from kd.training.distributed import SINGLE, World, sync_batchnorm
 from kd.training.stacking import StackedUpdate, StepOutputs
 
 log = logging.getLogger("kd.training.engine")  # the loop's log lines, wherever their code lives
@@ -79,10 +80,12 @@ def seed_everything(seed: int, deterministic: bool, cudnn_benchmark: bool) -> No
 
 
 class LoopUpdate:
-    """`trainer.pack_mode=loop`: each student its own forward, backward and optimizer step. Exact; the default."""
+    """`trainer.pack_mode=loop`: each student its own forward, backward and optimizer step. Exact; the default.
+    Data-parallel, each rank steps on its share of the batch with the ranks' mean gradient (kd/training/distributed.py)."""
 
-    def __init__(self, students: list[Student]) -> None:
+    def __init__(self, students: list[Student], world: World = SINGLE) -> None:
         self.students = students
+        self.world = world
 
     def step(self, live: list[int], images: torch.Tensor, labels: torch.Tensor, teachers: dict[int, Outputs],
              autocast: Callable, epoch: int, indices: Optional[torch.Tensor] = None,
@@ -92,6 +95,7 @@ class LoopUpdate:
         images of its second view for each one whose distiller asks for one. In the first stage, each steps its
         first-stage optimizer on its distiller's first-stage loss."""
         parts, logits = [], []
+        scale = self.world.loss_scale(labels.shape[0], images.device)
         for i in live:
             s = self.students[i]
             with autocast():
@@ -105,10 +109,11 @@ class LoopUpdate:
                 loss = s.distiller(student, teachers.get(i) if s.alpha > 0 else None, labels, s.alpha, epoch, indices)
                 optimizer, optimizer_step = s.optimizer, s.optimizer_step
             optimizer.zero_grad(set_to_none=True)
-            if isinstance(optimizer, DOT):  # its two gradients apart (the first stage's optimizer is plain SGD)
+            if isinstance(optimizer, DOT):  # its two gradients apart (world size 1: check_dot refuses ranks)
                 optimizer.backward(*s.distiller.weighted(loss, s.alpha))
             else:
-                loss.total.backward()
+                (loss.total * scale).backward()
+                self.world.average_gradients(p for group in optimizer.param_groups for p in group["params"])
             optimizer_step()
             parts.append(loss)
             logits.append(student.logits.detach())
@@ -133,7 +138,7 @@ def student_outputs(forward: Callable, images: torch.Tensor, features: bool) -> 
 
 def make_student(cell: Cell, num_classes: int, device: torch.device, plan: CompilePlan = EAGER,
                  teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None,
-                 train_labels: Optional[torch.Tensor] = None) -> Student:
+                 train_labels: Optional[torch.Tensor] = None, world: World = SINGLE) -> Student:
     """A cell's student, seeded right before it is built: the same initial weights for every cell of a pack.
 
     Its distiller's learned parts (FitNet's regressor) are built after the student, from the shapes of
@@ -143,6 +148,8 @@ def make_student(cell: Cell, num_classes: int, device: torch.device, plan: Compi
     seed_everything(cfg.seed, t.deterministic, t.cudnn_benchmark)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=num_classes).to(device, memory_format=memory_format)
+    if t.sync_bn and world.size > 1:  # one process's BatchNorm is already the global batch's
+        model = sync_batchnorm(model, device)
     distiller = instantiate(cfg.loss)
     if float(cfg.alpha) > 0 and example is not None:  # an alpha=0 cell never runs its term (nor the teacher)
         if distiller.needs_indices:
@@ -167,7 +174,7 @@ def make_student(cell: Cell, num_classes: int, device: torch.device, plan: Compi
 def save_checkpoint(s: Student, states: tuple[dict, dict], generator: torch.Generator, done: int,
                     first_stage_epochs: int) -> None:
     """The cell's checkpoint.pt after `done` epochs (its first stage's included), with the first stage's
-    optimizer and history where it runs one, and which stage comes next."""
+    optimizer and history where it runs one, and which stage comes next. Data-parallel, rank 0 alone calls it."""
     optimizer_state, scheduler_state = states
     # Cloned: in stacked mode the weights are views of the whole stack, which torch.save would write.
     model_state = {k: v.clone() for k, v in s.model.state_dict().items()}
@@ -216,9 +223,12 @@ def resume(student: Student) -> None:
 
 def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: CompilePlan,
               teacher: Optional[nn.Module] = None, example: Optional[torch.Tensor] = None,
-              train_labels: Optional[torch.Tensor] = None) -> Union[LoopUpdate, StackedUpdate]:
-    """A pack's students, each resumed from its own checkpoint, in the update that trains them."""
-    students = [make_student(cell, num_classes, device, plan, teacher, example, train_labels) for cell in cells]
+              train_labels: Optional[torch.Tensor] = None,
+              world: World = SINGLE) -> Union[LoopUpdate, StackedUpdate]:
+    """A pack's students, each resumed from its own checkpoint (every rank from rank 0's), in the update that
+    trains them."""
+    students = [make_student(cell, num_classes, device, plan, teacher, example, train_labels, world)
+                for cell in cells]
     for s in students:
         resume(s)
         s.optimizer_step = plan.optimizer_step(s.optimizer)  # after resume, which restores the lr's type
@@ -232,7 +242,7 @@ def make_pack(cells: list[Cell], num_classes: int, device: torch.device, plan: C
                  "forward does not carry",
                  ", ".join(unstackable))
         stacked = False
-    return StackedUpdate(students, cells[0].cfg.optim, example, plan) if stacked else LoopUpdate(students)
+    return StackedUpdate(students, cells[0].cfg.optim, example, plan, world) if stacked else LoopUpdate(students, world)
 
 
 def pack_first_stage(students: list[Student]) -> int:

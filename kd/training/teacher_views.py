@@ -23,6 +23,7 @@ import torch
 
 from kd.config import TeacherView
 from kd.training.second_views import SecondViews, aug_key
+from kd.data.order import rank_augment_seed
 from kd.training.diagnostics import TeacherViewStats
 
 Views = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, labels, dataset indices
@@ -43,7 +44,10 @@ class TeacherViews:
         self.augmented: torch.Tensor | None = None  # augment_scope=epoch: the independent view's own epoch of the split
 
     def begin_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(independent_seed(self.seed, epoch))
+        seed = independent_seed(self.seed, epoch)
+        if self.batches.world_size > 1:  # a data-parallel rank draws its share's view from its own stream
+            seed = rank_augment_seed(seed, epoch, self.batches.rank)
+        self.generator.manual_seed(seed)
         self.augmented = None
 
     def inputs(self, view: TeacherView, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> Views:

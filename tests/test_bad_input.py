@@ -325,7 +325,7 @@ def test_cli_bad_value_in_a_finished_job_dir(completed_job, tmp_path):
 
 
 COMPOSITION_ERRORS = {
-    "model=resnet9": "Error: model=resnet9: no such option (did you mean resnet8?); model takes mobilenetv2,",
+    "model=resnet9": "Error: model=resnet9: no such option (did you mean resnet8?); model takes imagenet_resnet50, mobilenetv1,",
     "trainer.epochs=ten": "Value 'ten' of type 'str' could not be converted to Integer\n    full_key: trainer.epochs",
 }
 

@@ -14,9 +14,10 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def commands(*pages: Path) -> list[str]:
-    """The commands of the pages' bash blocks, comments cut, each once."""
+    """The commands of the pages' bash blocks, continuation lines joined, comments cut, each once."""
     blocks = [b for page in pages for b in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)]
-    return list(dict.fromkeys(line.split("#")[0].strip() for block in blocks for line in block.splitlines()))
+    joined = [re.sub(r"\\\n\s*", "", block) for block in blocks]  # a command continued with `\` is one command
+    return list(dict.fromkeys(line.split("#")[0].strip() for block in joined for line in block.splitlines()))
 
 
 README_COMMANDS = commands(REPO / "README.md")

@@ -74,7 +74,7 @@ def check_second_view(cfg: DictConfig, distiller) -> None:
     if cfg.trainer.pipeline != Pipeline.device:
         raise ValueError(f"loss={name} draws a second view of each batch on the device, which "
                          f"trainer.pipeline=dataloader does not; use trainer.pipeline=device")
-    if str(cfg.data.stream).lower() == "true":
+    if str(cfg.data.get("stream", "false")).lower() == "true":  # only file-backed datasets stream
         raise ValueError(f"loss={name} draws a second view from the split held in memory, and data.stream=true "
                          f"decodes each batch from its files; set data.stream=false (or auto, where it fits)")
     if TeacherView(cfg.trainer.teacher_view) == TeacherView.independent:

@@ -223,15 +223,18 @@ GRID = ["data=folder", "data.image_size=224", "data.stream=true", "data.aug_reci
 
 @pytest.mark.slow
 def test_a_streamed_grid_at_224_px_trains_every_cell_and_reports(photos, tmp_path):
-    """The issue's grid on full-size JPEGs: aug none/fc/fcra x alpha 0/0.5, streamed at 224 px, then kd-report."""
+    """The issue's grid on full-size JPEGs: ResNet34 -> ResNet18, aug none/fc/fcra x alpha 0/0.5, streamed at 224 px,
+    then kd-report."""
     out = tmp_path / "grid"
     args = ["-m", *GRID, f"data.root={photos}", "aug=none,fc,fcra", "alpha=0,0.5", "trainer.epochs=1",
-            f"hydra.sweep.dir={out}"]
+            "model=resnet18", "teacher=resnet34", f"hydra.sweep.dir={out}"]  # the ImageNet pair's networks
     done = run_cli(args, cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     results = collect_sweep(out)
     assert len(results) == 6 and all(r["status"] == "completed" for r in results)
     assert {r["config"]["aug"].get("recipe") for r in results if r["aug"] != "none"} == {"imagenet"}
+    assert {(r["config"]["model"]["_target_"], r["config"]["teacher"]["arch"]["_target_"]) for r in results} == {
+        ("kd.models.imagenet_resnet.resnet18", "kd.models.imagenet_resnet.resnet34")}
     assert "data.stream=true: streaming each batch from its files" in done.stdout + done.stderr
     report = subprocess.run([sys.executable, "-m", "kd.report", str(out)], capture_output=True, text=True,
                             cwd=tmp_path, env={**os.environ, **ONE_THREAD})
@@ -243,7 +246,7 @@ def test_a_streamed_grid_at_224_px_trains_every_cell_and_reports(photos, tmp_pat
 def test_a_streamed_pack_killed_mid_epoch_resumes_to_the_uninterrupted_result(photos, tmp_path):
     """Resume is at the epoch: killed in epoch 2, the pack repeats it from its start with the same draws."""
     grid = [*GRID, f"data.root={photos}", "data.image_size=64", "aug=fcra", "alpha=0,0.5", "trainer.epochs=3",
-            "trainer.deterministic=true"]
+            "trainer.deterministic=true", "model=resnet18", "teacher=resnet34"]
     reference = tmp_path / "reference"
     done = run_cli(["-m", *grid, f"hydra.sweep.dir={reference}"], cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 SLURM_BIN = Path("/opt/kd-test-slurm/bin")  # where the client commands live, off PATH
 APT_PACKAGES = ["slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"]
-NODE = "kdnode"
+NODE = socket.gethostname()  # SLURM's node name is rank 0's address for torch.distributed: one that resolves
 # Declared, not real (SlurmdParameters=config_overrides): room for 4 cells of kd's slurm preset as it
 # ships (1 GPU, 4 CPUs, 16 GB each), which then share this machine's real cores and memory.
 NODE_CPUS = 16

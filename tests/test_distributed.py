@@ -198,6 +198,18 @@ def test_ranks_come_from_the_environment_and_must_match_devices_times_nodes(monk
         world_from_env(OmegaConf.create({"devices": 4, "nodes": 1}))
 
 
+def test_a_master_address_that_does_not_resolve_is_refused_at_once_naming_it(monkeypatch):
+    """Found on the CI's SLURM: a node name that does not resolve left both ranks waiting in the rendezvous."""
+    from kd.training.distributed import check_master_address
+
+    monkeypatch.setenv("MASTER_ADDR", socket.gethostname())
+    check_master_address()  # this host's own name resolves: nothing to say
+    monkeypatch.setenv("MASTER_ADDR", "no-such-node.invalid")  # .invalid never resolves (RFC 2606)
+    with pytest.raises(RuntimeError, match=r"MASTER_ADDR=no-such-node.invalid .* does not resolve on .*"
+                                           r"node names resolve on every node"):
+        check_master_address()
+
+
 @pytest.mark.parametrize("override, says", [
     ("trainer.pipeline=dataloader", "use trainer.pipeline=device"),
     ("trainer.pack_mode=stacked", "use trainer.pack_mode=loop"),

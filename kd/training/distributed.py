@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional, Union
 
@@ -146,6 +147,21 @@ def check_data_parallel(t: DictConfig) -> None:
                          "forward): use trainer.pack_mode=loop")
 
 
+def check_master_address() -> None:
+    """A MASTER_ADDR this host cannot resolve would leave every rank waiting for the rendezvous until its timeout:
+    refuse it at once, naming where it came from (torchrun's flag, or SLURM's first node name)."""
+    address = os.environ.get("MASTER_ADDR")
+    if not address:
+        return
+    try:
+        socket.getaddrinfo(address, None)
+    except socket.gaierror as e:
+        raise RuntimeError(f"MASTER_ADDR={address} (rank 0's host: torchrun's --master_addr, or on SLURM the job's "
+                           f"first node name) does not resolve on {socket.gethostname()} ({e.strerror}): the ranks "
+                           f"cannot meet. Make the job's node names resolve on every node (DNS or /etc/hosts), or "
+                           f"with torchrun pass --master_addr=<rank 0's address>") from None
+
+
 @contextlib.contextmanager
 def process_group(world: World, device: torch.device, out_dirs: list[str]) -> Iterator[None]:
     """torch.distributed's process group for the job's ranks (none for one process), torn down at its end.
@@ -156,6 +172,7 @@ def process_group(world: World, device: torch.device, out_dirs: list[str]) -> It
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    check_master_address()
     dist.init_process_group(backend, rank=world.rank, world_size=world.size,
                             timeout=datetime.timedelta(seconds=TIMEOUT_S),
                             device_id=device if device.type == "cuda" else None)

@@ -104,6 +104,7 @@ def test_a_pack_of_three_alphas_on_two_ranks_trains_each_cell_as_one_process(tea
         assert result["distributed"] == {"world_size": 2, "backend": "gloo", "per_rank_batch": 16, "sync_bn": True}
     said = ranks.stdout + ranks.stderr
     assert said.count("epoch 2/2 ") == 3, said[-3000:]  # rank 0 alone logs each cell's epochs
+    assert said.count("Test top-1 (%) of the students") == 1, said[-3000:]  # and alone prints the grid's table
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 augmentations, or the swept key that a one-augmentation grid compares), with what each cell trained for."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ class PrintGridTable(Callback):
         self.started = time.monotonic()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if int(os.environ.get("RANK", 0)) > 0:  # `-m` under torchrun: every rank ends the multirun, rank 0 prints
+            return
         if is_search(config.hydra):  # a search's cells are its trials, not a grid
             print_trials(Path(config.hydra.sweep.dir))
             return

@@ -177,8 +177,8 @@ class RefuseChangedSweep(Callback):
         HydraConfig.instance().set_config(config)  # as Hydra does next: the dir may use ${hydra:job.name}
         sweep_dir = Path(str(config.hydra.sweep.dir))
         saved = sweep_dir / "multirun.yaml"
-        if not saved.is_file():
-            return
+        if not saved.is_file() or int(os.environ.get("RANK", 0)) > 0:  # under torchrun rank 0 decides: another
+            return  # rank could read the multirun.yaml rank 0 is writing
         changes = sweep_changes(OmegaConf.load(saved), config)
         if changes:
             grow = ("a search's hydra.sweeper.n_trials may grow: its study continues" if is_search(config.hydra) else

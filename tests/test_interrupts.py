@@ -19,9 +19,16 @@ from kd.runs.results import collect_sweep
 GRID = [a for a in FAST if not a.startswith("trainer.epochs")] + ["alpha=0,0.5", "aug=none", "trainer.epochs=12"]
 
 
+def as_a_terminal_starts_it() -> None:
+    """Ctrl-C's default action, as a shell gives its foreground job: a process started in the background of a
+    non-interactive shell (`cmd &` in a script, as a CI may run pytest) inherits SIGINT ignored, and so would its
+    kd child, which then trains on through the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(TRAIN_SCRIPT), *args], cwd=cwd, stdout=log.open("w"),
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_a_terminal_starts_it)
 
 
 def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from kd.config import register_schemas  # noqa: E402
 from kd.paths import CONF_DIR  # noqa: E402
+from kd.runs.rank import is_writer  # noqa: E402
 from kd.runs.sweep_dir import register_resolvers  # noqa: E402
 
 register_schemas()
@@ -77,7 +78,7 @@ def refuse_taken_run_dir(config: DictConfig) -> None:
     """A single run into a dir that holds another config's finished results, or that another run is training in,
     is refused here, before Hydra rewrites the dir's .hydra/ files (they would then describe the refused run)."""
     run_dir = Path(OmegaConf.select(config, "hydra.run.dir"))
-    if not run_dir.is_dir() or int(os.environ.get("RANK", 0)) > 0:  # a data-parallel job's rank 0 checks and locks
+    if not run_dir.is_dir() or not is_writer():  # a data-parallel job's rank 0 checks and locks
         return
     from kd.runs.job import completed_results
     from kd.runs.locking import LOCK_FILE, JobDirBusyError, exclusive_job_dir
@@ -106,7 +107,7 @@ def main(cfg: DictConfig) -> dict[str, Any] | float:
     if search:
         check_search(cfg)  # before training: a search without a val split has nothing honest to return
     result = train(cfg)
-    if not in_multirun() and int(os.environ.get("RANK", 0)) == 0:  # a multirun ends with its grid table instead
+    if not in_multirun() and is_writer():  # a multirun ends with its grid table instead
         print(finished_line(result, Path(cfg.out_dir)))
     return objective(result, cfg) if search else result
 

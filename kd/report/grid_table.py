@@ -2,7 +2,6 @@
 augmentations, or the swept key that a one-augmentation grid compares), with what each cell trained for."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from kd.runs.results import collect_sweep
 from kd.report.epochs import epochs_of, uniform
 from kd.report.search import print_trials
 from kd.report.table import METRICS, VAL_METRICS, format_tables
+from kd.runs.rank import is_writer
 from kd.runs.search import is_search
 
 
@@ -24,7 +24,7 @@ class PrintGridTable(Callback):
         self.started = time.monotonic()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if int(os.environ.get("RANK", 0)) > 0:  # `-m` under torchrun: every rank ends the multirun, rank 0 prints
+        if not is_writer():  # `-m` under torchrun: every rank ends the multirun, rank 0 prints
             return
         if is_search(config.hydra):  # a search's cells are its trials, not a grid
             print_trials(Path(config.hydra.sweep.dir))

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from kd.config import NON_DEFINING_KEYS
+from kd.runs.rank import is_writer
 from kd.runs.search import is_search
 
 CELL_DIR_RESOLVER = "kd.cell_dir"
@@ -177,7 +178,7 @@ class RefuseChangedSweep(Callback):
         HydraConfig.instance().set_config(config)  # as Hydra does next: the dir may use ${hydra:job.name}
         sweep_dir = Path(str(config.hydra.sweep.dir))
         saved = sweep_dir / "multirun.yaml"
-        if not saved.is_file() or int(os.environ.get("RANK", 0)) > 0:  # under torchrun rank 0 decides: another
+        if not saved.is_file() or not is_writer():  # under torchrun rank 0 decides: another
             return  # rank could read the multirun.yaml rank 0 is writing
         changes = sweep_changes(OmegaConf.load(saved), config)
         if changes:
